@@ -1,0 +1,380 @@
+//! The cgroup programs. Each entry point is a thin wrapper; the decisions are
+//! in small functions that read the context once and return a value.
+//!
+//! Verifier notes (see ../shared/EBPF.md): context fields are read with
+//! volatile loads, IPv6 addresses as four `u32` loads, and both the IPv4 and
+//! IPv6 fields are read unconditionally before choosing between the values;
+//! a context offset chosen by a branch is refused.
+
+use core::ptr::{read_volatile, write_volatile};
+
+use aya_ebpf::{
+    bindings::{bpf_sock, bpf_sock_addr, bpf_sock_ops},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+    },
+    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
+};
+use proxy_common::{
+    is_v4_mapped, v4_mapped, ConnectRecord, Counters, SockTuple, TargetKey, TargetValue,
+    MAX_CONNECTIONS, MAX_TARGET_ENTRIES,
+};
+
+/// Return values of cgroup sock_addr programs.
+const ALLOW: i32 = 1;
+/// The caller's connect()/sendmsg() fails with EPERM.
+const REFUSE: i32 = 0;
+
+const SOCK_STREAM: u32 = 1;
+const AF_INET: u32 = 2;
+const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+
+/// The proxy's listening port (network order); set by the daemon at load.
+#[unsafe(no_mangle)]
+static PROXY_PORT_BE: u16 = 0;
+/// Mark of the daemon's upstream sockets; set by the daemon at load.
+#[unsafe(no_mangle)]
+static UPSTREAM_MARK: u32 = 0;
+
+#[map(name = "TARGETS")]
+static TARGETS: LpmTrie<TargetKey, TargetValue> =
+    LpmTrie::with_max_entries(MAX_TARGET_ENTRIES, 0);
+
+#[map(name = "CONNECTS")]
+static CONNECTS: HashMap<u64, ConnectRecord> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+#[map(name = "TUPLES")]
+static TUPLES: HashMap<SockTuple, u64> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+/// `::ffff:127.0.0.1` and `::1`: where redirected connections go.
+const PROXY_V4_MAPPED: [u32; 4] = v4_mapped(u32::from_ne_bytes([127, 0, 0, 1]));
+const PROXY_V6: [u32; 4] = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+
+/// What connect4/6 does with one connect().
+enum Action {
+    /// Not a target, or the daemon's own upstream socket.
+    Pass,
+    /// UDP to a target, or no room to record the connection.
+    Refuse,
+    /// Recorded; rewrite the destination to the proxy.
+    Redirect,
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn jp_connect4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel hands a valid bpf_sock_addr for the program's lifetime.
+    let (ip4, port) = unsafe { (read_volatile(&(*sa).user_ip4), read_volatile(&(*sa).user_port)) };
+    match connect(&ctx, v4_mapped(ip4), port as u16, 4) {
+        Action::Pass => ALLOW,
+        Action::Refuse => REFUSE,
+        Action::Redirect => {
+            // SAFETY: as above; user_ip4 and user_port are writable in connect4.
+            unsafe {
+                write_volatile(&mut (*sa).user_ip4, PROXY_V4_MAPPED[3]);
+                write_volatile(&mut (*sa).user_port, proxy_port_be() as u32);
+            }
+            ALLOW
+        }
+    }
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn jp_connect6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel hands a valid bpf_sock_addr for the program's lifetime.
+    let (dst, port) = unsafe { (read_ip6(&(*sa).user_ip6), read_volatile(&(*sa).user_port)) };
+    match connect(&ctx, dst, port as u16, 6) {
+        Action::Pass => ALLOW,
+        Action::Refuse => REFUSE,
+        Action::Redirect => {
+            // An IPv4-mapped destination is an IPv4 connection: send it to the
+            // proxy's IPv4 listener, still IPv4-mapped.
+            let proxy = if is_v4_mapped(&dst) { PROXY_V4_MAPPED } else { PROXY_V6 };
+            // SAFETY: as above; user_ip6 and user_port are writable in connect6.
+            unsafe {
+                write_ip6(&mut (*sa).user_ip6, proxy);
+                write_volatile(&mut (*sa).user_port, proxy_port_be() as u32);
+            }
+            ALLOW
+        }
+    }
+}
+
+/// The shared part of connect4/6: match, exempt, refuse UDP, record.
+#[inline(always)]
+fn connect(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16, family: u16) -> Action {
+    let Some(target) = lookup_target(dst, port_be) else {
+        return Action::Pass;
+    };
+    let sa = ctx.sock_addr;
+    if is_upstream(sa) {
+        count(|c| c.exempt += 1);
+        return Action::Pass;
+    }
+    // SAFETY: valid context pointer, read-only field.
+    if unsafe { read_volatile(&(*sa).type_) } != SOCK_STREAM {
+        // UDP (QUIC/HTTP3 included) cannot go around the proxy: refuse it so
+        // that clients fall back to TCP.
+        count(|c| c.udp_refused += 1);
+        return Action::Refuse;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    // SAFETY: helpers allowed in cgroup sock_addr programs on supported kernels.
+    let (cookie, cgroup_id, boot_ns) = unsafe {
+        (
+            bpf_get_socket_cookie(sa.cast()),
+            bpf_get_current_cgroup_id(),
+            bpf_ktime_get_boot_ns(),
+        )
+    };
+    let record = ConnectRecord {
+        orig_addr: dst,
+        orig_port_be: port_be,
+        family,
+        target_id: target.target_id,
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        cgroup_id,
+        boot_ns,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        tuple: SockTuple::default(),
+        established: 0,
+    };
+    // No room means no record, and a connection without its record must never
+    // reach the target: refuse it here rather than have the proxy drop it.
+    if CONNECTS.insert(&cookie, &record, 0).is_err() {
+        count(|c| c.map_full += 1);
+        return Action::Refuse;
+    }
+    count(|c| c.redirected += 1);
+    Action::Redirect
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn jp_sendmsg4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: valid context pointer, read-only fields.
+    let (ip4, port) = unsafe { (read_volatile(&(*sa).user_ip4), read_volatile(&(*sa).user_port)) };
+    refuse_udp_to_target(v4_mapped(ip4), port as u16)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn jp_sendmsg6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: valid context pointer, read-only fields.
+    let (dst, port) = unsafe { (read_ip6(&(*sa).user_ip6), read_volatile(&(*sa).user_port)) };
+    refuse_udp_to_target(dst, port as u16)
+}
+
+#[inline(always)]
+fn refuse_udp_to_target(dst: [u32; 4], port_be: u16) -> i32 {
+    if lookup_target(dst, port_be).is_some() {
+        count(|c| c.udp_refused += 1);
+        REFUSE
+    } else {
+        ALLOW
+    }
+}
+
+/// The client asks who it is connected to: show the original destination,
+/// not the proxy. getpeername programs must return 1.
+#[cgroup_sock_addr(getpeername4)]
+pub fn jp_getpeername4(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: valid context; the socket cookie helper takes the context.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    // SAFETY: the map value is only read, and copied out at once.
+    if let Some(record) = unsafe { CONNECTS.get(&cookie) } {
+        let (addr, port) = (record.orig_addr[3], record.orig_port_be);
+        // SAFETY: user_ip4 and user_port are writable in getpeername4.
+        unsafe {
+            write_volatile(&mut (*sa).user_ip4, addr);
+            write_volatile(&mut (*sa).user_port, port as u32);
+        }
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn jp_getpeername6(ctx: SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: valid context; the socket cookie helper takes the context.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast()) };
+    // SAFETY: the map value is only read, and copied out at once.
+    if let Some(record) = unsafe { CONNECTS.get(&cookie) } {
+        let (addr, port) = (record.orig_addr, record.orig_port_be);
+        // SAFETY: user_ip6 and user_port are writable in getpeername6.
+        unsafe {
+            write_ip6(&mut (*sa).user_ip6, addr);
+            write_volatile(&mut (*sa).user_port, port as u32);
+        }
+    }
+    ALLOW
+}
+
+/// Once a redirected connection is established, index its record by the
+/// client's 4-tuple: that is what the proxy sees from `accept()`. This runs
+/// before the connection reaches the proxy's accept queue.
+#[sock_ops]
+pub fn jp_sockops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        established(&ctx);
+    }
+    0
+}
+
+#[inline(always)]
+fn established(ctx: &SockOpsContext) {
+    let ops: *mut bpf_sock_ops = ctx.ops;
+    // SAFETY: valid context pointer; the helper takes the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ops.cast()) };
+    let Some(record) = CONNECTS.get_ptr_mut(&cookie) else {
+        return;
+    };
+    // SAFETY: valid context pointer; every field is read unconditionally.
+    let (family, l4, r4, l6, r6, lport, rport) = unsafe {
+        (
+            read_volatile(&(*ops).family),
+            read_volatile(&(*ops).local_ip4),
+            read_volatile(&(*ops).remote_ip4),
+            read_ip6(&(*ops).local_ip6),
+            read_ip6(&(*ops).remote_ip6),
+            read_volatile(&(*ops).local_port),
+            read_volatile(&(*ops).remote_port),
+        )
+    };
+    let (client_addr, proxy_addr) = if family == AF_INET {
+        (v4_mapped(l4), v4_mapped(r4))
+    } else {
+        (l6, r6)
+    };
+    let tuple = SockTuple {
+        client_addr,
+        proxy_addr,
+        client_port: lport as u16,
+        proxy_port: remote_port_host(rport),
+    };
+    if TUPLES.insert(&tuple, &cookie, 0).is_ok() {
+        // SAFETY: `record` points into the map value, valid for this program run.
+        unsafe {
+            (*record).tuple = tuple;
+            (*record).established = 1;
+        }
+    }
+}
+
+/// sockops' `remote_port` is network order; kernels place it in the high
+/// half of the word on little-endian machines, older ones in the low half.
+#[inline(always)]
+fn remote_port_host(raw: u32) -> u16 {
+    if raw & 0xffff == 0 {
+        u32::from_be(raw) as u16
+    } else {
+        u16::from_be(raw as u16)
+    }
+}
+
+/// The client socket is gone: forget it, so the maps hold live sockets only.
+#[cgroup_sock(sock_release)]
+pub fn jp_sock_release(ctx: SockContext) -> i32 {
+    let sk: *mut bpf_sock = ctx.sock;
+    // SAFETY: valid context; the helper takes the socket.
+    let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
+    // SAFETY: the value is copied out before the entry is removed.
+    if let Some(record) = unsafe { CONNECTS.get(&cookie) } {
+        if record.established != 0 {
+            let tuple = record.tuple;
+            let _ = TUPLES.remove(&tuple);
+        }
+        let _ = CONNECTS.remove(&cookie);
+    }
+    1
+}
+
+#[inline(always)]
+fn lookup_target(addr: [u32; 4], port_be: u16) -> Option<TargetValue> {
+    let key = Key::new(
+        TargetKey::FULL_PREFIX,
+        TargetKey {
+            port_be,
+            pad: 0,
+            addr,
+        },
+    );
+    TARGETS.get(&key).copied()
+}
+
+/// Whether the socket carries the daemon's mark (its own upstream socket).
+#[inline(always)]
+fn is_upstream(sa: *mut bpf_sock_addr) -> bool {
+    // SAFETY: `sk` of a sock_addr context is a valid socket pointer, and
+    // `mark` is a readable field of it.
+    let mark = unsafe {
+        let sk = (*sa).__bindgen_anon_1.sk;
+        read_volatile(&(*sk).mark)
+    };
+    // SAFETY: a plain read of a global that only the loader writes.
+    let want = unsafe { read_volatile(&UPSTREAM_MARK) };
+    want != 0 && mark == want
+}
+
+#[inline(always)]
+fn proxy_port_be() -> u16 {
+    // SAFETY: a plain read of a global that only the loader writes.
+    unsafe { read_volatile(&PROXY_PORT_BE) }
+}
+
+#[inline(always)]
+fn count(f: impl FnOnce(&mut Counters)) {
+    if let Some(c) = COUNTERS.get_ptr_mut(0) {
+        // SAFETY: per-CPU slot, valid for this program run.
+        f(unsafe { &mut *c });
+    }
+}
+
+/// # Safety
+/// `p` must point to a readable 4-word context field.
+#[inline(always)]
+unsafe fn read_ip6(p: &[u32; 4]) -> [u32; 4] {
+    // SAFETY: the caller guarantees `p` is a valid context field.
+    unsafe {
+        [
+            read_volatile(&p[0]),
+            read_volatile(&p[1]),
+            read_volatile(&p[2]),
+            read_volatile(&p[3]),
+        ]
+    }
+}
+
+/// # Safety
+/// `p` must point to a writable 4-word context field.
+#[inline(always)]
+unsafe fn write_ip6(p: &mut [u32; 4], v: [u32; 4]) {
+    // SAFETY: the caller guarantees `p` is a valid, writable context field.
+    unsafe {
+        write_volatile(&mut p[0], v[0]);
+        write_volatile(&mut p[1], v[1]);
+        write_volatile(&mut p[2], v[2]);
+        write_volatile(&mut p[3], v[3]);
+    }
+}
+
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,213 @@
+//! `jitproxy run`: wires the parts together and runs until told to stop.
+//!
+//! Order matters for failing closed: the listeners are bound before the
+//! programs are (re)attached, and on exit the pinned programs stay attached,
+//! so targets are unreachable (not direct) while the daemon is down.
+
+use std::{
+    fs::File,
+    io::{self, Read as _, Seek as _, Write as _},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use nix::fcntl::{Flock, FlockArg};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cgroup::{self, CgroupError},
+    config::Config,
+    decision::Policy,
+    ebpf::{self, Kernel, KernelError, LoadOptions},
+    proxy::{Proxy, ProxySettings},
+    targets::{self, Resolved, SystemLookup},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("another jitproxy daemon{pid} already watches cgroup {cgroup}; stop it first (lock: {lock})")]
+    AlreadyRunning {
+        cgroup: PathBuf,
+        lock: PathBuf,
+        pid: String,
+    },
+    #[error("cannot listen on {addr}: {source}; is another daemon using listen_port?")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Options from the command line that override the config.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    pub cgroup: Option<PathBuf>,
+}
+
+/// Holds the per-cgroup lock for the daemon's lifetime.
+#[derive(Debug)]
+pub struct DaemonLock {
+    _lock: Flock<File>,
+}
+
+/// Takes the lock that makes one daemon per cgroup.
+pub fn lock(state_dir: &Path, cgroup: &Path) -> Result<DaemonLock, DaemonError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(|source| DaemonError::StateDir {
+            path: state_dir.to_owned(),
+            source,
+        })?;
+    let id = ebpf::cgroup_id(cgroup)?;
+    let path = state_dir.join(format!("cgroup-{id}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| DaemonError::StateDir {
+            path: path.clone(),
+            source,
+        })?;
+    let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(mut file, _)| {
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        DaemonError::AlreadyRunning {
+            cgroup: cgroup.to_owned(),
+            lock: path.clone(),
+            pid: match pid.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            },
+        }
+    })?;
+    // Best effort: the pid only makes the "already running" message nicer.
+    let _ = lock.set_len(0);
+    let _ = lock.rewind();
+    let _ = writeln!(lock, "{}", std::process::id());
+    Ok(DaemonLock { _lock: lock })
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    cgroup::check_no_v1_net_controllers()?;
+    let cgroup = cgroup::resolve(options.cgroup.as_deref().or(config.cgroup.as_deref()))?;
+    let _lock = lock(&config.state_dir, &cgroup)?;
+
+    let listeners = bind(config.listen_port)?;
+    let kernel = Arc::new(Kernel::install(&LoadOptions {
+        cgroup: &cgroup,
+        bpffs: &config.bpffs,
+        proxy_port: config.listen_port,
+        upstream_mark: config.upstream_mark,
+    })?);
+    let (resolved, warnings) = targets::resolve(&SystemLookup, &config.targets, &Resolved::default()).await;
+    report_warnings(&warnings);
+    kernel.set_targets(&resolved.entries)?;
+    for (id, target) in config.targets.iter().enumerate() {
+        let addrs: Vec<String> = resolved
+            .addresses(u32::try_from(id).unwrap_or(u32::MAX))
+            .iter()
+            .map(|(port, net)| format!("{net} port {port}"))
+            .collect();
+        tracing::info!(target_name = %target.name, addresses = %addrs.join(", "), "watching target");
+    }
+    tracing::info!(
+        event = "daemon.started",
+        cgroup = %cgroup.display(),
+        config = %config.source,
+        listen_port = config.listen_port,
+        pins = %kernel.pins().root().display(),
+        "jitproxy is running"
+    );
+
+    let resolver = tokio::spawn(re_resolve(config.clone(), Arc::clone(&kernel), resolved, shutdown.clone()));
+    let proxy = Proxy::new(
+        Arc::clone(&kernel) as Arc<dyn crate::proxy::OriginSource>,
+        Policy::Open,
+        ProxySettings::from_config(&config),
+        shutdown.clone(),
+    );
+    proxy.serve(listeners).await;
+    resolver.abort();
+    tracing::info!(
+        event = "daemon.stopped",
+        cgroup = %cgroup.display(),
+        "jitproxy stopped; targets stay closed until it runs again (or `jitproxy uninstall`)"
+    );
+    Ok(())
+}
+
+/// Binds the loopback listeners, IPv4 and IPv6.
+fn bind(port: u16) -> Result<Vec<TcpListener>, DaemonError> {
+    let addrs = [
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+    ];
+    addrs
+        .into_iter()
+        .map(|addr| listen(addr).map_err(|source| DaemonError::Listen { addr, source }))
+        .collect()
+}
+
+fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+async fn re_resolve(config: Config, kernel: Arc<Kernel>, mut current: Resolved, shutdown: CancellationToken) {
+    let mut ticker = tokio::time::interval(config.resolve_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let (resolved, warnings) = targets::resolve(&SystemLookup, &config.targets, &current).await;
+        report_warnings(&warnings);
+        if resolved.entries != current.entries {
+            match kernel.set_targets(&resolved.entries) {
+                Ok(()) => tracing::info!(entries = resolved.entries.len(), "target addresses changed; kernel map updated"),
+                Err(e) => tracing::error!(error = %e, "cannot update the target map; keeping the old addresses"),
+            }
+        }
+        current = resolved;
+    }
+}
+
+fn report_warnings(warnings: &[targets::ResolveWarning]) {
+    for w in warnings {
+        tracing::warn!(
+            target_name = %w.target,
+            host = %w.host,
+            error = %w.error,
+            kept_addresses = w.kept,
+            "cannot resolve host; it is not watched until it resolves (earlier addresses, if any, are kept)"
+        );
+    }
+}

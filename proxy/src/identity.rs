@@ -1,0 +1,206 @@
+//! Who opened a redirected connection and where it was going: the kernel's
+//! record, completed from /proc (executable, login uid, cgroup path) and the
+//! user database (names).
+
+use std::{
+    collections::HashMap,
+    fmt,
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
+
+use proxy_common::ConnectRecord;
+
+use crate::ebpf::ip_from_words;
+
+/// Where a redirected connection was going.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The destination the client asked for, as it asked for it
+    /// (`[::ffff:a.b.c.d]:p` for an IPv4-mapped connect).
+    pub dst: SocketAddr,
+    /// Index of the matched target in the config.
+    pub target_id: u32,
+    /// The process that opened it.
+    pub caller: Caller,
+}
+
+impl Origin {
+    /// The address to connect to upstream (IPv4-mapped becomes IPv4).
+    pub fn upstream_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.dst.ip().to_canonical(), self.dst.port())
+    }
+}
+
+/// The process behind a connection, as the kernel saw it at connect() time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Caller {
+    pub uid: u32,
+    pub gid: u32,
+    /// Process id (thread group id).
+    pub pid: u32,
+    /// Thread id of the calling thread.
+    pub tid: u32,
+    /// Thread name (kernel `comm`).
+    pub comm: String,
+    pub cgroup_id: u64,
+    /// User name of `uid`, when the user database has one.
+    pub user: Option<String>,
+    /// The login uid (`/proc/PID/loginuid`): the human behind `sudo`; `None`
+    /// when unset (daemons, containers) or the process is gone.
+    pub login_uid: Option<u32>,
+    /// Executable path (`/proc/PID/exe`), when the process is still there.
+    pub exe: Option<PathBuf>,
+    /// cgroup v2 path (`/proc/PID/cgroup`), e.g. a systemd unit's.
+    pub cgroup: Option<String>,
+}
+
+impl fmt::Display for Caller {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.user {
+            Some(user) => write!(f, "{user} (uid {})", self.uid)?,
+            None => write!(f, "uid {}", self.uid)?,
+        }
+        write!(f, " pid {} {}", self.pid, self.comm)
+    }
+}
+
+/// Turns kernel records into [`Origin`]s; caches user names.
+#[derive(Debug, Default, Clone)]
+pub struct Identities {
+    names: Arc<RwLock<HashMap<u32, Option<String>>>>,
+}
+
+impl Identities {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Completes a kernel record with what /proc still knows about the caller.
+    pub async fn origin(&self, record: &ConnectRecord) -> Origin {
+        let ip = ip_from_words(record.orig_addr);
+        // A client that connected with an IPv4-mapped IPv6 address sees its
+        // destination that way; keep it so in records.
+        let ip = match (ip, record.family) {
+            (IpAddr::V4(v4), 6) => IpAddr::V6(v4.to_ipv6_mapped()),
+            (ip, _) => ip,
+        };
+        let proc_info = ProcInfo::read(record.tgid, record.boot_ns);
+        let user = self.user_name(record.uid).await;
+        Origin {
+            dst: SocketAddr::new(ip, u16::from_be(record.orig_port_be)),
+            target_id: record.target_id,
+            caller: Caller {
+                uid: record.uid,
+                gid: record.gid,
+                pid: record.tgid,
+                tid: record.pid,
+                comm: comm_string(&record.comm),
+                cgroup_id: record.cgroup_id,
+                user,
+                login_uid: proc_info.login_uid,
+                exe: proc_info.exe,
+                cgroup: proc_info.cgroup,
+            },
+        }
+    }
+
+    /// The user name of `uid`, from the cache or the user database.
+    pub async fn user_name(&self, uid: u32) -> Option<String> {
+        if let Some(name) = self.names.read().unwrap_or_else(|p| p.into_inner()).get(&uid) {
+            return name.clone();
+        }
+        // getpwuid may read /etc/passwd or ask NSS: keep it off the runtime.
+        let name = tokio::task::spawn_blocking(move || {
+            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten()
+                .map(|u| u.name)
+        })
+        .await
+        .ok()
+        .flatten();
+        self.names
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid, name.clone());
+        name
+    }
+}
+
+/// What /proc tells about a process, if it is still the caller.
+#[derive(Debug, Default)]
+struct ProcInfo {
+    login_uid: Option<u32>,
+    exe: Option<PathBuf>,
+    cgroup: Option<String>,
+}
+
+impl ProcInfo {
+    /// Reads /proc/PID; returns nothing if the pid now belongs to a process
+    /// started after the connect (pid reuse), or is gone.
+    fn read(pid: u32, connect_boot_ns: u64) -> Self {
+        let dir = PathBuf::from(format!("/proc/{pid}"));
+        match start_boot_ns(pid) {
+            Some(start) if start <= connect_boot_ns => {}
+            _ => return Self::default(),
+        }
+        let login_uid = std::fs::read_to_string(dir.join("loginuid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|&uid| uid != u32::MAX);
+        let exe = std::fs::read_link(dir.join("exe")).ok();
+        let cgroup = std::fs::read_to_string(dir.join("cgroup"))
+            .ok()
+            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)));
+        Self {
+            login_uid,
+            exe,
+            cgroup,
+        }
+    }
+}
+
+/// Start time of a process in ns since boot (field 22 of /proc/PID/stat).
+fn start_boot_ns(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may contain spaces and parentheses: the
+    // fields after it start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let ticks: u64 = rest.split(' ').nth(19)?.parse().ok()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|hz| u64::try_from(hz).ok())
+        .filter(|&hz| hz > 0)?;
+    Some(ticks.saturating_mul(1_000_000_000 / hz))
+}
+
+fn comm_string(comm: &[u8; 16]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_stops_at_nul() {
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        assert_eq!(comm_string(&comm), "curl");
+    }
+
+    #[test]
+    fn own_process_started_before_now() {
+        let pid = std::process::id();
+        let start = start_boot_ns(pid).expect("own /proc/PID/stat");
+        let info = ProcInfo::read(pid, u64::MAX);
+        assert!(start > 0);
+        assert!(info.exe.is_some());
+        // A connect "before" our start cannot be ours: nothing is reported.
+        assert!(ProcInfo::read(pid, 0).exe.is_none());
+    }
+}

@@ -1,0 +1,162 @@
+//! Turning the config's targets into kernel map entries: addresses and
+//! ranges as written, DNS names resolved at start and every
+//! `resolve_interval`. A name that stops resolving keeps its last addresses
+//! (the host stays watched); a name that never resolved is a warning.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::IpAddr,
+};
+
+use ipnet::IpNet;
+
+use crate::config::{HostSpec, Target};
+
+/// Kernel map entries: (port, address range) -> target index.
+pub type Entries = BTreeMap<(u16, IpNet), u32>;
+
+/// The resolved state of every target.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub entries: Entries,
+    /// Last good addresses of each DNS name.
+    pub names: HashMap<String, BTreeSet<IpAddr>>,
+}
+
+/// A DNS name that did not resolve this round.
+#[derive(Debug, Clone)]
+pub struct ResolveWarning {
+    pub target: String,
+    pub host: String,
+    pub error: String,
+    /// Whether earlier addresses are kept for it.
+    pub kept: usize,
+}
+
+impl Resolved {
+    /// Addresses of one target, for display.
+    pub fn addresses(&self, target_id: u32) -> Vec<(u16, IpNet)> {
+        self.entries
+            .iter()
+            .filter(|(_, &id)| id == target_id)
+            .map(|(&k, _)| k)
+            .collect()
+    }
+}
+
+/// Looks up DNS names; the system resolver in the daemon, a table in tests.
+pub trait Lookup {
+    fn lookup(&self, name: &str) -> impl std::future::Future<Output = Result<BTreeSet<IpAddr>, String>> + Send;
+}
+
+/// The system resolver (getaddrinfo, off the runtime threads).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemLookup;
+
+impl Lookup for SystemLookup {
+    async fn lookup(&self, name: &str) -> Result<BTreeSet<IpAddr>, String> {
+        tokio::net::lookup_host((name, 0))
+            .await
+            .map(|addrs| addrs.map(|a| a.ip().to_canonical()).collect())
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// Resolves every target; `previous` supplies addresses for names that fail.
+pub async fn resolve(
+    dns: &impl Lookup,
+    targets: &[Target],
+    previous: &Resolved,
+) -> (Resolved, Vec<ResolveWarning>) {
+    let mut resolved = Resolved::default();
+    let mut warnings = Vec::new();
+    for (id, target) in targets.iter().enumerate() {
+        let id = u32::try_from(id).unwrap_or(u32::MAX);
+        let mut nets = BTreeSet::new();
+        for host in &target.hosts {
+            match host {
+                HostSpec::Net(net) => {
+                    nets.insert(*net);
+                }
+                HostSpec::Name(name) => {
+                    let addrs = match dns.lookup(name).await {
+                        Ok(addrs) if !addrs.is_empty() => addrs,
+                        result => {
+                            let kept = previous.names.get(name).cloned().unwrap_or_default();
+                            warnings.push(ResolveWarning {
+                                target: target.name.clone(),
+                                host: name.clone(),
+                                error: result.err().unwrap_or_else(|| "no addresses".to_owned()),
+                                kept: kept.len(),
+                            });
+                            kept
+                        }
+                    };
+                    nets.extend(addrs.iter().map(|&ip| IpNet::from(ip)));
+                    if !addrs.is_empty() {
+                        resolved.names.insert(name.clone(), addrs);
+                    }
+                }
+            }
+        }
+        for net in nets {
+            for &port in &target.ports {
+                // Two targets resolving to the same address and port: the
+                // first one in the config keeps it.
+                resolved.entries.entry((port, net)).or_insert(id);
+            }
+        }
+    }
+    (resolved, warnings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(name: &str, hosts: &[&str], ports: &[u16]) -> Target {
+        Target {
+            name: name.to_owned(),
+            hosts: hosts.iter().map(|h| h.parse().unwrap()).collect(),
+            ports: ports.to_vec(),
+        }
+    }
+
+    /// Resolves `localhost` only; every other name fails.
+    struct Table;
+
+    impl Lookup for Table {
+        async fn lookup(&self, name: &str) -> Result<BTreeSet<IpAddr>, String> {
+            match name {
+                "localhost" => Ok(BTreeSet::from(["127.0.0.1".parse().unwrap()])),
+                _ => Err("no such host".to_owned()),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn literal_hosts_and_names_resolve() {
+        let targets = [
+            target("a", &["127.0.0.2", "10.0.0.0/8"], &[80, 443]),
+            target("b", &["localhost"], &[8080]),
+        ];
+        let (resolved, warnings) = resolve(&Table, &targets, &Resolved::default()).await;
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(resolved.entries[&(443, "10.0.0.0/8".parse().unwrap())], 0);
+        assert_eq!(resolved.entries[&(8080, "127.0.0.1/32".parse().unwrap())], 1);
+        assert_eq!(resolved.addresses(0).len(), 4);
+    }
+
+    #[tokio::test]
+    async fn failed_name_keeps_previous_addresses() {
+        let targets = [target("a", &["no-such-host.invalid"], &[443])];
+        let mut previous = Resolved::default();
+        previous
+            .names
+            .insert("no-such-host.invalid".into(), BTreeSet::from(["127.0.0.9".parse().unwrap()]));
+        let (resolved, warnings) = resolve(&Table, &targets, &previous).await;
+        assert_eq!(warnings.len(), 1);
+        assert_eq!(warnings[0].kept, 1);
+        assert!(resolved.entries.contains_key(&(443, "127.0.0.9/32".parse().unwrap())));
+    }
+}
