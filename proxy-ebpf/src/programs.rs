@@ -40,8 +40,7 @@ static PROXY_PORT_BE: u16 = 0;
 static UPSTREAM_MARK: u32 = 0;
 
 #[map(name = "TARGETS")]
-static TARGETS: LpmTrie<TargetKey, TargetValue> =
-    LpmTrie::with_max_entries(MAX_TARGET_ENTRIES, 0);
+static TARGETS: LpmTrie<TargetKey, TargetValue> = LpmTrie::with_max_entries(MAX_TARGET_ENTRIES, 0);
 
 #[map(name = "CONNECTS")]
 static CONNECTS: HashMap<u64, ConnectRecord> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
@@ -70,7 +69,12 @@ enum Action {
 pub fn jp_connect4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands a valid bpf_sock_addr for the program's lifetime.
-    let (ip4, port) = unsafe { (read_volatile(&(*sa).user_ip4), read_volatile(&(*sa).user_port)) };
+    let (ip4, port) = unsafe {
+        (
+            read_volatile(&(*sa).user_ip4),
+            read_volatile(&(*sa).user_port),
+        )
+    };
     match connect(&ctx, v4_mapped(ip4), port as u16, 4) {
         Action::Pass => ALLOW,
         Action::Refuse => REFUSE,
@@ -96,7 +100,11 @@ pub fn jp_connect6(ctx: SockAddrContext) -> i32 {
         Action::Redirect => {
             // An IPv4-mapped destination is an IPv4 connection: send it to the
             // proxy's IPv4 listener, still IPv4-mapped.
-            let proxy = if is_v4_mapped(&dst) { PROXY_V4_MAPPED } else { PROXY_V6 };
+            let proxy = if is_v4_mapped(&dst) {
+                PROXY_V4_MAPPED
+            } else {
+                PROXY_V6
+            };
             // SAFETY: as above; user_ip6 and user_port are writable in connect6.
             unsafe {
                 write_ip6(&mut (*sa).user_ip6, proxy);
@@ -164,7 +172,12 @@ fn connect(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16, family: u16) -> A
 pub fn jp_sendmsg4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: valid context pointer, read-only fields.
-    let (ip4, port) = unsafe { (read_volatile(&(*sa).user_ip4), read_volatile(&(*sa).user_port)) };
+    let (ip4, port) = unsafe {
+        (
+            read_volatile(&(*sa).user_ip4),
+            read_volatile(&(*sa).user_port),
+        )
+    };
     refuse_udp_to_target(v4_mapped(ip4), port as u16)
 }
 

@@ -146,7 +146,9 @@ fn is_dns_name(s: &str) -> bool {
                 && label.len() <= 63
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
 }
 
@@ -227,7 +229,11 @@ fn parse_raw(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
             file: file.to_owned(),
             line,
             column,
-            key: if key == "." { "(top level)".to_owned() } else { key },
+            key: if key == "." {
+                "(top level)".to_owned()
+            } else {
+                key
+            },
             message: inner.message().to_owned(),
         }
     })
@@ -247,7 +253,12 @@ struct Errors<'a> {
 }
 
 impl Errors<'_> {
-    fn at<T>(&self, spanned: &Spanned<T>, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    fn at<T>(
+        &self,
+        spanned: &Spanned<T>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         let (line, column) = line_col(self.text, spanned.span().start);
         ConfigError::Invalid {
             file: self.file.to_owned(),
@@ -265,7 +276,14 @@ fn parse_duration(
     key: &str,
 ) -> Result<Duration, ConfigError> {
     let duration = humantime::parse_duration(value.get_ref()).map_err(|e| {
-        errors.at(value, key, format!("`{}` is not a duration ({e}); write e.g. \"30s\" or \"5m\"", value.get_ref()))
+        errors.at(
+            value,
+            key,
+            format!(
+                "`{}` is not a duration ({e}); write e.g. \"30s\" or \"5m\"",
+                value.get_ref()
+            ),
+        )
     })?;
     if duration.is_zero() {
         return Err(errors.at(value, key, "must be greater than zero"));
@@ -277,13 +295,25 @@ impl RawConfig {
     fn validate(self, text: &str, file: &str) -> Result<Config, ConfigError> {
         let errors = Errors { text, file };
         if *self.listen_port.get_ref() == 0 {
-            return Err(errors.at(&self.listen_port, "listen_port", "must be a port from 1 to 65535"));
+            return Err(errors.at(
+                &self.listen_port,
+                "listen_port",
+                "must be a port from 1 to 65535",
+            ));
         }
         if *self.max_connections.get_ref() == 0 {
-            return Err(errors.at(&self.max_connections, "max_connections", "must be at least 1"));
+            return Err(errors.at(
+                &self.max_connections,
+                "max_connections",
+                "must be at least 1",
+            ));
         }
         if *self.upstream_mark.get_ref() == 0 {
-            return Err(errors.at(&self.upstream_mark, "upstream_mark", "must not be 0 (0 means no mark)"));
+            return Err(errors.at(
+                &self.upstream_mark,
+                "upstream_mark",
+                "must not be 0 (0 means no mark)",
+            ));
         }
         let resolve_interval = parse_duration(&errors, &self.resolve_interval, "resolve_interval")?;
         let connect_timeout = parse_duration(&errors, &self.connect_timeout, "connect_timeout")?;
@@ -301,17 +331,31 @@ impl RawConfig {
                 return Err(errors.at(
                     &raw.name,
                     format!("target[{i}].name"),
-                    format!("`{name}` is not a valid target name; use letters, digits, '-', '_' or '.'"),
+                    format!(
+                        "`{name}` is not a valid target name; use letters, digits, '-', '_' or '.'"
+                    ),
                 ));
             }
             if !names.insert(name.clone()) {
-                return Err(errors.at(&raw.name, format!("target[{i}].name"), format!("duplicate target name `{name}`")));
+                return Err(errors.at(
+                    &raw.name,
+                    format!("target[{i}].name"),
+                    format!("duplicate target name `{name}`"),
+                ));
             }
             if raw.hosts.get_ref().is_empty() {
-                return Err(errors.at(&raw.hosts, format!("target[{i}].hosts"), "needs at least one host"));
+                return Err(errors.at(
+                    &raw.hosts,
+                    format!("target[{i}].hosts"),
+                    "needs at least one host",
+                ));
             }
             if raw.ports.get_ref().is_empty() {
-                return Err(errors.at(&raw.ports, format!("target[{i}].ports"), "needs at least one port"));
+                return Err(errors.at(
+                    &raw.ports,
+                    format!("target[{i}].ports"),
+                    "needs at least one port",
+                ));
             }
             let mut ports = Vec::new();
             for (j, port) in raw.ports.get_ref().iter().enumerate() {
@@ -320,14 +364,21 @@ impl RawConfig {
                     return Err(errors.at(port, key, "must be a port from 1 to 65535"));
                 }
                 if ports.contains(port.get_ref()) {
-                    return Err(errors.at(port, key, format!("port {} is listed twice", port.get_ref())));
+                    return Err(errors.at(
+                        port,
+                        key,
+                        format!("port {} is listed twice", port.get_ref()),
+                    ));
                 }
                 ports.push(*port.get_ref());
             }
             let mut hosts = Vec::new();
             for (j, host) in raw.hosts.get_ref().iter().enumerate() {
                 let key = format!("target[{i}].hosts[{j}]");
-                let spec: HostSpec = host.get_ref().parse().map_err(|m: String| errors.at(host, &key, m))?;
+                let spec: HostSpec = host
+                    .get_ref()
+                    .parse()
+                    .map_err(|m: String| errors.at(host, &key, m))?;
                 if let HostSpec::Net(net) = spec {
                     if net.contains(&IpAddr::from([127, 0, 0, 1]))
                         && ports.contains(self.listen_port.get_ref())
@@ -339,7 +390,11 @@ impl RawConfig {
                     }
                     for port in &ports {
                         if let Some(other) = literal.insert((net, *port), name.clone()) {
-                            return Err(errors.at(host, &key, format!("{net} port {port} is already in target `{other}`")));
+                            return Err(errors.at(
+                                host,
+                                &key,
+                                format!("{net} port {port} is already in target `{other}`"),
+                            ));
                         }
                     }
                 }

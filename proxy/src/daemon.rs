@@ -32,7 +32,7 @@ pub enum DaemonError {
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
     Kernel(#[from] KernelError),
-    #[error("cannot create state directory {path}: {source}")]
+    #[error("cannot create {path}: {source}; jitproxy needs root")]
     StateDir {
         path: PathBuf,
         #[source]
@@ -64,18 +64,23 @@ pub struct DaemonLock {
     _lock: Flock<File>,
 }
 
+/// Where the per-cgroup locks live. Fixed, not configurable: two daemons
+/// with different configs must still find each other's lock.
+pub const RUN_DIR: &str = "/run/jitproxy";
+
 /// Takes the lock that makes one daemon per cgroup.
-pub fn lock(state_dir: &Path, cgroup: &Path) -> Result<DaemonLock, DaemonError> {
+pub fn lock(cgroup: &Path) -> Result<DaemonLock, DaemonError> {
+    let run_dir = Path::new(RUN_DIR);
     std::fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o700)
-        .create(state_dir)
+        .mode(0o755)
+        .create(run_dir)
         .map_err(|source| DaemonError::StateDir {
-            path: state_dir.to_owned(),
+            path: run_dir.to_owned(),
             source,
         })?;
     let id = ebpf::cgroup_id(cgroup)?;
-    let path = state_dir.join(format!("cgroup-{id}.lock"));
+    let path = run_dir.join(format!("cgroup-{id}.lock"));
     let file = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -87,18 +92,19 @@ pub fn lock(state_dir: &Path, cgroup: &Path) -> Result<DaemonLock, DaemonError> 
             path: path.clone(),
             source,
         })?;
-    let mut lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(mut file, _)| {
-        let mut pid = String::new();
-        let _ = file.read_to_string(&mut pid);
-        DaemonError::AlreadyRunning {
-            cgroup: cgroup.to_owned(),
-            lock: path.clone(),
-            pid: match pid.trim() {
-                "" => String::new(),
-                pid => format!(" (pid {pid})"),
-            },
-        }
-    })?;
+    let mut lock =
+        Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(mut file, _)| {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            DaemonError::AlreadyRunning {
+                cgroup: cgroup.to_owned(),
+                lock: path.clone(),
+                pid: match pid.trim() {
+                    "" => String::new(),
+                    pid => format!(" (pid {pid})"),
+                },
+            }
+        })?;
     // Best effort: the pid only makes the "already running" message nicer.
     let _ = lock.set_len(0);
     let _ = lock.rewind();
@@ -107,10 +113,14 @@ pub fn lock(state_dir: &Path, cgroup: &Path) -> Result<DaemonLock, DaemonError> 
 }
 
 /// Runs the daemon until `shutdown` is cancelled.
-pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToken) -> Result<(), DaemonError> {
+pub async fn run(
+    config: Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
     cgroup::check_no_v1_net_controllers()?;
     let cgroup = cgroup::resolve(options.cgroup.as_deref().or(config.cgroup.as_deref()))?;
-    let _lock = lock(&config.state_dir, &cgroup)?;
+    let _lock = lock(&cgroup)?;
 
     let listeners = bind(config.listen_port)?;
     let kernel = Arc::new(Kernel::install(&LoadOptions {
@@ -119,7 +129,8 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
         proxy_port: config.listen_port,
         upstream_mark: config.upstream_mark,
     })?);
-    let (resolved, warnings) = targets::resolve(&SystemLookup, &config.targets, &Resolved::default()).await;
+    let (resolved, warnings) =
+        targets::resolve(&SystemLookup, &config.targets, &Resolved::default()).await;
     report_warnings(&warnings);
     kernel.set_targets(&resolved.entries)?;
     for (id, target) in config.targets.iter().enumerate() {
@@ -139,7 +150,12 @@ pub async fn run(config: Config, options: RunOptions, shutdown: CancellationToke
         "jitproxy is running"
     );
 
-    let resolver = tokio::spawn(re_resolve(config.clone(), Arc::clone(&kernel), resolved, shutdown.clone()));
+    let resolver = tokio::spawn(re_resolve(
+        config.clone(),
+        Arc::clone(&kernel),
+        resolved,
+        shutdown.clone(),
+    ));
     let proxy = Proxy::new(
         Arc::clone(&kernel) as Arc<dyn crate::proxy::OriginSource>,
         Policy::Open,
@@ -179,7 +195,12 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
     socket.listen(4096)
 }
 
-async fn re_resolve(config: Config, kernel: Arc<Kernel>, mut current: Resolved, shutdown: CancellationToken) {
+async fn re_resolve(
+    config: Config,
+    kernel: Arc<Kernel>,
+    mut current: Resolved,
+    shutdown: CancellationToken,
+) {
     let mut ticker = tokio::time::interval(config.resolve_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -192,8 +213,13 @@ async fn re_resolve(config: Config, kernel: Arc<Kernel>, mut current: Resolved, 
         report_warnings(&warnings);
         if resolved.entries != current.entries {
             match kernel.set_targets(&resolved.entries) {
-                Ok(()) => tracing::info!(entries = resolved.entries.len(), "target addresses changed; kernel map updated"),
-                Err(e) => tracing::error!(error = %e, "cannot update the target map; keeping the old addresses"),
+                Ok(()) => tracing::info!(
+                    entries = resolved.entries.len(),
+                    "target addresses changed; kernel map updated"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot update the target map; keeping the old addresses")
+                }
             }
         }
         current = resolved;

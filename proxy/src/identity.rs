@@ -108,7 +108,12 @@ impl Identities {
 
     /// The user name of `uid`, from the cache or the user database.
     pub async fn user_name(&self, uid: u32) -> Option<String> {
-        if let Some(name) = self.names.read().unwrap_or_else(|p| p.into_inner()).get(&uid) {
+        if let Some(name) = self
+            .names
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&uid)
+        {
             return name.clone();
         }
         // getpwuid may read /etc/passwd or ask NSS: keep it off the runtime.
@@ -153,7 +158,10 @@ impl ProcInfo {
         let exe = std::fs::read_link(dir.join("exe")).ok();
         let cgroup = std::fs::read_to_string(dir.join("cgroup"))
             .ok()
-            .and_then(|s| s.lines().find_map(|l| l.strip_prefix("0::").map(str::to_owned)));
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
+            });
         Self {
             login_uid,
             exe,

@@ -36,7 +36,9 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the daemon: attach the kernel programs and proxy redirected connections.
-    #[command(after_help = "Examples:\n  jitproxy run\n  jitproxy run --config /etc/jitproxy/config.toml\n  jitproxy run --cgroup /sys/fs/cgroup/engineers.slice")]
+    #[command(
+        after_help = "Examples:\n  jitproxy run\n  jitproxy run --config /etc/jitproxy/config.toml\n  jitproxy run --cgroup /sys/fs/cgroup/engineers.slice"
+    )]
     Run {
         /// Config file; without it the embedded default is used (`jitproxy config default`).
         #[arg(long, short)]
@@ -46,7 +48,10 @@ enum Command {
         cgroup: Option<PathBuf>,
     },
     /// Validate a config file and report errors with file, line and key.
-    #[command(name = "check-config", after_help = "Example:\n  jitproxy check-config /etc/jitproxy/config.toml")]
+    #[command(
+        name = "check-config",
+        after_help = "Example:\n  jitproxy check-config /etc/jitproxy/config.toml"
+    )]
     CheckConfig {
         /// Config file; without it the embedded default is checked.
         path: Option<PathBuf>,
@@ -55,7 +60,9 @@ enum Command {
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Detach jitproxy's pinned programs from a cgroup: connections then go direct.
-    #[command(after_help = "Stop the daemon first. Example:\n  jitproxy uninstall --cgroup /sys/fs/cgroup/engineers.slice")]
+    #[command(
+        after_help = "Stop the daemon first. Example:\n  jitproxy uninstall --cgroup /sys/fs/cgroup/engineers.slice"
+    )]
     Uninstall {
         #[arg(long, short)]
         config: Option<PathBuf>,
@@ -137,7 +144,7 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             };
             let cgroup = cgroup::resolve(cgroup.as_deref().or(config.cgroup.as_deref()))?;
             // Holding the lock proves no daemon is running on this cgroup.
-            let _lock = daemon::lock(&config.state_dir, &cgroup)?;
+            let _lock = daemon::lock(&cgroup)?;
             let done = ebpf::uninstall(&config.bpffs, &cgroup)?;
             println!(
                 "detached {} program(s) from {} and removed {} pinned map(s); connections from it now go direct",
@@ -174,7 +181,10 @@ fn load_config(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
 
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
         return;
     };

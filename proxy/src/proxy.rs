@@ -152,7 +152,11 @@ impl Proxy {
         let mut record = ConnectionRecord::start(id, peer);
 
         // 1. Origin: where it was going and who opened it.
-        let Some(kernel_record) = client.local_addr().ok().and_then(|local| self.origins.find(peer, local)) else {
+        let Some(kernel_record) = client
+            .local_addr()
+            .ok()
+            .and_then(|local| self.origins.find(peer, local))
+        else {
             reset(client);
             record.denied(&DenyReason::NoRecord);
             return;
@@ -200,7 +204,12 @@ impl Proxy {
             "daemon shutdown"
         })
         .await;
-        if matches!(ended, forward::Ended::Cut(_) | forward::Ended::ClientError(_) | forward::Ended::UpstreamError(_)) {
+        if matches!(
+            ended,
+            forward::Ended::Cut(_)
+                | forward::Ended::ClientError(_)
+                | forward::Ended::UpstreamError(_)
+        ) {
             reset(client);
             reset(upstream);
         }

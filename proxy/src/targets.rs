@@ -46,7 +46,10 @@ impl Resolved {
 
 /// Looks up DNS names; the system resolver in the daemon, a table in tests.
 pub trait Lookup {
-    fn lookup(&self, name: &str) -> impl std::future::Future<Output = Result<BTreeSet<IpAddr>, String>> + Send;
+    fn lookup(
+        &self,
+        name: &str,
+    ) -> impl std::future::Future<Output = Result<BTreeSet<IpAddr>, String>> + Send;
 }
 
 /// The system resolver (getaddrinfo, off the runtime threads).
@@ -143,7 +146,10 @@ mod tests {
         let (resolved, warnings) = resolve(&Table, &targets, &Resolved::default()).await;
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!(resolved.entries[&(443, "10.0.0.0/8".parse().unwrap())], 0);
-        assert_eq!(resolved.entries[&(8080, "127.0.0.1/32".parse().unwrap())], 1);
+        assert_eq!(
+            resolved.entries[&(8080, "127.0.0.1/32".parse().unwrap())],
+            1
+        );
         assert_eq!(resolved.addresses(0).len(), 4);
     }
 
@@ -151,12 +157,15 @@ mod tests {
     async fn failed_name_keeps_previous_addresses() {
         let targets = [target("a", &["no-such-host.invalid"], &[443])];
         let mut previous = Resolved::default();
-        previous
-            .names
-            .insert("no-such-host.invalid".into(), BTreeSet::from(["127.0.0.9".parse().unwrap()]));
+        previous.names.insert(
+            "no-such-host.invalid".into(),
+            BTreeSet::from(["127.0.0.9".parse().unwrap()]),
+        );
         let (resolved, warnings) = resolve(&Table, &targets, &previous).await;
         assert_eq!(warnings.len(), 1);
         assert_eq!(warnings[0].kept, 1);
-        assert!(resolved.entries.contains_key(&(443, "127.0.0.9/32".parse().unwrap())));
+        assert!(resolved
+            .entries
+            .contains_key(&(443, "127.0.0.9/32".parse().unwrap())));
     }
 }

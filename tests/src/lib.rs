@@ -1,1 +1,533 @@
-//! Harness for the end-to-end tests.
+//! Harness for the privileged end-to-end tests, the demo and the benchmark:
+//! child cgroups that remove themselves, a jitproxy daemon under test, small
+//! stand-in upstream servers, and clients run inside a cgroup as a chosen uid.
+//!
+//! Everything here cleans up on drop, including when a test panics: cgroups
+//! are emptied (`cgroup.kill`) and removed, daemons killed by pid, pins
+//! removed with `jitproxy uninstall`.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read as _, Write as _},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+
+/// uid/gid of `nobody`, the "other user" of the tests.
+pub const NOBODY: u32 = 65534;
+
+/// The jitproxy binary under test: `$JITPROXY_BIN`, else target/release.
+pub fn jitproxy_bin() -> PathBuf {
+    std::env::var_os("JITPROXY_BIN").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/jitproxy"),
+        PathBuf::from,
+    )
+}
+
+/// The cgroup2 mount point, from /proc/mounts.
+pub fn cgroup2_mount() -> Result<PathBuf> {
+    let mounts = fs::read_to_string("/proc/mounts")?;
+    mounts
+        .lines()
+        .find_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .context("no cgroup2 filesystem is mounted")
+}
+
+/// A child cgroup created for one test (never the root); emptied and removed
+/// on drop.
+#[derive(Debug)]
+pub struct Cgroup {
+    path: PathBuf,
+}
+
+impl Cgroup {
+    /// Creates `<cgroup2>/jitproxy-test/<name>-<pid>`.
+    pub fn create(name: &str) -> Result<Self> {
+        let path = cgroup2_mount()?
+            .join("jitproxy-test")
+            .join(format!("{name}-{}", std::process::id()));
+        if path.exists() {
+            // Left over from a crashed run with the same pid: reuse it empty.
+            kill_all(&path);
+        }
+        fs::create_dir_all(&path)
+            .with_context(|| format!("cannot create cgroup {}", path.display()))?;
+        Ok(Self { path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// `program args...`, started inside this cgroup as root.
+    pub fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+            .arg(&self.path)
+            .arg(program);
+        cmd
+    }
+
+    /// `program args...`, started inside this cgroup as `uid`/`gid` (setpriv).
+    pub fn command_as(&self, uid: u32, gid: u32, program: &str) -> Command {
+        let mut cmd = self.command("setpriv");
+        cmd.args([
+            format!("--reuid={uid}"),
+            format!("--regid={gid}"),
+            "--clear-groups".to_owned(),
+            "--".to_owned(),
+            program.to_owned(),
+        ]);
+        cmd
+    }
+
+    /// Pids now in the cgroup.
+    pub fn pids(&self) -> Vec<u32> {
+        fs::read_to_string(self.path.join("cgroup.procs"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        kill_all(&self.path);
+        let _ = fs::remove_dir(&self.path);
+        if let Some(parent) = self.path.parent() {
+            // Fails while sibling tests still have theirs; the last one wins.
+            let _ = fs::remove_dir(parent);
+        }
+    }
+}
+
+/// Kills every process in a cgroup (all started by this harness) and waits
+/// until it is empty.
+fn kill_all(path: &Path) {
+    let _ = fs::write(path.join("cgroup.kill"), "1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        let procs = fs::read_to_string(path.join("cgroup.procs")).unwrap_or_default();
+        if procs.trim().is_empty() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A jitproxy daemon under test, attached to one cgroup.
+#[derive(Debug)]
+pub struct Daemon {
+    bin: PathBuf,
+    cgroup: PathBuf,
+    dir: tempfile::TempDir,
+    config: Option<PathBuf>,
+    child: Option<Child>,
+    log: PathBuf,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Daemon {
+    /// Starts `jitproxy run` on `cgroup` with `config` (TOML; `None` for the
+    /// embedded default) and waits until it reports that it runs.
+    pub fn start(cgroup: &Cgroup, config: Option<&str>) -> Result<Self> {
+        Self::start_with_env(cgroup, config, &[])
+    }
+
+    pub fn start_with_env(
+        cgroup: &Cgroup,
+        config: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("jitproxy-test-")
+            .tempdir()?;
+        let config_path = match config {
+            Some(text) => {
+                let path = dir.path().join("config.toml");
+                let text = format!(
+                    "state_dir = \"{}\"\n{text}",
+                    dir.path().join("state").display()
+                );
+                fs::write(&path, text)?;
+                Some(path)
+            }
+            None => None,
+        };
+        let mut daemon = Self {
+            bin: jitproxy_bin(),
+            cgroup: cgroup.path().to_owned(),
+            log: dir.path().join("daemon.log"),
+            dir,
+            config: config_path,
+            child: None,
+            extra_env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        daemon.spawn()?;
+        Ok(daemon)
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--log-format", "json", "run", "--cgroup"])
+            .arg(&self.cgroup)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        let starts_before = self.count_events("daemon.started");
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.count_events("daemon.started") > starts_before {
+                break;
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!(
+                    "jitproxy exited with {status} before it started:\n{}",
+                    self.log_text()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("jitproxy did not start in 20 s:\n{}", self.log_text());
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, and wait for the exit.
+    pub fn stop(&mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("daemon not running")?;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(i32::try_from(child.id())?),
+            nix::sys::signal::Signal::SIGTERM,
+        )?;
+        Ok(child.wait()?)
+    }
+
+    /// Starts the daemon again with the same config (after a stop or kill).
+    pub fn restart(&mut self) -> Result<()> {
+        self.kill9();
+        self.spawn()
+    }
+
+    /// Runs another `jitproxy` command with this daemon's config and cgroup.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(args).arg("--cgroup").arg(&self.cgroup);
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        cmd.output()
+            .unwrap_or_else(|e| panic!("cannot run jitproxy {args:?}: {e}"))
+    }
+
+    /// Entries in the kernel's connection record maps (CONNECTS, TUPLES).
+    pub fn record_counts(&self) -> Result<(usize, usize)> {
+        let out = self.cli(&["debug", "records"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let nums: Vec<usize> = text
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        match nums[..] {
+            [c, t] => Ok((c, t)),
+            _ => bail!(
+                "unexpected `debug records` output: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Every JSON event the daemon logged so far.
+    pub fn events(&self) -> Vec<Value> {
+        let Ok(file) = fs::File::open(&self.log) else {
+            return Vec::new();
+        };
+        BufReader::new(file)
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|l| serde_json::from_str(&l).ok())
+            .collect()
+    }
+
+    /// Events of one type (`connection.allowed`, ...).
+    pub fn events_of(&self, kind: &str) -> Vec<Value> {
+        self.events()
+            .into_iter()
+            .filter(|e| e["event"] == kind)
+            .collect()
+    }
+
+    fn count_events(&self, kind: &str) -> usize {
+        self.events_of(kind).len()
+    }
+
+    /// Waits until an event matching `pred` is logged.
+    pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(e) = self.events().into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {what} event within 10 s; daemon log:\n{}",
+                self.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        // Remove the pinned programs and maps of the test cgroup.
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["uninstall", "--cgroup"]).arg(&self.cgroup);
+        if let Some(config) = &self.config {
+            cmd.arg("--config").arg(config);
+        }
+        let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    }
+}
+
+/// A stand-in "production API" on a loopback address, run on threads.
+#[derive(Debug)]
+pub struct Upstream {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    accepted: Arc<AtomicUsize>,
+    peers: Arc<Mutex<Vec<SocketAddr>>>,
+    bulk_sent: Arc<Mutex<Vec<String>>>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+/// What an [`Upstream`] does with each connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Behaviour {
+    /// HTTP/1.1: answers each request with `hello from upstream path=<path>`
+    /// and closes.
+    Http,
+    /// Reads to EOF, answers `<sha256 of what it read>\n`, then sends `n`
+    /// random bytes and closes (and remembers their sha256).
+    Bulk(usize),
+    /// Closes at once.
+    Close,
+}
+
+impl Upstream {
+    pub fn start(addr: SocketAddr, behaviour: Behaviour) -> Result<Self> {
+        let listener =
+            TcpListener::bind(addr).with_context(|| format!("cannot bind upstream {addr}"))?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let peers = Arc::new(Mutex::new(Vec::new()));
+        let bulk_sent = Arc::new(Mutex::new(Vec::new()));
+        let thread = {
+            let (stop, accepted, peers, bulk_sent) = (
+                Arc::clone(&stop),
+                Arc::clone(&accepted),
+                Arc::clone(&peers),
+                Arc::clone(&bulk_sent),
+            );
+            thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    accepted.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(peer) = stream.peer_addr() {
+                        peers.lock().unwrap_or_else(|p| p.into_inner()).push(peer);
+                    }
+                    let bulk_sent = Arc::clone(&bulk_sent);
+                    thread::spawn(move || {
+                        let _ = serve(stream, behaviour, &bulk_sent);
+                    });
+                }
+            })
+        };
+        Ok(Self {
+            addr,
+            stop,
+            accepted,
+            peers,
+            bulk_sent,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    /// Peer addresses of accepted connections.
+    pub fn peers(&self) -> Vec<SocketAddr> {
+        self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// sha256 (hex) of each bulk body sent.
+    pub fn bulk_sent(&self) -> Vec<String> {
+        self.bulk_sent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(
+    mut stream: TcpStream,
+    behaviour: Behaviour,
+    bulk_sent: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    match behaviour {
+        Behaviour::Close => Ok(()),
+        Behaviour::Http => {
+            let mut reader = BufReader::new(stream.try_clone()?);
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line)?;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line)? == 0 || line == "\r\n" || line == "\n" {
+                    break;
+                }
+            }
+            let path = request_line.split_whitespace().nth(1).unwrap_or("?");
+            let body = format!("hello from upstream path={path}\n");
+            write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )?;
+            stream.flush()
+        }
+        Behaviour::Bulk(n) => {
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                let k = stream.read(&mut buf)?;
+                if k == 0 {
+                    break;
+                }
+                hasher.update(&buf[..k]);
+            }
+            writeln!(stream, "{}", hex(&hasher.finalize()))?;
+            let mut sent = Sha256::new();
+            let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+            let mut left = n;
+            while left > 0 {
+                let k = left.min(buf.len());
+                for chunk in buf[..k].chunks_mut(8) {
+                    // xorshift64: cheap bytes that are not all alike.
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let bytes = rng.to_le_bytes();
+                    chunk.copy_from_slice(&bytes[..chunk.len()]);
+                }
+                stream.write_all(&buf[..k])?;
+                sent.update(&buf[..k]);
+                left -= k;
+            }
+            bulk_sent
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(hex(&sent.finalize()));
+            stream.shutdown(Shutdown::Write)
+        }
+    }
+}
+
+/// Lowercase hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Runs a command and returns its output, with stdout/stderr as text.
+pub fn output(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The Debian python3 (readable by every uid, unlike a pyenv shim in /root).
+pub const PYTHON: &str = "/usr/bin/python3";

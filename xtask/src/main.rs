@@ -1,1 +1,99 @@
-fn main() {}
+//! `cargo xtask`: the tasks around the build. `setup` installs what a fresh
+//! machine lacks, `demo` shows jitproxy at work, `test` runs every test tier,
+//! `bench` measures jitproxy against a direct connection and HAProxy.
+
+mod bench;
+mod demo;
+mod setup;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(about = "jitproxy's development tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install what building and testing need (rust-src, bpf-linker, Debian packages).
+    Setup {
+        /// Also install what the benchmark needs (wrk, haproxy).
+        #[arg(long)]
+        bench: bool,
+    },
+    /// Build jitproxy and show a redirected request with the caller's identity.
+    Demo,
+    /// Run lints, unit and integration tests, then the privileged end-to-end tests.
+    Test {
+        /// Skip rustfmt and clippy.
+        #[arg(long)]
+        no_lint: bool,
+        /// Only run end-to-end tests whose name contains this.
+        #[arg(long)]
+        e2e_filter: Option<String>,
+    },
+    /// Compare jitproxy with a direct connection and HAProxy; print ratios.
+    Bench(bench::Options),
+    /// rustfmt --check and clippy -D warnings.
+    Lint,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup { bench } => setup::run(setup::Needs { bench }),
+        Command::Demo => demo::run(),
+        Command::Test {
+            no_lint,
+            e2e_filter,
+        } => test(!no_lint, e2e_filter.as_deref()),
+        Command::Bench(options) => bench::run(&options),
+        Command::Lint => lint(),
+    }
+}
+
+fn test(with_lint: bool, e2e_filter: Option<&str>) -> Result<()> {
+    util::require_root("the end-to-end tests load eBPF programs and create cgroups")?;
+    setup::run(setup::Needs { bench: false })?;
+    if with_lint {
+        lint()?;
+    }
+    util::step("unit and unprivileged integration tests");
+    util::cargo(&[
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        "jitproxy-e2e",
+    ])?;
+    util::step("privileged end-to-end tests (real eBPF, real cgroups, real clients)");
+    let bin = util::build_jitproxy()?;
+    let mut args = vec!["test", "--release", "-p", "jitproxy-e2e", "--"];
+    if let Some(filter) = e2e_filter {
+        args.push(filter);
+    }
+    // Two cores: a few tests at a time keeps the machine responsive while
+    // each test's daemon, clients and upstream run side by side.
+    args.extend(["--test-threads", "3"]);
+    util::cargo_with_env(&args, &[("JITPROXY_BIN", bin.as_os_str())])?;
+    util::step("all tests passed");
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    util::step("rustfmt --check");
+    util::cargo(&["fmt", "--all", "--", "--check"])?;
+    util::step("clippy -D warnings");
+    util::cargo(&[
+        "clippy",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])
+}

@@ -54,7 +54,9 @@ const PROGRAMS: [&str; 8] = [
 /// (permissions, kernel features); the message says how.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("cannot open cgroup {path}: {source}; pass an existing cgroup v2 directory with --cgroup")]
+    #[error(
+        "cannot open cgroup {path}: {source}; pass an existing cgroup v2 directory with --cgroup"
+    )]
     Cgroup {
         path: PathBuf,
         #[source]
@@ -165,12 +167,15 @@ impl Kernel {
         ensure_bpffs(opts.bpffs)?;
         let pins = PinDir::new(opts.bpffs, cgroup_id);
         for dir in [pins.maps(), pins.links()] {
-            std::fs::create_dir_all(&dir).map_err(|source| KernelError::PinDir { path: dir, source })?;
+            std::fs::create_dir_all(&dir)
+                .map_err(|source| KernelError::PinDir { path: dir, source })?;
         }
 
         let mut loader = EbpfLoader::new();
-        let map_paths: Vec<(&str, PathBuf)> =
-            PINNED_MAPS.iter().map(|name| (*name, pins.maps().join(name))).collect();
+        let map_paths: Vec<(&str, PathBuf)> = PINNED_MAPS
+            .iter()
+            .map(|name| (*name, pins.maps().join(name)))
+            .collect();
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
@@ -189,10 +194,11 @@ impl Kernel {
             .map_or(0, |d| d.as_nanos());
         for name in PROGRAMS {
             let link = attach(&mut ebpf, name, &cgroup_file)?;
-            let path = pins.links().join(format!("{name}.{generation}"));
+            // bpffs refuses dots in names.
+            let path = pins.links().join(format!("{name}-{generation}"));
             link.pin(&path).map_err(|e| KernelError::Pin {
                 path: path.clone(),
-                message: e.to_string(),
+                message: error_chain(&e),
             })?;
         }
         // The new programs are in place; the old ones can go.
@@ -247,10 +253,11 @@ impl Kernel {
             }
         }
         for (key, value) in wanted.values() {
-            map.insert(key, value, 0).map_err(|source| KernelError::Map {
-                name: maps::TARGETS,
-                source,
-            })?;
+            map.insert(key, value, 0)
+                .map_err(|source| KernelError::Map {
+                    name: maps::TARGETS,
+                    source,
+                })?;
         }
         Ok(())
     }
@@ -316,14 +323,23 @@ pub fn uninstall(bpffs: &Path, cgroup: &Path) -> Result<Uninstalled, KernelError
 pub fn pinned_record_counts(bpffs: &Path, cgroup: &Path) -> Result<(usize, usize), KernelError> {
     let pins = PinDir::new(bpffs, cgroup_id(cgroup)?);
     let open = |name: &'static str| {
-        MapData::from_pin(pins.maps().join(name)).map_err(|source| KernelError::Map { name, source })
+        MapData::from_pin(pins.maps().join(name))
+            .map_err(|source| KernelError::Map { name, source })
     };
     let connects: HashMap<MapData, u64, ConnectRecord> =
-        HashMap::try_from(aya::maps::Map::HashMap(open(maps::CONNECTS)?))
-            .map_err(|source| KernelError::Map { name: maps::CONNECTS, source })?;
+        HashMap::try_from(aya::maps::Map::HashMap(open(maps::CONNECTS)?)).map_err(|source| {
+            KernelError::Map {
+                name: maps::CONNECTS,
+                source,
+            }
+        })?;
     let tuples: HashMap<MapData, SockTuple, u64> =
-        HashMap::try_from(aya::maps::Map::HashMap(open(maps::TUPLES)?))
-            .map_err(|source| KernelError::Map { name: maps::TUPLES, source })?;
+        HashMap::try_from(aya::maps::Map::HashMap(open(maps::TUPLES)?)).map_err(|source| {
+            KernelError::Map {
+                name: maps::TUPLES,
+                source,
+            }
+        })?;
     Ok((connects.keys().count(), tuples.keys().count()))
 }
 
@@ -332,7 +348,10 @@ pub fn is_installed(bpffs: &Path, cgroup: &Path) -> Result<bool, KernelError> {
     let pins = PinDir::new(bpffs, cgroup_id(cgroup)?);
     Ok(!pins
         .pinned_links()
-        .map_err(|source| KernelError::PinDir { path: pins.links(), source })?
+        .map_err(|source| KernelError::PinDir {
+            path: pins.links(),
+            source,
+        })?
         .is_empty())
 }
 
@@ -358,17 +377,23 @@ fn attach(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> Result<FdLink, KernelEr
     let link = match program {
         aya::programs::Program::CgroupSockAddr(p) => {
             p.load().map_err(program_error)?;
-            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(program_error)?;
+            let id = p
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(program_error)?;
             p.take_link(id).map_err(program_error)?.try_into()
         }
         aya::programs::Program::SockOps(p) => {
             p.load().map_err(program_error)?;
-            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(program_error)?;
+            let id = p
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(program_error)?;
             p.take_link(id).map_err(program_error)?.try_into()
         }
         aya::programs::Program::CgroupSock(p) => {
             p.load().map_err(program_error)?;
-            let id = p.attach(cgroup, CgroupAttachMode::Single).map_err(program_error)?;
+            let id = p
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(program_error)?;
             p.take_link(id).map_err(program_error)?.try_into()
         }
         _ => {
@@ -390,10 +415,23 @@ fn unpin_link(path: &Path) -> Result<(), KernelError> {
         path: path.to_owned(),
         message,
     };
-    let link = PinnedLink::from_pin(path).map_err(|e| pin_error(e.to_string()))?;
-    let link = link.unpin().map_err(|e| pin_error(e.to_string()))?;
+    let link = PinnedLink::from_pin(path).map_err(|e| pin_error(error_chain(&e)))?;
+    let link = link.unpin().map_err(|e| pin_error(error_chain(&e)))?;
     drop(link);
     Ok(())
+}
+
+/// An error and its sources, one line: aya's messages name the syscall and
+/// leave the errno to the source.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
@@ -457,7 +495,10 @@ pub fn ip_from_words(addr: [u32; 4]) -> IpAddr {
     }
     let v6 = Ipv6Addr::from(octets);
     if is_v4_mapped(&addr) {
-        IpAddr::V4(v6.to_ipv4_mapped().unwrap_or(std::net::Ipv4Addr::UNSPECIFIED))
+        IpAddr::V4(
+            v6.to_ipv4_mapped()
+                .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED),
+        )
     } else {
         IpAddr::V6(v6)
     }
