@@ -1,0 +1,633 @@
+//! End-to-end: the real eBPF programs on a real child cgroup, the real
+//! daemon, real clients (curl, Python, Node) started inside the cgroup as
+//! different uids. Needs root; run with `cargo xtask test`.
+//!
+//! Each test has its own index, which picks its cgroup, the daemon's listen
+//! port and the stand-in API's loopback address, so tests run in parallel.
+
+use std::{
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use jitproxy_e2e::{output, Behaviour, Cgroup, Daemon, Upstream, NOBODY, PYTHON};
+use serde_json::Value;
+
+/// One test's world: a cgroup, a stand-in API, and jitproxy watching them.
+struct World {
+    api: Upstream,
+    api6: Option<Upstream>,
+    daemon: Daemon,
+    cgroup: Cgroup,
+}
+
+/// The stand-in API of test `index`: 127.0.<10+index>.2:8080.
+fn api_addr(index: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 10 + index, 2], 8080))
+}
+
+fn api6_addr(index: u8) -> SocketAddr {
+    format!("[::1]:{}", 32_000 + u16::from(index))
+        .parse()
+        .expect("valid address")
+}
+
+fn listen_port(index: u8) -> u16 {
+    31_000 + u16::from(index)
+}
+
+fn config(index: u8, extra_hosts: &[&str]) -> String {
+    let api = api_addr(index);
+    let mut hosts = vec![format!("\"{}\"", api.ip())];
+    hosts.extend(extra_hosts.iter().map(|h| format!("\"{h}\"")));
+    format!(
+        "listen_port = {}\n\n[[target]]\nname = \"api-{index}\"\nhosts = [{}]\nports = [{}]\n\n\
+         [[target]]\nname = \"api6-{index}\"\nhosts = [\"::1\"]\nports = [{}]\n",
+        listen_port(index),
+        hosts.join(", "),
+        api.port(),
+        api6_addr(index).port(),
+    )
+}
+
+impl World {
+    fn new(index: u8, name: &str, behaviour: Behaviour) -> Self {
+        Self::with_config(index, name, behaviour, &config(index, &[]))
+    }
+
+    fn with_config(index: u8, name: &str, behaviour: Behaviour, config: &str) -> Self {
+        let api = Upstream::start(api_addr(index), behaviour).expect("stand-in API");
+        let api6 = Upstream::start(api6_addr(index), behaviour).ok();
+        let cgroup = Cgroup::create(name).expect("test cgroup");
+        let daemon = Daemon::start(&cgroup, Some(config)).expect("daemon starts");
+        Self {
+            api,
+            api6,
+            daemon,
+            cgroup,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api.addr())
+    }
+}
+
+/// curl inside the cgroup; returns (success, body, local port of the connection).
+fn curl(cmd: &mut Command, url: &str) -> (bool, String, u16) {
+    let (ok, out, err) = output(cmd.args(["-sS", "-m", "5", "-w", "\n%{local_port}", url]));
+    let (body, port) = out.rsplit_once('\n').unwrap_or((&out, ""));
+    (
+        ok,
+        if ok { body.to_owned() } else { err },
+        port.trim().parse().unwrap_or(0),
+    )
+}
+
+fn field<'a>(event: &'a Value, key: &str) -> &'a Value {
+    &event[key]
+}
+
+fn client_port(event: &Value) -> u16 {
+    field(event, "client")
+        .as_str()
+        .and_then(|c| c.parse::<SocketAddr>().ok())
+        .map_or(0, |a| a.port())
+}
+
+#[test]
+fn ipv4_target_is_redirected_with_caller_identity() {
+    let w = World::new(1, "ipv4", Behaviour::Http);
+    let mut cmd = w.cgroup.command("curl");
+    let (ok, body, port) = curl(&mut cmd, &w.url("/v1/ping"));
+    assert!(
+        ok,
+        "curl through jitproxy failed: {body}\n{}",
+        w.daemon.log_text()
+    );
+    assert_eq!(body.trim(), "hello from upstream path=/v1/ping");
+
+    let event = w.daemon.wait_event("connection.allowed", |e| {
+        e["event"] == "connection.allowed" && client_port(e) == port
+    });
+    assert_eq!(event["dst"], w.api.addr().to_string());
+    assert_eq!(event["target_name"], "api-1");
+    assert_eq!(event["uid"], 0);
+    assert_eq!(event["gid"], 0);
+    assert_eq!(event["user"], "root");
+    assert_eq!(event["comm"], "curl");
+    assert_eq!(event["exe"], "/usr/bin/curl");
+    let cgroup_rel = format!(
+        "/jitproxy-test/{}",
+        w.cgroup.path().file_name().unwrap().to_string_lossy()
+    );
+    assert_eq!(event["cgroup"], cgroup_rel.as_str());
+    // The pid is curl's own: the `sh` wrapper execs it in place.
+    let pid = event["pid"].as_i64().unwrap();
+    assert!(pid > 1, "pid {pid}");
+    assert_eq!(event["pid"], event["tid"], "curl is single-threaded here");
+    w.daemon.wait_event("connection.closed", |e| {
+        e["event"] == "connection.closed" && client_port(e) == port
+    });
+}
+
+#[test]
+fn curl_pid_is_recorded() {
+    let w = World::new(2, "pid", Behaviour::Http);
+    let mut child = w
+        .cgroup
+        .command("curl")
+        .args(["-sS", "-m", "5", "-o", "/dev/null", &w.url("/pid")])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    assert!(child.wait().unwrap().success());
+    let event = w.daemon.wait_event("allowed for curl's pid", |e| {
+        e["event"] == "connection.allowed" && e["pid"] == i64::from(pid)
+    });
+    assert_eq!(event["comm"], "curl");
+}
+
+#[test]
+fn ipv6_target_is_redirected() {
+    let w = World::new(3, "ipv6", Behaviour::Http);
+    let api6 = w.api6.as_ref().expect("IPv6 stand-in API on ::1");
+    let url = format!("http://{}/v6", api6.addr());
+    let (ok, body, port) = curl(&mut w.cgroup.command("curl"), &url);
+    assert!(ok, "curl over IPv6 failed: {body}");
+    assert_eq!(body.trim(), "hello from upstream path=/v6");
+    let event = w.daemon.wait_event("IPv6 allowed", |e| {
+        e["event"] == "connection.allowed" && client_port(e) == port
+    });
+    assert_eq!(event["dst"], api6.addr().to_string());
+    assert_eq!(event["target_name"], "api6-3");
+}
+
+#[test]
+fn ipv4_mapped_connect_is_redirected_and_getpeername_shows_original() {
+    let w = World::new(4, "mapped", Behaviour::Http);
+    let api = w.api.addr();
+    let script = format!(
+        r#"
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.connect(("::ffff:{ip}", {port}))
+print("peer", s.getpeername()[0], s.getpeername()[1])
+print("local", s.getsockname()[1])
+s.sendall(b"GET /mapped HTTP/1.1\r\nHost: x\r\n\r\n")
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk:
+        break
+    data += chunk
+print("body", data.decode().split("\r\n\r\n", 1)[1].strip())
+v4 = socket.create_connection(("{ip}", {port}))
+print("peer4", v4.getpeername()[0], v4.getpeername()[1])
+"#,
+        ip = api.ip(),
+        port = api.port()
+    );
+    let (ok, out, err) = output(w.cgroup.command(PYTHON).args(["-c", &script]));
+    assert!(ok, "python failed: {err}\n{}", w.daemon.log_text());
+    assert!(
+        out.contains(&format!("peer ::ffff:{} {}", api.ip(), api.port())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("peer4 {} {}", api.ip(), api.port())),
+        "{out}"
+    );
+    assert!(
+        out.contains("body hello from upstream path=/mapped"),
+        "{out}"
+    );
+    let local: u16 = out
+        .lines()
+        .find_map(|l| l.strip_prefix("local "))
+        .and_then(|p| p.trim().parse().ok())
+        .expect("local port");
+    let event = w.daemon.wait_event("mapped allowed", |e| {
+        e["event"] == "connection.allowed" && client_port(e) == local
+    });
+    assert_eq!(
+        event["dst"],
+        format!("[::ffff:{}]:{}", api.ip(), api.port())
+    );
+    assert_eq!(event["comm"], "python3");
+}
+
+#[test]
+fn udp_to_a_target_is_refused() {
+    let w = World::new(5, "udp", Behaviour::Http);
+    let api = w.api.addr();
+    let script = format!(
+        r#"
+import socket
+def attempt(name, fn):
+    try:
+        fn()
+        print(name, "sent")
+    except PermissionError:
+        print(name, "EPERM")
+u4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+attempt("connect4", lambda: u4.connect(("{ip}", {port})))
+u4b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+attempt("sendto4", lambda: u4b.sendto(b"x", ("{ip}", {port})))
+u6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+attempt("connect6", lambda: u6.connect(("::1", {port6})))
+u6b = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+attempt("sendto6", lambda: u6b.sendto(b"x", ("::1", {port6})))
+m = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+attempt("connect-mapped", lambda: m.connect(("::ffff:{ip}", {port})))
+mb = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+attempt("sendto-mapped", lambda: mb.sendto(b"x", ("::ffff:{ip}", {port})))
+other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+attempt("non-target", lambda: other.sendto(b"x", ("{ip}", {other_port})))
+"#,
+        ip = api.ip(),
+        port = api.port(),
+        port6 = api6_addr(5).port(),
+        other_port = api.port() + 1,
+    );
+    let (ok, out, err) = output(w.cgroup.command(PYTHON).args(["-c", &script]));
+    assert!(ok, "python failed: {err}");
+    for refused in [
+        "connect4",
+        "sendto4",
+        "connect6",
+        "sendto6",
+        "connect-mapped",
+        "sendto-mapped",
+    ] {
+        assert!(
+            out.contains(&format!("{refused} EPERM")),
+            "{refused} not refused:\n{out}"
+        );
+    }
+    assert!(
+        out.contains("non-target sent"),
+        "UDP to a non-target was refused:\n{out}"
+    );
+}
+
+#[test]
+fn non_targets_and_processes_outside_the_cgroup_are_untouched() {
+    let w = World::new(6, "untouched", Behaviour::Http);
+    // Same address, other port: not a target.
+    let other = Upstream::start(SocketAddr::new(w.api.addr().ip(), 8081), Behaviour::Http).unwrap();
+    let (ok, body, _) = curl(
+        &mut w.cgroup.command("curl"),
+        &format!("http://{}/other", other.addr()),
+    );
+    assert!(ok, "{body}");
+    // The target, from a process outside the watched cgroup.
+    let (ok, body, _) = curl(&mut Command::new("curl"), &w.url("/outside"));
+    assert!(ok, "{body}");
+    assert_eq!(body.trim(), "hello from upstream path=/outside");
+    // Give the daemon a moment to log anything it wrongly saw.
+    thread::sleep(Duration::from_millis(200));
+    assert!(
+        w.daemon.events_of("connection.allowed").is_empty(),
+        "the daemon saw connections it should not have:\n{}",
+        w.daemon.log_text()
+    );
+    // Both went direct: the peer the upstreams saw is the client itself.
+    assert_eq!(other.accepted(), 1);
+    assert_eq!(w.api.accepted(), 1);
+}
+
+#[test]
+fn the_proxy_upstream_connection_is_not_looped() {
+    let w = World::new(7, "loop", Behaviour::Http);
+    let (ok, body, port) = curl(&mut w.cgroup.command("curl"), &w.url("/loop"));
+    assert!(ok, "{body}");
+    let event = w.daemon.wait_event("allowed", |e| {
+        e["event"] == "connection.allowed" && client_port(e) == port
+    });
+    // Exactly one connection reached the proxy and exactly one the API, and
+    // the API's peer is the proxy's upstream socket.
+    assert_eq!(
+        w.daemon.events_of("connection.allowed").len(),
+        1,
+        "{}",
+        w.daemon.log_text()
+    );
+    assert_eq!(w.api.accepted(), 1);
+    let upstream_local = event["upstream_local"].as_str().unwrap().to_owned();
+    assert_eq!(w.api.peers()[0].to_string(), upstream_local);
+}
+
+#[test]
+fn a_connection_without_a_kernel_record_is_refused() {
+    let w = World::new(8, "norecord", Behaviour::Http);
+    // Straight to the proxy's listener, not through the redirect.
+    let direct = TcpStream::connect(("127.0.0.1", listen_port(8))).expect("proxy listens");
+    direct
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = std::io::Read::read(&mut &direct, &mut buf);
+    assert!(
+        matches!(read, Ok(0) | Err(_)),
+        "proxy answered a connection it had no record of"
+    );
+    let event = w
+        .daemon
+        .wait_event("denied", |e| e["event"] == "connection.denied");
+    assert_eq!(
+        event["reason"],
+        "connection did not come through the kernel redirect"
+    );
+    assert_eq!(w.api.accepted(), 0, "something reached the API");
+}
+
+#[test]
+fn killed_daemon_fails_closed_and_restart_takes_over() {
+    let mut w = World::new(9, "kill9", Behaviour::Http);
+    let (ok, body, _) = curl(&mut w.cgroup.command("curl"), &w.url("/before"));
+    assert!(ok, "{body}");
+
+    w.daemon.kill9();
+    for url in [w.url("/down"), format!("http://{}/down6", api6_addr(9))] {
+        let (ok, err, _) = curl(&mut w.cgroup.command("curl"), &url);
+        assert!(!ok, "{url} reachable while the daemon was down");
+        assert!(
+            err.contains("Couldn't connect") || err.contains("refused"),
+            "{err}"
+        );
+    }
+    let api_before = w.api.accepted();
+    assert_eq!(
+        api_before, 1,
+        "a connection went direct while the daemon was down"
+    );
+
+    w.daemon.restart().expect("restart");
+    let (ok, body, port) = curl(&mut w.cgroup.command("curl"), &w.url("/after"));
+    assert!(ok, "after restart: {body}\n{}", w.daemon.log_text());
+    w.daemon.wait_event("allowed after restart", |e| {
+        e["event"] == "connection.allowed" && client_port(e) == port
+    });
+}
+
+#[test]
+fn a_second_daemon_on_the_same_cgroup_is_refused() {
+    let w = World::new(10, "second", Behaviour::Http);
+    let mut second = Command::new(jitproxy_e2e::jitproxy_bin());
+    second.args(["run", "--cgroup"]).arg(w.cgroup.path());
+    let (ok, _, err) = output(&mut second);
+    assert!(!ok, "a second daemon started");
+    assert!(err.contains("already watches cgroup"), "{err}");
+    // The first one still works.
+    let (ok, body, _) = curl(&mut w.cgroup.command("curl"), &w.url("/still"));
+    assert!(ok, "{body}");
+}
+
+#[test]
+fn uninstall_detaches_so_connections_go_direct() {
+    let mut w = World::new(11, "uninstall", Behaviour::Http);
+    w.daemon.stop().expect("clean stop");
+    let (ok, _, _) = curl(&mut w.cgroup.command("curl"), &w.url("/stopped"));
+    assert!(!ok, "a clean stop must also leave targets closed");
+    let out = w.daemon.cli(&["uninstall"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("detached 8 program(s)"));
+    let (ok, body, _) = curl(&mut w.cgroup.command("curl"), &w.url("/direct"));
+    assert!(ok, "{body}");
+    assert_eq!(w.api.accepted(), 1);
+}
+
+#[test]
+fn other_uids_are_identified() {
+    let w = World::new(12, "uids", Behaviour::Http);
+    let api = w.api.addr();
+    // Python as nobody.
+    let script = format!(
+        "import socket\ns=socket.create_connection(('{}', {}))\nprint(s.getsockname()[1])\ns.sendall(b'GET /py HTTP/1.0\\r\\n\\r\\n')\nprint(s.recv(4096).decode().splitlines()[0])",
+        api.ip(),
+        api.port()
+    );
+    let (ok, out, err) = output(
+        w.cgroup
+            .command_as(NOBODY, NOBODY, PYTHON)
+            .args(["-c", &script]),
+    );
+    assert!(ok, "{err}");
+    let port: u16 = out.lines().next().unwrap().trim().parse().unwrap();
+    let event = w.daemon.wait_event("python as nobody", |e| {
+        e["event"] == "connection.allowed" && client_port(e) == port
+    });
+    assert_eq!(event["uid"], NOBODY);
+    assert_eq!(event["gid"], NOBODY);
+    assert_eq!(event["user"], "nobody");
+    assert_eq!(event["exe"], "/usr/bin/python3.11");
+
+    // Node as uid 4242 (no user name).
+    let js = format!(
+        "const net=require('net');const s=net.connect({{host:'{}',port:{}}},()=>{{console.log(s.localPort);s.end('GET /node HTTP/1.0\\r\\n\\r\\n')}});s.on('data',d=>process.stdout.write(''));",
+        api.ip(),
+        api.port()
+    );
+    let (ok, out, err) = output(w.cgroup.command_as(4242, 4242, "node").args(["-e", &js]));
+    assert!(ok, "{err}");
+    let port: u16 = out.lines().next().unwrap().trim().parse().unwrap();
+    let event = w.daemon.wait_event("node as 4242", |e| {
+        e["event"] == "connection.allowed" && client_port(e) == port
+    });
+    assert_eq!(event["uid"], 4242);
+    assert_eq!(event["user"], "");
+    assert_eq!(event["comm"], "node");
+}
+
+#[test]
+fn two_hundred_concurrent_connections_each_keep_their_identity() {
+    let w = World::new(13, "concurrent", Behaviour::Http);
+    let children: Vec<(u32, u32, std::process::Child)> = (0..200u32)
+        .map(|i| {
+            let uid = if i % 2 == 0 { 0 } else { NOBODY };
+            let mut cmd = if uid == 0 {
+                w.cgroup.command("curl")
+            } else {
+                w.cgroup.command_as(NOBODY, NOBODY, "curl")
+            };
+            let child = cmd
+                .args([
+                    "-sS",
+                    "-m",
+                    "20",
+                    "-w",
+                    "\n%{local_port}",
+                    &w.url(&format!("/token-{i}")),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("spawn curl");
+            (i, uid, child)
+        })
+        .collect();
+    let mut expect = Vec::new();
+    for (i, uid, child) in children {
+        let pid = child.id();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "curl {i} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (body, port) = text.rsplit_once('\n').unwrap();
+        assert_eq!(
+            body.trim(),
+            format!("hello from upstream path=/token-{i}"),
+            "cross-wired response"
+        );
+        expect.push((pid, uid, port.trim().parse::<u16>().unwrap()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let allowed = loop {
+        let allowed = w.daemon.events_of("connection.allowed");
+        if allowed.len() >= 200 || Instant::now() > deadline {
+            break allowed;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(allowed.len(), 200);
+    for (pid, uid, port) in expect {
+        let event = allowed
+            .iter()
+            .find(|e| client_port(e) == port)
+            .unwrap_or_else(|| panic!("no event for client port {port}"));
+        assert_eq!(event["pid"], i64::from(pid), "wrong pid for port {port}");
+        assert_eq!(event["uid"], i64::from(uid), "wrong uid for port {port}");
+    }
+}
+
+#[test]
+fn a_hundred_mebibytes_match_both_ways_with_half_close() {
+    const SIZE: usize = 100 << 20;
+    let w = World::new(14, "bulk", Behaviour::Bulk(SIZE));
+    let api = w.api.addr();
+    let script = format!(
+        r#"
+import hashlib, os, socket
+s = socket.create_connection(("{ip}", {port}))
+sent = hashlib.sha256()
+chunk = os.urandom(1 << 20)
+for i in range({mib}):
+    block = bytes([i % 256]) + chunk[1:]
+    s.sendall(block)
+    sent.update(block)
+s.shutdown(socket.SHUT_WR)
+f = s.makefile("rb")
+echo = f.readline().decode().strip()
+got = hashlib.sha256()
+n = 0
+while True:
+    data = f.read(1 << 20)
+    if not data:
+        break
+    got.update(data)
+    n += len(data)
+print(sent.hexdigest(), echo, got.hexdigest(), n)
+"#,
+        ip = api.ip(),
+        port = api.port(),
+        mib = SIZE >> 20
+    );
+    let (ok, out, err) = output(w.cgroup.command(PYTHON).args(["-c", &script]));
+    assert!(ok, "{err}\n{}", w.daemon.log_text());
+    let fields: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(fields.len(), 4, "{out}");
+    assert_eq!(
+        fields[0], fields[1],
+        "upstream received different bytes than the client sent"
+    );
+    assert_eq!(fields[3], SIZE.to_string(), "short download");
+    assert_eq!(
+        w.api.bulk_sent(),
+        vec![fields[2].to_owned()],
+        "client received different bytes"
+    );
+    let closed = w
+        .daemon
+        .wait_event("closed", |e| e["event"] == "connection.closed");
+    assert_eq!(closed["bytes_up"], SIZE as u64);
+    assert_eq!(closed["bytes_down"], (SIZE + 65) as u64);
+}
+
+#[test]
+fn record_maps_are_empty_after_a_hundred_thousand_connections() {
+    let w = World::new(15, "churn", Behaviour::Close);
+    // 100k short connections from 4 threads; SO_LINGER 0 closes with a reset
+    // so no TIME_WAIT sockets pile up on loopback.
+    let api = w.api.addr();
+    let script = format!(
+        r#"
+import socket, struct, threading
+failures = []
+def run(n):
+    for _ in range(n):
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        try:
+            s.connect(("{ip}", {port}))
+        except OSError as e:
+            failures.append(e)
+        s.close()
+threads = [threading.Thread(target=run, args=(25000,)) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("failures", len(failures), failures[:3])
+"#,
+        ip = api.ip(),
+        port = api.port()
+    );
+    let (ok, out, err) = output(w.cgroup.command(PYTHON).args(["-c", &script]));
+    assert!(ok, "{err}");
+    assert!(out.starts_with("failures 0"), "{out}");
+    // Records go when sockets are released; give the daemon time to finish.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = w.daemon.record_counts().expect("read pinned maps");
+        if counts == (0, 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "record maps not empty: {counts:?}"
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn dns_names_are_resolved_into_targets() {
+    // `localhost` resolves (from /etc/hosts) to 127.0.0.1 and ::1.
+    let index = 16;
+    let port = 33_016;
+    let api = Upstream::start(SocketAddr::from(([127, 0, 0, 1], port)), Behaviour::Http).unwrap();
+    let cgroup = Cgroup::create("dns").unwrap();
+    let config = format!(
+        "listen_port = {}\nresolve_interval = \"1s\"\n[[target]]\nname = \"by-name\"\nhosts = [\"localhost\"]\nports = [{port}]\n",
+        listen_port(index)
+    );
+    let daemon = Daemon::start(&cgroup, Some(&config)).unwrap();
+    let (ok, body, p) = curl(
+        &mut cgroup.command("curl"),
+        &format!("http://127.0.0.1:{port}/byname"),
+    );
+    assert!(ok, "{body}");
+    let event = daemon.wait_event("by name", |e| {
+        e["event"] == "connection.allowed" && client_port(e) == p
+    });
+    assert_eq!(event["target_name"], "by-name");
+    assert_eq!(api.accepted(), 1);
+}
