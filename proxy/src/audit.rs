@@ -13,7 +13,7 @@ use std::{
 };
 
 use crate::{
-    decision::{AllowReason, DenyReason},
+    decision::{Allowed, DenyReason},
     forward::{Bytes, Ended},
     identity::Origin,
 };
@@ -62,17 +62,19 @@ impl ConnectionRecord {
     }
 
     /// The decision let the connection through; forwarding starts.
-    pub fn allowed(&self, reason: &AllowReason, upstream_local: Option<SocketAddr>) {
+    pub fn allowed(&self, allowed: &Allowed, upstream_local: Option<SocketAddr>) {
         let upstream_local = upstream_local.map(|a| a.to_string()).unwrap_or_default();
-        self.emit("connection.allowed", &reason.to_string(), |r| {
+        let cover = &allowed.cover;
+        self.emit("connection.allowed", &cover.reason, |r| {
             tracing::info!(
                 target: "jitproxy::audit",
                 event = "connection.allowed",
                 conn = r.conn, client = %r.client, dst = %r.dst, target_name = r.target,
                 uid = r.uid, gid = r.gid, pid = r.pid, tid = r.tid, comm = r.comm,
                 user = r.user, login_uid = r.login_uid, exe = r.exe, cgroup = r.cgroup,
-                reason = r.reason, upstream_local = upstream_local,
-                "allowed {} -> {} ({})", r.who, r.dst, r.target
+                matched_uid = allowed.keys.uid, grant_id = cover.grant_id, reason = r.reason,
+                until = cover.until, upstream_local = upstream_local,
+                "allowed {} -> {} ({}) by grant {}", r.who, r.dst, r.target, cover.grant_id
             );
         });
     }
@@ -87,7 +89,7 @@ impl ConnectionRecord {
                 conn = r.conn, client = %r.client, dst = %r.dst, target_name = r.target,
                 uid = r.uid, gid = r.gid, pid = r.pid, tid = r.tid, comm = r.comm,
                 user = r.user, login_uid = r.login_uid, exe = r.exe, cgroup = r.cgroup,
-                reason = r.reason,
+                reason = r.reason, code = reason.code(),
                 "denied {} -> {}: {}", r.who, r.dst, r.reason
             );
         });

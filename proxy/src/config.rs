@@ -14,6 +14,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::limits::Limit;
+
 /// The embedded default: safe on any host (loopback targets only).
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
 /// The name under which the embedded default is reported in errors.
@@ -32,15 +34,30 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub max_connections: usize,
     pub upstream_mark: u32,
+    /// Unix socket of the control API.
+    pub control_socket: PathBuf,
+    /// Who may grant and revoke, besides root.
+    pub approvers: Vec<Approver>,
     pub targets: Vec<Target>,
 }
 
-/// A production API: the addresses and ports that are redirected.
+/// An entry of `approvers`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approver {
+    User(String),
+    Group(String),
+}
+
+/// A production API: the addresses and ports that are redirected.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Target {
     pub name: String,
     pub hosts: Vec<HostSpec>,
     pub ports: Vec<u16>,
+    /// Longest grant allowed on this target; binds everyone, root included.
+    pub max_grant: Duration,
+    /// Connection limits per (user, target).
+    pub limits: Limit,
 }
 
 /// One entry of a target's `hosts`.
@@ -96,6 +113,23 @@ impl Config {
     /// Target by its index (the `target_id` the kernel records).
     pub fn target(&self, id: u32) -> Option<&Target> {
         self.targets.get(usize::try_from(id).ok()?)
+    }
+
+    /// Index of the target named `name`.
+    pub fn target_id(&self, name: &str) -> Option<u32> {
+        self.targets
+            .iter()
+            .position(|t| t.name == name)
+            .and_then(|i| u32::try_from(i).ok())
+    }
+}
+
+impl fmt::Display for Approver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::User(name) => write!(f, "user:{name}"),
+            Self::Group(name) => write!(f, "group:{name}"),
+        }
     }
 }
 
@@ -173,6 +207,14 @@ struct RawConfig {
     max_connections: Spanned<usize>,
     #[serde(default = "defaults::upstream_mark")]
     upstream_mark: Spanned<u32>,
+    #[serde(default = "defaults::control_socket")]
+    control_socket: PathBuf,
+    #[serde(default)]
+    approvers: Vec<Spanned<String>>,
+    #[serde(default = "defaults::max_grant")]
+    max_grant: Spanned<String>,
+    #[serde(default)]
+    limits: Option<Spanned<Limit>>,
     #[serde(default, rename = "target")]
     targets: Vec<RawTarget>,
 }
@@ -183,6 +225,10 @@ struct RawTarget {
     name: Spanned<String>,
     hosts: Spanned<Vec<Spanned<String>>>,
     ports: Spanned<Vec<Spanned<u16>>>,
+    #[serde(default)]
+    max_grant: Option<Spanned<String>>,
+    #[serde(default)]
+    limits: Option<Spanned<Limit>>,
 }
 
 mod defaults {
@@ -213,6 +259,12 @@ mod defaults {
     }
     pub(super) fn upstream_mark() -> Spanned<u32> {
         unspanned(proxy_common::DEFAULT_UPSTREAM_MARK)
+    }
+    pub(super) fn control_socket() -> PathBuf {
+        PathBuf::from("/run/jitproxy/control.sock")
+    }
+    pub(super) fn max_grant() -> Spanned<String> {
+        unspanned("8h".to_owned())
     }
 }
 
@@ -291,6 +343,28 @@ fn parse_duration(
     Ok(duration)
 }
 
+fn validate_limit(
+    errors: &Errors<'_>,
+    limit: &Spanned<Limit>,
+    key: &str,
+) -> Result<Limit, ConfigError> {
+    let l = limit.get_ref();
+    if !(l.connections_per_second.is_finite() && l.connections_per_second > 0.0) {
+        return Err(errors.at(
+            limit,
+            format!("{key}.connections_per_second"),
+            "must be a number greater than 0",
+        ));
+    }
+    if l.burst == 0 {
+        return Err(errors.at(limit, format!("{key}.burst"), "must be at least 1"));
+    }
+    if l.max_concurrent == 0 {
+        return Err(errors.at(limit, format!("{key}.max_concurrent"), "must be at least 1"));
+    }
+    Ok(*l)
+}
+
 impl RawConfig {
     fn validate(self, text: &str, file: &str) -> Result<Config, ConfigError> {
         let errors = Errors { text, file };
@@ -317,6 +391,26 @@ impl RawConfig {
         }
         let resolve_interval = parse_duration(&errors, &self.resolve_interval, "resolve_interval")?;
         let connect_timeout = parse_duration(&errors, &self.connect_timeout, "connect_timeout")?;
+        let max_grant = parse_duration(&errors, &self.max_grant, "max_grant")?;
+        let limits = match &self.limits {
+            Some(l) => validate_limit(&errors, l, "limits")?,
+            None => Limit::default(),
+        };
+        let mut approvers = Vec::new();
+        for (i, a) in self.approvers.iter().enumerate() {
+            let approver = match a.get_ref().split_once(':') {
+                Some(("user", name)) if !name.is_empty() => Approver::User(name.to_owned()),
+                Some(("group", name)) if !name.is_empty() => Approver::Group(name.to_owned()),
+                _ => {
+                    return Err(errors.at(
+                        a,
+                        format!("approvers[{i}]"),
+                        format!("`{}` must be `user:NAME` or `group:NAME`", a.get_ref()),
+                    ))
+                }
+            };
+            approvers.push(approver);
+        }
 
         let mut names = HashSet::new();
         let mut literal = HashMap::new();
@@ -400,10 +494,20 @@ impl RawConfig {
                 }
                 hosts.push(spec);
             }
+            let target_max_grant = match &raw.max_grant {
+                Some(d) => parse_duration(&errors, d, &format!("target[{i}].max_grant"))?,
+                None => max_grant,
+            };
+            let target_limits = match &raw.limits {
+                Some(l) => validate_limit(&errors, l, &format!("target[{i}].limits"))?,
+                None => limits,
+            };
             targets.push(Target {
                 name: name.clone(),
                 hosts,
                 ports,
+                max_grant: target_max_grant,
+                limits: target_limits,
             });
         }
         Ok(Config {
@@ -416,6 +520,8 @@ impl RawConfig {
             connect_timeout,
             max_connections: self.max_connections.into_inner(),
             upstream_mark: self.upstream_mark.into_inner(),
+            control_socket: self.control_socket,
+            approvers,
             targets,
         })
     }

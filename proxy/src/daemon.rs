@@ -18,12 +18,20 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    access::Access,
     cgroup::{self, CgroupError},
     config::Config,
+    control::{
+        self,
+        proto::{ts, LiveConnections, StatusView, TargetStatus},
+    },
     decision::Policy,
     ebpf::{self, Kernel, KernelError, LoadOptions},
+    grants::{now_ms, store::StoreError},
+    limits::Limits,
     proxy::{Proxy, ProxySettings},
     targets::{self, Resolved, SystemLookup},
+    users::{self, Users},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +51,14 @@ pub enum DaemonError {
         cgroup: PathBuf,
         lock: PathBuf,
         pid: String,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot bind the control socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
     },
     #[error("cannot listen on {addr}: {source}; is another daemon using listen_port?")]
     Listen {
@@ -121,7 +137,15 @@ pub async fn run(
     cgroup::check_no_v1_net_controllers()?;
     let cgroup = cgroup::resolve(options.cgroup.as_deref().or(config.cgroup.as_deref()))?;
     let _lock = lock(&cgroup)?;
+    let config = Arc::new(config);
 
+    // Grants first: the proxy must know them before the first connection.
+    let access = Access::open(Arc::clone(&config))?;
+    let control_listener =
+        control::server::bind(&config.control_socket).map_err(|source| DaemonError::Control {
+            path: config.control_socket.clone(),
+            source,
+        })?;
     let listeners = bind(config.listen_port)?;
     let kernel = Arc::new(Kernel::install(&LoadOptions {
         cgroup: &cgroup,
@@ -141,35 +165,121 @@ pub async fn run(
             .collect();
         tracing::info!(target_name = %target.name, addresses = %addrs.join(", "), "watching target");
     }
-    tracing::info!(
-        event = "daemon.started",
-        cgroup = %cgroup.display(),
-        config = %config.source,
-        listen_port = config.listen_port,
-        pins = %kernel.pins().root().display(),
-        "jitproxy is running"
-    );
+    let resolved = Arc::new(std::sync::RwLock::new(resolved));
 
-    let resolver = tokio::spawn(re_resolve(
-        config.clone(),
+    let policy = Policy::new(
+        access.index(),
+        Users::new(),
+        Limits::new(),
+        config
+            .targets
+            .iter()
+            .map(|t| (t.name.clone(), t.limits))
+            .collect(),
+    );
+    let status = status_fn(&config, &cgroup, &kernel, &resolved, &policy);
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(control::server::serve(
+        control_listener,
+        Arc::clone(&access),
+        status,
+        shutdown.clone(),
+    ));
+    tasks.spawn(Arc::clone(&access).run_expiry(shutdown.clone()));
+    tasks.spawn(re_resolve(
+        Arc::clone(&config),
         Arc::clone(&kernel),
         resolved,
         shutdown.clone(),
     ));
+    tracing::info!(
+        target: "jitproxy::audit",
+        event = "daemon.started",
+        cgroup = %cgroup.display(),
+        config = %config.source,
+        listen_port = config.listen_port,
+        control_socket = %config.control_socket.display(),
+        open_grants = access.open_grants(),
+        pins = %kernel.pins().root().display(),
+        "jitproxy is running"
+    );
+
     let proxy = Proxy::new(
         Arc::clone(&kernel) as Arc<dyn crate::proxy::OriginSource>,
-        Policy::Open,
+        policy,
+        Arc::clone(&access),
         ProxySettings::from_config(&config),
         shutdown.clone(),
     );
     proxy.serve(listeners).await;
-    resolver.abort();
+    tasks.shutdown().await;
+    let _ = std::fs::remove_file(&config.control_socket);
     tracing::info!(
+        target: "jitproxy::audit",
         event = "daemon.stopped",
         cgroup = %cgroup.display(),
         "jitproxy stopped; targets stay closed until it runs again (or `jitproxy uninstall`)"
     );
     Ok(())
+}
+
+/// What `jitproxy status` shows, computed on request.
+fn status_fn(
+    config: &Arc<Config>,
+    cgroup: &Path,
+    kernel: &Arc<Kernel>,
+    resolved: &Arc<std::sync::RwLock<Resolved>>,
+    policy: &Policy,
+) -> control::server::StatusFn {
+    let started_at = ts(now_ms());
+    let (config, kernel, resolved, policy) = (
+        Arc::clone(config),
+        Arc::clone(kernel),
+        Arc::clone(resolved),
+        policy.clone(),
+    );
+    let cgroup = cgroup.display().to_string();
+    Arc::new(move |access: &Access| {
+        let resolved = resolved.read().unwrap_or_else(|p| p.into_inner());
+        let targets = config
+            .targets
+            .iter()
+            .enumerate()
+            .map(|(id, t)| TargetStatus {
+                name: t.name.clone(),
+                hosts: t.hosts.iter().map(ToString::to_string).collect(),
+                addresses: resolved
+                    .addresses(u32::try_from(id).unwrap_or(u32::MAX))
+                    .iter()
+                    .map(|(port, net)| format!("{net} {port}"))
+                    .collect(),
+            })
+            .collect();
+        let live = policy
+            .live()
+            .into_iter()
+            .map(|(uid, target, connections)| LiveConnections {
+                uid,
+                user: users::user_name(uid),
+                target: config
+                    .target(target)
+                    .map(|t| t.name.clone())
+                    .unwrap_or_default(),
+                connections,
+            })
+            .collect();
+        StatusView {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            cgroup: cgroup.clone(),
+            pins: kernel.pins().root().display().to_string(),
+            listen_port: config.listen_port,
+            started_at,
+            targets,
+            live,
+            open_grants: access.open_grants(),
+        }
+    })
 }
 
 /// Binds the loopback listeners, IPv4 and IPv6.
@@ -196,11 +306,12 @@ fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
 }
 
 async fn re_resolve(
-    config: Config,
+    config: Arc<Config>,
     kernel: Arc<Kernel>,
-    mut current: Resolved,
+    shared: Arc<std::sync::RwLock<Resolved>>,
     shutdown: CancellationToken,
 ) {
+    let mut current = shared.read().unwrap_or_else(|p| p.into_inner()).clone();
     let mut ticker = tokio::time::interval(config.resolve_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
@@ -222,7 +333,8 @@ async fn re_resolve(
                 }
             }
         }
-        current = resolved;
+        current = resolved.clone();
+        *shared.write().unwrap_or_else(|p| p.into_inner()) = resolved;
     }
 }
 

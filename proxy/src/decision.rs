@@ -1,28 +1,50 @@
 //! Whether a redirected connection may pass: a [`Verdict`] with a reason that
-//! is shown to the user and written to the audit log.
+//! is shown to the user (`jitproxy why`) and written to the audit record.
 //!
-//! The skeleton has no grants yet: [`Policy::Open`] lets every redirected
-//! connection through and says so in its reason. Grants replace it.
+//! A connection passes when a live grant covers its caller on its target and
+//! the caller is within the target's connection limits. While it lives,
+//! [`Policy::access_ends`] watches the grants and resolves when none covers the
+//! caller any more, so the connection is cut on time.
 
-use std::fmt;
+use std::{
+    fmt,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
-use crate::identity::Origin;
+use tokio::sync::watch;
+
+use crate::{
+    grants::{now_ms, Cover, GrantIndex, Keys},
+    identity::Origin,
+    limits::{Exceeded, Limit, Limits, LiveGuard},
+    users::Users,
+};
+
+/// How often a live connection re-checks its cover even when nothing
+/// changed: bounds the effect of wall-clock jumps on "ends on time".
+const RECHECK: Duration = Duration::from_secs(1);
 
 /// The decision on one connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Verdict {
-    Allow(AllowReason),
+    Allow(Allowed),
     Deny(DenyReason),
 }
 
-/// Why a connection was let through.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AllowReason {
-    /// No policy is configured: every caller passes (skeleton only).
-    NoPolicy,
+/// A connection that may pass, and what let it.
+#[derive(Debug)]
+pub struct Allowed {
+    /// The grant that covers the caller and reaches furthest.
+    pub cover: Cover,
+    /// The identities the caller was matched by.
+    pub keys: Keys,
+    pub target: u32,
+    /// The caller's live-connection slot; freed when the connection ends.
+    pub slot: LiveGuard,
 }
 
-/// Why a connection was refused. Shown to the caller and audited.
+/// Why a connection was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DenyReason {
     /// The kernel has no record of this connection: it did not come through
@@ -30,28 +52,120 @@ pub enum DenyReason {
     NoRecord,
     /// The record names a target the running config does not have.
     UnknownTarget(u32),
+    /// No live grant covers the caller on the target.
+    NoGrant { uid: u32, target: String },
+    /// More new connections per second than the target allows.
+    RateLimited,
+    /// Too many live connections to the target.
+    TooManyConnections(u32),
 }
 
-/// Decides on connections.
-#[derive(Debug, Clone)]
-pub enum Policy {
-    /// Allow every redirected connection.
-    Open,
-}
-
-impl Policy {
-    pub fn decide(&self, _origin: &Origin) -> Verdict {
+impl DenyReason {
+    /// Stable code for records and `jitproxy why`.
+    pub fn code(&self) -> &'static str {
         match self {
-            Self::Open => Verdict::Allow(AllowReason::NoPolicy),
+            Self::NoRecord => "no_record",
+            Self::UnknownTarget(_) => "unknown_target",
+            Self::NoGrant { .. } => "no_grant",
+            Self::RateLimited => "rate_limited",
+            Self::TooManyConnections(_) => "too_many_connections",
         }
     }
 }
 
-impl fmt::Display for AllowReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::NoPolicy => f.write_str("no access policy configured"),
+/// Decides on connections from the current grants and limits.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    index: watch::Receiver<Arc<GrantIndex>>,
+    users: Users,
+    limits: Limits,
+    /// Per target (by index): its name and connection limits.
+    targets: Arc<[(String, Limit)]>,
+}
+
+impl Policy {
+    pub fn new(
+        index: watch::Receiver<Arc<GrantIndex>>,
+        users: Users,
+        limits: Limits,
+        targets: Arc<[(String, Limit)]>,
+    ) -> Self {
+        Self {
+            index,
+            users,
+            limits,
+            targets,
         }
+    }
+
+    /// The verdict on a connection from `origin`.
+    pub async fn decide(&self, origin: &Origin) -> Verdict {
+        let target = origin.target_id;
+        let Some((target_name, limit)) = self.targets.get(target as usize) else {
+            return Verdict::Deny(DenyReason::UnknownTarget(target));
+        };
+        let uid = origin.caller.principal_uid();
+        let index = Arc::clone(&self.index.borrow());
+        let gids = if index.has_group_grants() {
+            self.users.groups(uid).await.to_vec()
+        } else {
+            Vec::new()
+        };
+        let keys = Keys { uid, gids };
+        let Some(cover) = index.cover(&keys, target, now_ms()) else {
+            return Verdict::Deny(DenyReason::NoGrant {
+                uid,
+                target: target_name.clone(),
+            });
+        };
+        match self.limits.acquire(uid, target, limit, Instant::now()) {
+            Ok(slot) => Verdict::Allow(Allowed {
+                cover,
+                keys,
+                target,
+                slot,
+            }),
+            Err(Exceeded::Rate) => Verdict::Deny(DenyReason::RateLimited),
+            Err(Exceeded::Concurrency(max)) => Verdict::Deny(DenyReason::TooManyConnections(max)),
+        }
+    }
+
+    /// Resolves when no grant covers `keys` on `target` any more (expiry,
+    /// revoke, drop), at most [`RECHECK`] late.
+    pub fn access_ends(
+        &self,
+        keys: Keys,
+        target: u32,
+    ) -> impl std::future::Future<Output = &'static str> + Send + 'static {
+        let mut index = self.index.clone();
+        async move {
+            loop {
+                let now = now_ms();
+                let until = index
+                    .borrow_and_update()
+                    .cover(&keys, target, now)
+                    .map(|c| c.until);
+                let Some(until) = until else {
+                    return "grant ended";
+                };
+                let wait =
+                    Duration::from_millis(u64::try_from(until - now).unwrap_or(0)).min(RECHECK);
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    changed = index.changed() => {
+                        if changed.is_err() {
+                            // The grant service is gone: the daemon is stopping.
+                            return "daemon shutdown";
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Live connections per (uid, target index).
+    pub fn live(&self) -> Vec<(u32, u32, u32)> {
+        self.limits.live()
     }
 }
 
@@ -60,6 +174,11 @@ impl fmt::Display for DenyReason {
         match self {
             Self::NoRecord => f.write_str("connection did not come through the kernel redirect"),
             Self::UnknownTarget(id) => write!(f, "target #{id} is not in the running config"),
+            Self::NoGrant { uid, target } => {
+                write!(f, "no live grant for uid {uid} on target `{target}`")
+            }
+            Self::RateLimited => f.write_str("rate limited: too many new connections per second"),
+            Self::TooManyConnections(max) => write!(f, "too many live connections (at most {max})"),
         }
     }
 }

@@ -56,6 +56,16 @@ pub struct Caller {
     pub cgroup: Option<String>,
 }
 
+impl Caller {
+    /// The uid grants are matched against: the login uid when it is set (the
+    /// human who logged in, also behind `sudo` or `su`), else the uid. So
+    /// `sudo curl` by alice needs alice's grant, and root's grant does not
+    /// lend access to every sudoer.
+    pub fn principal_uid(&self) -> u32 {
+        self.login_uid.unwrap_or(self.uid)
+    }
+}
+
 impl fmt::Display for Caller {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.user {

@@ -5,13 +5,19 @@
 //! docs/architecture.md for the picture.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod audit;
 pub mod cgroup;
+pub mod cli;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod decision;
 pub mod ebpf;
 pub mod forward;
+pub mod grants;
 pub mod identity;
+pub mod limits;
 pub mod proxy;
 pub mod targets;
+pub mod users;

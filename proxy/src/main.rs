@@ -1,7 +1,8 @@
 //! The `jitproxy` command: the daemon (`run`) and the tools around it.
 //!
 //! Exit codes: 0 success; 1 runtime failure (the message says what to do);
-//! 2 bad usage or an invalid config.
+//! 2 bad usage or an invalid config; 3 the daemon could not be reached;
+//! 4 the daemon refused the request.
 #![forbid(unsafe_code)]
 
 use std::{path::PathBuf, process::ExitCode};
@@ -10,11 +11,15 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use jitproxy::{
     cgroup,
+    cli::{self, CliError, WindowArgs},
     config::{Config, DEFAULT_CONFIG},
     daemon::{self, RunOptions},
     ebpf,
 };
 use tokio_util::sync::CancellationToken;
+
+/// Where client commands find the daemon unless told otherwise.
+const DEFAULT_SOCKET: &str = "/run/jitproxy/control.sock";
 
 /// Time-limited access to production APIs through a kernel-enforced local proxy.
 #[derive(Debug, Parser)]
@@ -23,6 +28,9 @@ struct Cli {
     /// Log format: `text` for people, `json` (one object per line) for machines.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "JITPROXY_LOG_FORMAT")]
     log_format: LogFormat,
+    /// The daemon's control socket [default: /run/jitproxy/control.sock, or the config's for `run`].
+    #[arg(long, global = true, env = "JITPROXY_SOCKET")]
+    socket: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,6 +54,9 @@ enum Command {
         /// cgroup v2 to watch (absolute, or relative to the cgroup2 mount); default: the config's, else the root.
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        /// Directory for the grant database; overrides the config's `state_dir`.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
     },
     /// Validate a config file and report errors with file, line and key.
     #[command(
@@ -68,6 +79,70 @@ enum Command {
         config: Option<PathBuf>,
         #[arg(long)]
         cgroup: Option<PathBuf>,
+    },
+    /// Grant a user (or a group) access to a target for a time window.
+    #[command(
+        after_help = "Examples:\n  jitproxy grant alice payments-api --for 2h --reason INC-1234\n  jitproxy grant group:sre payments-api --until 18:00 --reason \"deploy window\"\n  jitproxy grant 1001 orders-db-admin --from \"2026-11-28 09:00\" --for 30m --reason CHG-88"
+    )]
+    Grant {
+        /// A user name, a uid, or group:NAME.
+        who: String,
+        /// A target name from the daemon's config.
+        target: String,
+        /// How long: 30m, 2h, 1h30m.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        /// Until when: 18:00 (today), "2026-11-28 18:00" (local) or RFC 3339.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+        /// From when (default now); same forms as --until.
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// Why: a ticket or a sentence (required).
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End grants now: by id, or every open grant of a user (on a target).
+    #[command(
+        after_help = "Examples:\n  jitproxy revoke 17\n  jitproxy revoke --user alice --target payments-api"
+    )]
+    Revoke {
+        /// Grant id (see `jitproxy grants --all`).
+        id: Option<i64>,
+        #[arg(long, conflicts_with = "id")]
+        user: Option<String>,
+        #[arg(long, requires = "user")]
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// List your grants (or everyone's with --all, for approvers).
+    #[command(after_help = "Examples:\n  jitproxy grants\n  jitproxy grants --all --json")]
+    Grants {
+        #[arg(long)]
+        all: bool,
+        /// JSON Lines, times in RFC 3339.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give your own access back now (on one target, or all).
+    #[command(after_help = "Examples:\n  jitproxy drop payments-api\n  jitproxy drop")]
+    Drop {
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Why was my last connection refused, and how do I get access?
+    Why {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Daemon state: cgroup, targets and their addresses, live connections.
+    Status {
+        #[arg(long)]
+        json: bool,
     },
     /// Low-level inspection, for tests and debugging.
     #[command(hide = true, subcommand)]
@@ -94,7 +169,23 @@ enum DebugCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log_guard = init_logging(cli.log_format);
-    match execute(cli.command) {
+    let socket = cli
+        .socket
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    if let Some(result) = client_command(&socket, &cli.command) {
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                if let Some(hint) = e.hint() {
+                    eprintln!("hint: {hint}");
+                }
+                e.exit_code()
+            }
+        };
+    }
+    match execute(cli.command, cli.socket) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -103,13 +194,77 @@ fn main() -> ExitCode {
     }
 }
 
-fn execute(command: Command) -> anyhow::Result<ExitCode> {
+/// Runs a control API client command; `None` for daemon-side commands.
+fn client_command(socket: &PathBuf, command: &Command) -> Option<Result<(), CliError>> {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            return Some(Err(CliError::Usage(format!(
+                "cannot start the async runtime: {e}"
+            ))))
+        }
+    };
+    let socket = socket.clone();
+    let command = match command {
+        Command::Grant {
+            who,
+            target,
+            duration,
+            until,
+            from,
+            reason,
+            json,
+        } => {
+            let window = WindowArgs {
+                duration: duration.clone(),
+                until: until.clone(),
+                from: from.clone(),
+            };
+            let (who, target, reason, json) = (who.clone(), target.clone(), reason.clone(), *json);
+            runtime.block_on(
+                async move { cli::grant(&socket, who, target, window, reason, json).await },
+            )
+        }
+        Command::Revoke {
+            id,
+            user,
+            target,
+            json,
+        } => {
+            let (id, user, target, json) = (*id, user.clone(), target.clone(), *json);
+            runtime.block_on(async move { cli::revoke(&socket, id, user, target, json).await })
+        }
+        Command::Grants { all, json } => runtime.block_on(cli::grants(&socket, *all, *json)),
+        Command::Drop { target, json } => {
+            runtime.block_on(cli::drop_access(&socket, target.clone(), *json))
+        }
+        Command::Why { json } => runtime.block_on(cli::why(&socket, *json)),
+        Command::Status { json } => runtime.block_on(cli::status(&socket, *json)),
+        _ => return None,
+    };
+    Some(command)
+}
+
+fn execute(command: Command, socket: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Run { config, cgroup } => {
-            let config = match load_config(config.as_ref()) {
+        Command::Run {
+            config,
+            cgroup,
+            state_dir,
+        } => {
+            let mut config = match load_config(config.as_ref()) {
                 Ok(config) => config,
                 Err(code) => return Ok(code),
             };
+            if let Some(socket) = socket {
+                config.control_socket = socket;
+            }
+            if let Some(state_dir) = state_dir {
+                config.state_dir = state_dir;
+            }
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -154,6 +309,12 @@ fn execute(command: Command) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Command::Grant { .. }
+        | Command::Revoke { .. }
+        | Command::Grants { .. }
+        | Command::Drop { .. }
+        | Command::Why { .. }
+        | Command::Status { .. } => unreachable!("client commands are handled by client_command"),
         Command::Debug(DebugCommand::Records { config, cgroup }) => {
             let config = match load_config(config.as_ref()) {
                 Ok(config) => config,

@@ -28,11 +28,14 @@ use tokio::{
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    access::Access,
     audit::ConnectionRecord,
     config::Config,
+    control::proto::{ts, Refusal},
     decision::{DenyReason, Policy, Verdict},
     forward::{self, Bytes},
-    identity::Identities,
+    grants::now_ms,
+    identity::{Identities, Origin},
 };
 
 /// Where the proxy finds the kernel's record of a redirected connection.
@@ -74,6 +77,7 @@ pub struct Proxy {
     origins: Arc<dyn OriginSource>,
     identities: Identities,
     policy: Policy,
+    access: Arc<Access>,
     settings: ProxySettings,
     next_id: AtomicU64,
     shutdown: CancellationToken,
@@ -83,6 +87,7 @@ impl Proxy {
     pub fn new(
         origins: Arc<dyn OriginSource>,
         policy: Policy,
+        access: Arc<Access>,
         settings: ProxySettings,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
@@ -90,6 +95,7 @@ impl Proxy {
             origins,
             identities: Identities::new(),
             policy,
+            access,
             settings,
             next_id: AtomicU64::new(1),
             shutdown,
@@ -171,17 +177,19 @@ impl Proxy {
         };
 
         // 2. Decision.
-        let verdict = self.policy.decide(&origin);
+        let verdict = self.policy.decide(&origin).await;
         let upstream_addr = origin.upstream_addr();
-        record.set_origin(origin, target);
-        let allow = match verdict {
-            Verdict::Allow(reason) => reason,
+        let allowed = match verdict {
+            Verdict::Allow(allowed) => allowed,
             Verdict::Deny(reason) => {
                 reset(client);
+                self.access.note_refusal(refusal(&origin, target, &reason));
+                record.set_origin(origin, target);
                 record.denied(&reason);
                 return;
             }
         };
+        record.set_origin(origin, target);
 
         // 3. Connect upstream, then audit: the record is out before any byte
         // reaches the target.
@@ -193,17 +201,24 @@ impl Proxy {
                 return;
             }
         };
-        record.allowed(&allow, upstream.local_addr().ok());
+        record.allowed(&allowed, upstream.local_addr().ok());
 
-        // 4. Forward until either side is done or the daemon stops.
+        // 4. Forward until either side is done, the grant ends, or the
+        // daemon stops.
         let _ = client.set_nodelay(true);
         let bytes = Bytes::default();
         let shutdown = self.shutdown.clone();
+        let access_ends = self
+            .policy
+            .access_ends(allowed.keys.clone(), allowed.target);
         let ended = forward::forward(&client, &upstream, &bytes, async move {
-            shutdown.cancelled().await;
-            "daemon shutdown"
+            tokio::select! {
+                () = shutdown.cancelled() => "daemon shutdown",
+                why = access_ends => why,
+            }
         })
         .await;
+        drop(allowed.slot);
         if matches!(
             ended,
             forward::Ended::Cut(_)
@@ -232,6 +247,21 @@ impl Proxy {
         tokio::time::timeout(self.settings.connect_timeout, socket.connect(addr))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+    }
+}
+
+/// What `jitproxy why` tells the caller about a refusal.
+fn refusal(origin: &Origin, target: &str, reason: &DenyReason) -> Refusal {
+    let caller = &origin.caller;
+    Refusal {
+        at: ts(now_ms()),
+        uid: caller.principal_uid(),
+        user: caller.user.clone(),
+        target: target.to_owned(),
+        destination: origin.dst.to_string(),
+        process: format!("{} (pid {})", caller.comm, caller.pid),
+        reason: reason.to_string(),
+        code: reason.code().to_owned(),
     }
 }
 

@@ -122,6 +122,8 @@ mod tests {
             name: name.to_owned(),
             hosts: hosts.iter().map(|h| h.parse().unwrap()).collect(),
             ports: ports.to_vec(),
+            max_grant: std::time::Duration::from_secs(3600),
+            limits: crate::limits::Limit::default(),
         }
     }
 

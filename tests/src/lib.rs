@@ -162,8 +162,9 @@ impl Daemon {
             Some(text) => {
                 let path = dir.path().join("config.toml");
                 let text = format!(
-                    "state_dir = \"{}\"\n{text}",
-                    dir.path().join("state").display()
+                    "state_dir = \"{}\"\ncontrol_socket = \"{}\"\n{text}",
+                    dir.path().join("state").display(),
+                    dir.path().join("control.sock").display()
                 );
                 fs::write(&path, text)?;
                 Some(path)
@@ -197,9 +198,16 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
-        if let Some(config) = &self.config {
-            cmd.arg("--config").arg(config);
-        }
+        match &self.config {
+            Some(config) => cmd.arg("--config").arg(config),
+            // The embedded default: keep its state and socket in the test's
+            // directory, not the host's.
+            None => cmd
+                .arg("--state-dir")
+                .arg(self.dir.path().join("state"))
+                .arg("--socket")
+                .arg(self.socket()),
+        };
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
@@ -266,6 +274,50 @@ impl Daemon {
         }
         cmd.output()
             .unwrap_or_else(|e| panic!("cannot run jitproxy {args:?}: {e}"))
+    }
+
+    /// The daemon's control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("control.sock")
+    }
+
+    /// `jitproxy ARGS --socket <this daemon's socket>`, run as `uid`/`gid`
+    /// (root when 0), with the login uid set when `login_uid` is given.
+    pub fn client_as(
+        &self,
+        uid: u32,
+        gid: u32,
+        login_uid: Option<u32>,
+        args: &[&str],
+    ) -> (i32, String, String) {
+        let mut cmd = Command::new("sh");
+        let login = login_uid.map_or(String::new(), |l| {
+            format!("echo {l} > /proc/self/loginuid && ")
+        });
+        cmd.arg("-c")
+            .arg(format!(
+                r#"{login}exec setpriv --reuid={uid} --regid={gid} --clear-groups -- "$@""#
+            ))
+            .arg("sh")
+            .arg(&self.bin)
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket());
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run jitproxy {args:?}: {e}"));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// `jitproxy ARGS` as root against this daemon; panics unless it succeeds.
+    pub fn client(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.client_as(0, 0, None, args);
+        assert_eq!(code, 0, "jitproxy {args:?} failed:\n{out}{err}");
+        out
     }
 
     /// Entries in the kernel's connection record maps (CONNECTS, TUPLES).

@@ -27,7 +27,11 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("nodejs", "node"),
     ("iproute2", "ip"),
 ];
-const BENCH_PACKAGES: &[(&str, &str)] = &[("wrk", "wrk"), ("haproxy", "haproxy")];
+const BENCH_PACKAGES: &[(&str, &str)] = &[
+    ("wrk", "wrk"),
+    ("haproxy", "haproxy"),
+    ("nginx", "/usr/sbin/nginx"),
+];
 
 pub fn run(needs: Needs) -> Result<()> {
     step("setup: toolchain and tools");

@@ -1,0 +1,426 @@
+//! The client commands of `jitproxy` (grant, revoke, grants, drop, why,
+//! status): parse human input, call the control API, print tables for people
+//! and JSON for scripts. Times are local in tables and RFC 3339 in JSON.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use jiff::{civil, tz::TimeZone, Timestamp, Zoned};
+
+use crate::control::{
+    client::{Client, ClientError},
+    proto::{DropRequest, GrantList, GrantRequest, GrantView, RevokeRequest, StatusView, WhyView},
+};
+
+/// Exit codes of the client commands (also in README).
+pub mod exit {
+    /// The daemon refused the request (not allowed, unknown target, bad input).
+    pub const REFUSED: u8 = 4;
+    /// The daemon could not be reached.
+    pub const UNREACHABLE: u8 = 3;
+    /// Bad usage: a malformed duration or time.
+    pub const USAGE: u8 = 2;
+}
+
+/// A client command that failed, with its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+impl CliError {
+    pub fn exit_code(&self) -> ExitCode {
+        ExitCode::from(match self {
+            Self::Usage(_) => exit::USAGE,
+            Self::Client(ClientError::Connect { .. }) => exit::UNREACHABLE,
+            Self::Client(ClientError::Api { .. }) => exit::REFUSED,
+            Self::Client(ClientError::Protocol(_)) => 1,
+        })
+    }
+
+    /// What to do next, when the daemon said.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            Self::Client(ClientError::Api { hint, .. }) => hint.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// The window of a new grant, as typed on the command line.
+#[derive(Debug, Clone, Default)]
+pub struct WindowArgs {
+    pub duration: Option<String>,
+    pub until: Option<String>,
+    pub from: Option<String>,
+}
+
+pub async fn grant(
+    socket: &PathBuf,
+    who: String,
+    target: String,
+    window: WindowArgs,
+    reason: String,
+    json: bool,
+) -> Result<(), CliError> {
+    let tz = TimeZone::system();
+    let now = Zoned::now().with_time_zone(tz.clone());
+    let starts_at = window
+        .from
+        .as_deref()
+        .map(|s| parse_time(s, &now))
+        .transpose()?;
+    let (ends_at, duration_secs) = match (&window.duration, &window.until) {
+        (Some(d), None) => (None, Some(parse_duration(d)?.as_secs())),
+        (None, Some(u)) => (Some(parse_time(u, &now)?), None),
+        _ => {
+            return Err(CliError::Usage(
+                "give the window with exactly one of --for DURATION (e.g. 2h) and --until TIME (e.g. 18:00)".to_owned(),
+            ))
+        }
+    };
+    let request = GrantRequest {
+        who,
+        target,
+        starts_at,
+        ends_at,
+        duration_secs,
+        reason,
+    };
+    let grant: GrantView = Client::new(socket).post("/v1/grants", &request).await?;
+    if json {
+        print_json(&grant);
+    } else {
+        println!(
+            "granted #{}: {} on {} from {} until {} ({})",
+            grant.id,
+            grant.who,
+            grant.target,
+            local(grant.starts_at),
+            local(grant.ends_at),
+            grant.reason
+        );
+    }
+    Ok(())
+}
+
+pub async fn revoke(
+    socket: &PathBuf,
+    id: Option<i64>,
+    who: Option<String>,
+    target: Option<String>,
+    json: bool,
+) -> Result<(), CliError> {
+    let list: GrantList = Client::new(socket)
+        .post("/v1/revoke", &RevokeRequest { id, who, target })
+        .await?;
+    report_ended(&list, "revoked", json);
+    Ok(())
+}
+
+pub async fn drop_access(
+    socket: &PathBuf,
+    target: Option<String>,
+    json: bool,
+) -> Result<(), CliError> {
+    let list: GrantList = Client::new(socket)
+        .post("/v1/drop", &DropRequest { target })
+        .await?;
+    report_ended(&list, "dropped", json);
+    Ok(())
+}
+
+fn report_ended(list: &GrantList, verb: &str, json: bool) {
+    if json {
+        print_json(list);
+    } else if list.grants.is_empty() {
+        println!("no open grant matched; nothing {verb}");
+    } else {
+        for g in &list.grants {
+            println!(
+                "{verb} #{}: {} on {} ({}); its connections are closed",
+                g.id, g.who, g.target, g.reason
+            );
+        }
+    }
+}
+
+pub async fn grants(socket: &PathBuf, all: bool, json: bool) -> Result<(), CliError> {
+    let path = if all {
+        "/v1/grants?all=true"
+    } else {
+        "/v1/grants"
+    };
+    let list: GrantList = Client::new(socket).get(path).await?;
+    if json {
+        for g in &list.grants {
+            println!("{}", serde_json::to_string(g).unwrap_or_default());
+        }
+        return Ok(());
+    }
+    if list.grants.is_empty() {
+        println!(
+            "no grants{}",
+            if all {
+                ""
+            } else {
+                " for you (use --all as an approver to see everyone's)"
+            }
+        );
+        return Ok(());
+    }
+    let now = Timestamp::now();
+    let rows: Vec<[String; 7]> = list
+        .grants
+        .iter()
+        .map(|g| {
+            [
+                format!("#{}", g.id),
+                g.who.clone(),
+                g.target.clone(),
+                format!("{} → {}", local(g.starts_at), local(g.ends_at)),
+                time_left(g, now),
+                g.reason.clone(),
+                g.granted_by
+                    .name
+                    .clone()
+                    .unwrap_or_else(|| format!("uid {}", g.granted_by.uid)),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "ID",
+            "WHO",
+            "TARGET",
+            "WINDOW",
+            "LEFT",
+            "REASON",
+            "GRANTED BY",
+        ],
+        &rows,
+    );
+    Ok(())
+}
+
+pub async fn why(socket: &PathBuf, json: bool) -> Result<(), CliError> {
+    let why: WhyView = Client::new(socket).get("/v1/why").await?;
+    if json {
+        print_json(&why);
+        return Ok(());
+    }
+    let Some(r) = &why.last_refusal else {
+        println!("jitproxy has not refused any of your connections since it started");
+        return Ok(());
+    };
+    println!(
+        "{}: {} to {} ({}) was refused: {}",
+        local(r.at),
+        r.process,
+        r.destination,
+        r.target,
+        r.reason
+    );
+    let who = r.user.clone().unwrap_or_else(|| r.uid.to_string());
+    match r.code.as_str() {
+        "no_grant" => {
+            let approvers = if why.approvers.is_empty() {
+                "root".to_owned()
+            } else {
+                format!("root or {}", why.approvers.join(", "))
+            };
+            println!("to get access, ask an approver ({approvers}) to run:");
+            println!(
+                "  jitproxy grant {who} {} --for 1h --reason \"<ticket or why>\"",
+                r.target
+            );
+        }
+        "rate_limited" | "too_many_connections" => {
+            println!("you have access, but opened connections too fast or too many at once; slow down or reuse connections");
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+pub async fn status(socket: &PathBuf, json: bool) -> Result<(), CliError> {
+    let s: StatusView = Client::new(socket).get("/v1/status").await?;
+    if json {
+        print_json(&s);
+        return Ok(());
+    }
+    println!(
+        "jitproxy {} running (pid {}) since {}",
+        s.version,
+        s.pid,
+        local(s.started_at)
+    );
+    println!(
+        "watching cgroup {}; programs pinned at {}",
+        s.cgroup, s.pins
+    );
+    println!(
+        "proxy listening on 127.0.0.1:{0} and [::1]:{0}; {1} open grant(s)",
+        s.listen_port, s.open_grants
+    );
+    println!("\ntargets:");
+    for t in &s.targets {
+        println!("  {}  hosts: {}", t.name, t.hosts.join(", "));
+        if t.addresses.is_empty() {
+            println!("      (no resolved addresses: not watched)");
+        }
+        for a in &t.addresses {
+            println!("      {a}");
+        }
+    }
+    println!("\nlive connections:");
+    if s.live.is_empty() {
+        println!("  none");
+    }
+    for l in &s.live {
+        println!(
+            "  {} (uid {}) on {}: {}",
+            l.user.as_deref().unwrap_or("?"),
+            l.uid,
+            l.target,
+            l.connections
+        );
+    }
+    Ok(())
+}
+
+/// `2h`, `90m`, `1h30m`.
+fn parse_duration(s: &str) -> Result<Duration, CliError> {
+    let d = humantime::parse_duration(s).map_err(|e| {
+        CliError::Usage(format!(
+            "`{s}` is not a duration ({e}); write e.g. 30m, 2h or 1h30m"
+        ))
+    })?;
+    if d.is_zero() {
+        return Err(CliError::Usage(
+            "the duration must be longer than zero".to_owned(),
+        ));
+    }
+    Ok(d)
+}
+
+/// `18:00` (today, local), `2026-11-28 18:00` (local), or RFC 3339.
+fn parse_time(s: &str, now: &Zoned) -> Result<Timestamp, CliError> {
+    if let Ok(ts) = s.parse::<Timestamp>() {
+        return Ok(ts);
+    }
+    let usage = || {
+        CliError::Usage(format!(
+            "`{s}` is not a time; write 18:00 (today), \"2026-11-28 18:00\" (local) or an RFC 3339 time"
+        ))
+    };
+    let civil = if let Ok(dt) = s.parse::<civil::DateTime>() {
+        dt
+    } else {
+        let time: civil::Time = s.parse().map_err(|_| usage())?;
+        let dt = now.date().to_datetime(time);
+        if dt < now.datetime() {
+            return Err(CliError::Usage(format!(
+                "{s} today has already passed; give a date, e.g. \"{} {s}\"",
+                now.date()
+                    .tomorrow()
+                    .map_or_else(|_| now.date().to_string(), |d| d.to_string())
+            )));
+        }
+        dt
+    };
+    civil
+        .to_zoned(now.time_zone().clone())
+        .map(|z| z.timestamp())
+        .map_err(|_| usage())
+}
+
+fn local(ts: Timestamp) -> String {
+    ts.to_zoned(TimeZone::system())
+        .strftime("%Y-%m-%d %H:%M")
+        .to_string()
+}
+
+fn time_left(g: &GrantView, now: Timestamp) -> String {
+    use crate::grants::GrantState;
+    match g.state {
+        GrantState::Active => {
+            let secs = g.ends_at.as_second().saturating_sub(now.as_second()).max(0);
+            let secs = u64::try_from(secs).unwrap_or(0);
+            humantime::format_duration(Duration::from_secs(secs)).to_string()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn print_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
+    let mut widths = headers.map(|h| h.chars().count());
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == N {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn print_json(value: &impl serde::Serialize) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noon() -> Zoned {
+        "2026-11-28T12:00:00+00:00[UTC]".parse().unwrap()
+    }
+
+    #[test]
+    fn times_parse_as_local_or_absolute() {
+        let now = noon();
+        assert_eq!(
+            parse_time("18:00", &now).unwrap().to_string(),
+            "2026-11-28T18:00:00Z"
+        );
+        assert_eq!(
+            parse_time("2026-11-29 09:30", &now).unwrap().to_string(),
+            "2026-11-29T09:30:00Z"
+        );
+        assert_eq!(
+            parse_time("2026-11-29T09:30:00Z", &now)
+                .unwrap()
+                .to_string(),
+            "2026-11-29T09:30:00Z"
+        );
+        assert!(
+            matches!(parse_time("09:00", &now), Err(CliError::Usage(m)) if m.contains("already passed"))
+        );
+        assert!(parse_time("tomorrow-ish", &now).is_err());
+    }
+
+    #[test]
+    fn durations_are_humantime() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("2 fortnights").is_err());
+    }
+}

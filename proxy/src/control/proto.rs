@@ -1,0 +1,173 @@
+//! The control API's request and response bodies (JSON), shared by the
+//! daemon and the CLI. Documented in docs/control-api.md.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::grants::{EndKind, Grant, GrantState, Principal, Subject, UnixMs};
+
+/// Largest request body the daemon reads.
+pub const MAX_BODY: usize = 64 * 1024;
+
+/// `POST /v1/grants`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantRequest {
+    /// `alice`, `1001` (a uid), or `group:sre` / `group:1234`.
+    pub who: String,
+    /// Target name from the daemon's config.
+    pub target: String,
+    /// Start of the window; default now.
+    #[serde(default)]
+    pub starts_at: Option<Timestamp>,
+    /// End of the window. Exactly one of `ends_at` and `duration_secs`.
+    #[serde(default)]
+    pub ends_at: Option<Timestamp>,
+    #[serde(default)]
+    pub duration_secs: Option<u64>,
+    /// Why: a ticket or a sentence. Required.
+    pub reason: String,
+}
+
+/// `POST /v1/revoke`: by id, or every open grant of a user (on a target).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevokeRequest {
+    #[serde(default)]
+    pub id: Option<i64>,
+    #[serde(default)]
+    pub who: Option<String>,
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+/// `POST /v1/drop`: give the caller's own access back (on one target, or all).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DropRequest {
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+/// A grant as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantView {
+    pub id: i64,
+    /// `user:alice`, `user:1001`, `group:sre`.
+    pub who: String,
+    pub subject: Subject,
+    pub target: String,
+    pub starts_at: Timestamp,
+    pub ends_at: Timestamp,
+    pub reason: String,
+    pub granted_by: Principal,
+    pub created_at: Timestamp,
+    pub state: GrantState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<Principal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_kind: Option<EndKind>,
+}
+
+impl GrantView {
+    pub fn new(grant: &Grant, now: UnixMs) -> Self {
+        let who = match (grant.subject, &grant.subject_name) {
+            (Subject::User(_), Some(name)) => format!("user:{name}"),
+            (Subject::User(uid), None) => format!("user:{uid}"),
+            (Subject::Group(_), Some(name)) => format!("group:{name}"),
+            (Subject::Group(gid), None) => format!("group:{gid}"),
+        };
+        Self {
+            id: grant.id,
+            who,
+            subject: grant.subject,
+            target: grant.target.clone(),
+            starts_at: ts(grant.starts_at),
+            ends_at: ts(grant.ends_at),
+            reason: grant.reason.clone(),
+            granted_by: grant.granted_by.clone(),
+            created_at: ts(grant.created_at),
+            state: grant.state(now),
+            ended_at: grant.ended.as_ref().map(|e| ts(e.at)),
+            ended_by: grant.ended.as_ref().map(|e| e.by.clone()),
+            end_kind: grant.ended.as_ref().map(|e| e.kind),
+        }
+    }
+}
+
+/// `GET /v1/grants` and the answers of revoke and drop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GrantList {
+    pub grants: Vec<GrantView>,
+}
+
+/// `GET /v1/why`: the caller's last refused connection, and what to do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WhyView {
+    pub last_refusal: Option<Refusal>,
+    /// Who can grant access (from the config), for the hint.
+    pub approvers: Vec<String>,
+}
+
+/// One refused connection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub at: Timestamp,
+    pub uid: u32,
+    pub user: Option<String>,
+    pub target: String,
+    pub destination: String,
+    pub process: String,
+    pub reason: String,
+    /// The refusal kind: `no_grant`, `rate_limited`, `too_many_connections`.
+    pub code: String,
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub version: String,
+    pub pid: u32,
+    pub cgroup: String,
+    pub pins: String,
+    pub listen_port: u16,
+    pub started_at: Timestamp,
+    pub targets: Vec<TargetStatus>,
+    pub live: Vec<LiveConnections>,
+    pub open_grants: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TargetStatus {
+    pub name: String,
+    pub hosts: Vec<String>,
+    /// Addresses in the kernel map now, as `address/prefix port`.
+    pub addresses: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LiveConnections {
+    pub uid: u32,
+    pub user: Option<String>,
+    pub target: String,
+    pub connections: u32,
+}
+
+/// Every error body: what went wrong, and what to do next.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// A [`UnixMs`] as a timestamp (clamped to the representable range).
+pub fn ts(ms: UnixMs) -> Timestamp {
+    Timestamp::from_millisecond(ms).unwrap_or(if ms < 0 {
+        Timestamp::MIN
+    } else {
+        Timestamp::MAX
+    })
+}

@@ -1,0 +1,220 @@
+//! The daemon's side of the control API. Malformed, oversized or
+//! unauthorized requests get an error answer and change nothing; a broken
+//! connection affects only itself.
+
+use std::{
+    convert::Infallible, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc, time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::{de::DeserializeOwned, Serialize};
+use tokio::net::{UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    proto::{
+        DropRequest, ErrorBody, GrantList, GrantRequest, GrantView, RevokeRequest, StatusView,
+        MAX_BODY,
+    },
+    ApiError, Peer,
+};
+use crate::{access::Access, grants::now_ms};
+
+/// A connection may take this long in all (slow clients cannot pin tasks).
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Produces the daemon's status on demand.
+pub type StatusFn = Arc<dyn Fn(&Access) -> StatusView + Send + Sync>;
+
+/// Binds the control socket at `path` (replacing a stale one), mode 0666:
+/// any local user may connect; each request is authorized by peer uid.
+pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(listener)
+}
+
+/// Serves the control API until shutdown.
+pub async fn serve(
+    listener: UnixListener,
+    access: Arc<Access>,
+    status: StatusFn,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = shutdown.cancelled() => return,
+        };
+        let Some(peer) = peer_of(&stream) else {
+            continue;
+        };
+        let (access, status) = (Arc::clone(&access), Arc::clone(&status));
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let (access, status, peer) =
+                    (Arc::clone(&access), Arc::clone(&status), peer.clone());
+                async move { Ok::<_, Infallible>(handle(req, &peer, &access, &status).await) }
+            });
+            let conn = hyper::server::conn::http1::Builder::new()
+                .max_buf_size(MAX_BODY.max(8192))
+                .serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "control connection ended with an error"),
+                Err(_) => tracing::debug!("control connection timed out"),
+            }
+        });
+    }
+}
+
+/// The caller's credentials; `None` if the kernel cannot tell (then the
+/// connection is dropped: no identity, no request).
+fn peer_of(stream: &UnixStream) -> Option<Peer> {
+    let cred = stream.peer_cred().ok()?;
+    let pid = cred.pid();
+    let login_uid = pid
+        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/loginuid")).ok())
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&uid| uid != u32::MAX);
+    Some(Peer {
+        uid: cred.uid(),
+        gid: cred.gid(),
+        pid,
+        login_uid,
+    })
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    peer: &Peer,
+    access: &Access,
+    status: &StatusFn,
+) -> Response<Full<Bytes>> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let result = match (&method, path.as_str()) {
+        (&Method::GET, "/v1/status") => Ok(json(StatusCode::OK, &status(access))),
+        (&Method::GET, "/v1/why") => Ok(json(StatusCode::OK, &access.why(peer))),
+        (&Method::GET, "/v1/grants") => {
+            let all = query.split('&').any(|kv| kv == "all=true" || kv == "all=1");
+            access
+                .list(peer, all)
+                .await
+                .map(|grants| list(StatusCode::OK, &grants))
+        }
+        (&Method::POST, "/v1/grants") => match body::<GrantRequest>(req).await {
+            Ok(r) => access
+                .grant(peer, r)
+                .await
+                .map(|g| json(StatusCode::CREATED, &GrantView::new(&g, now_ms()))),
+            Err(e) => Err(e),
+        },
+        (&Method::POST, "/v1/revoke") => match body::<RevokeRequest>(req).await {
+            Ok(r) => access
+                .revoke(peer, r)
+                .await
+                .map(|g| list(StatusCode::OK, &g)),
+            Err(e) => Err(e),
+        },
+        (&Method::POST, "/v1/drop") => match body::<DropRequest>(req).await {
+            Ok(r) => access
+                .drop_own(peer, r)
+                .await
+                .map(|g| list(StatusCode::OK, &g)),
+            Err(e) => Err(e),
+        },
+        (_, "/v1/status" | "/v1/why" | "/v1/grants" | "/v1/revoke" | "/v1/drop") => {
+            Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not supported on {path}"),
+                "see docs/control-api.md",
+            ))
+        }
+        _ => Err(ApiError::not_found(
+            format!("no such endpoint {path}"),
+            "see docs/control-api.md",
+        )),
+    };
+    let response = result.unwrap_or_else(|e| {
+        json(
+            e.status,
+            &ErrorBody {
+                error: e.error,
+                hint: e.hint,
+            },
+        )
+    });
+    tracing::debug!(%method, %path, uid = peer.uid, status = response.status().as_u16(), "control request");
+    response
+}
+
+/// Reads and parses a JSON body of at most [`MAX_BODY`] bytes.
+async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError> {
+    let bytes = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            return Err(ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("request body larger than {MAX_BODY} bytes"),
+                "send a smaller request",
+            ))
+        }
+        Err(e) => {
+            return Err(ApiError::bad_request(
+                format!("cannot read the request body: {e}"),
+                "send the whole body, with a correct Content-Length",
+            ))
+        }
+    };
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::bad_request(
+            format!("malformed JSON body: {e}"),
+            "see docs/control-api.md for the request fields",
+        )
+    })
+}
+
+fn list(status: StatusCode, grants: &[crate::grants::Grant]) -> Response<Full<Bytes>> {
+    let now = now_ms();
+    json(
+        status,
+        &GrantList {
+            grants: grants.iter().map(|g| GrantView::new(g, now)).collect(),
+        },
+    )
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value)
+        .unwrap_or_else(|_| b"{\"error\":\"cannot encode the answer\"}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,0 +1,356 @@
+//! Time-limited grants: who may reach which target, from when until when, and
+//! why. The store ([`store`]) keeps them durable; the [`GrantIndex`] answers
+//! "is this caller covered right now, and until when" in a hash lookup.
+//!
+//! Overlapping grants combine as a union: a connection stays allowed until the
+//! last of the overlapping (or back-to-back) grants that cover it ends.
+
+pub mod store;
+
+use std::{collections::HashMap, fmt, sync::Arc};
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch (UTC): the time unit of grants.
+pub type UnixMs = i64;
+
+/// The current wall-clock time in [`UnixMs`].
+pub fn now_ms() -> UnixMs {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+/// Who a grant is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "id", rename_all = "lowercase")]
+pub enum Subject {
+    /// A user, by uid.
+    User(u32),
+    /// Every member of a group, by gid.
+    Group(u32),
+}
+
+/// A local identity as recorded on a grant: uid plus the name at the time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Principal {
+    pub uid: u32,
+    pub name: Option<String>,
+    /// The login uid of the process, when set and different from `uid`
+    /// (someone behind `sudo`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub login_uid: Option<u32>,
+}
+
+/// How a grant ended before its window closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndKind {
+    /// Ended by an approver.
+    Revoked,
+    /// Given back by its holder.
+    Dropped,
+}
+
+/// One grant, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub id: i64,
+    pub subject: Subject,
+    /// The subject's name (user or group) when the grant was made.
+    pub subject_name: Option<String>,
+    /// Target name from the config.
+    pub target: String,
+    pub starts_at: UnixMs,
+    pub ends_at: UnixMs,
+    pub reason: String,
+    pub granted_by: Principal,
+    pub created_at: UnixMs,
+    /// Set when revoked or dropped.
+    pub ended: Option<Ending>,
+    /// Per-request scopes (HTTP methods and paths); not enforced yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+}
+
+/// An early end: when, by whom, how.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ending {
+    pub at: UnixMs,
+    pub by: Principal,
+    pub kind: EndKind,
+}
+
+impl Grant {
+    /// Whether the grant covers instant `now`.
+    pub fn is_live(&self, now: UnixMs) -> bool {
+        self.effective_end() > now && self.starts_at <= now
+    }
+
+    /// When access actually ends: the window's end, or an earlier revoke/drop.
+    pub fn effective_end(&self) -> UnixMs {
+        self.ended
+            .as_ref()
+            .map_or(self.ends_at, |e| e.at.min(self.ends_at))
+    }
+
+    /// The grant's state at `now`, for display.
+    pub fn state(&self, now: UnixMs) -> GrantState {
+        match &self.ended {
+            Some(e) if e.at <= now => match e.kind {
+                EndKind::Revoked => GrantState::Revoked,
+                EndKind::Dropped => GrantState::Dropped,
+            },
+            _ if self.ends_at <= now => GrantState::Expired,
+            _ if self.starts_at > now => GrantState::Pending,
+            _ => GrantState::Active,
+        }
+    }
+}
+
+/// Where a grant stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GrantState {
+    Pending,
+    Active,
+    Expired,
+    Revoked,
+    Dropped,
+}
+
+impl fmt::Display for GrantState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pending => "pending",
+            Self::Active => "active",
+            Self::Expired => "expired",
+            Self::Revoked => "revoked",
+            Self::Dropped => "dropped",
+        })
+    }
+}
+
+/// One window of the index.
+#[derive(Debug, Clone)]
+struct Window {
+    id: i64,
+    starts_at: UnixMs,
+    ends_at: UnixMs,
+    reason: Arc<str>,
+}
+
+/// What covers a caller now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cover {
+    /// The live grant that reaches furthest.
+    pub grant_id: i64,
+    pub reason: Arc<str>,
+    /// When access ends: the end of the union of live and overlapping or
+    /// back-to-back grants.
+    pub until: UnixMs,
+}
+
+/// The identities a caller matches grants by: its user and its groups.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Keys {
+    pub uid: u32,
+    pub gids: Vec<u32>,
+}
+
+impl Keys {
+    fn subjects(&self) -> impl Iterator<Item = Subject> + '_ {
+        std::iter::once(Subject::User(self.uid)).chain(self.gids.iter().map(|&g| Subject::Group(g)))
+    }
+}
+
+/// Grants that are live or pending, indexed by (subject, target index).
+/// Built from the store on every change and swapped in whole.
+#[derive(Debug, Default)]
+pub struct GrantIndex {
+    windows: HashMap<(Subject, u32), Vec<Window>>,
+    has_group_grants: bool,
+    len: usize,
+}
+
+impl GrantIndex {
+    /// Indexes `grants` that have not ended by `now`; `target_id` maps a
+    /// target name to its index in the running config (grants for targets
+    /// no longer configured are left out).
+    pub fn build<'a>(
+        grants: impl IntoIterator<Item = &'a Grant>,
+        now: UnixMs,
+        target_id: impl Fn(&str) -> Option<u32>,
+    ) -> Self {
+        let mut index = Self::default();
+        for grant in grants {
+            let end = grant.effective_end();
+            if end <= now {
+                continue;
+            }
+            let Some(target) = target_id(&grant.target) else {
+                continue;
+            };
+            index.has_group_grants |= matches!(grant.subject, Subject::Group(_));
+            index
+                .windows
+                .entry((grant.subject, target))
+                .or_default()
+                .push(Window {
+                    id: grant.id,
+                    starts_at: grant.starts_at,
+                    ends_at: end,
+                    reason: Arc::from(grant.reason.as_str()),
+                });
+            index.len += 1;
+        }
+        index
+    }
+
+    /// Number of indexed grants.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether any group grant exists (only then do callers' groups matter).
+    pub fn has_group_grants(&self) -> bool {
+        self.has_group_grants
+    }
+
+    /// What covers `keys` on `target` at `now`, if anything.
+    pub fn cover(&self, keys: &Keys, target: u32, now: UnixMs) -> Option<Cover> {
+        let mut best: Option<&Window> = None;
+        for subject in keys.subjects() {
+            for w in self.windows.get(&(subject, target)).into_iter().flatten() {
+                if w.starts_at <= now
+                    && now < w.ends_at
+                    && best.is_none_or(|b| w.ends_at > b.ends_at)
+                {
+                    best = Some(w);
+                }
+            }
+        }
+        let best = best?;
+        // Extend through grants that start before (or exactly when) the
+        // current end: the union of back-to-back and overlapping windows.
+        let mut until = best.ends_at;
+        loop {
+            let mut extended = false;
+            for subject in keys.subjects() {
+                for w in self.windows.get(&(subject, target)).into_iter().flatten() {
+                    if w.starts_at <= until && w.ends_at > until {
+                        until = w.ends_at;
+                        extended = true;
+                    }
+                }
+            }
+            if !extended {
+                break;
+            }
+        }
+        Some(Cover {
+            grant_id: best.id,
+            reason: Arc::clone(&best.reason),
+            until,
+        })
+    }
+
+    /// The earliest instant after `now` at which some window starts or ends:
+    /// when the index must be rebuilt (expiry records) at the latest.
+    pub fn next_change(&self, now: UnixMs) -> Option<UnixMs> {
+        self.windows
+            .values()
+            .flatten()
+            .flat_map(|w| [w.starts_at, w.ends_at])
+            .filter(|&t| t > now)
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grant(id: i64, subject: Subject, start: UnixMs, end: UnixMs) -> Grant {
+        Grant {
+            id,
+            subject,
+            subject_name: None,
+            target: "api".into(),
+            starts_at: start,
+            ends_at: end,
+            reason: format!("r{id}"),
+            granted_by: Principal {
+                uid: 0,
+                name: None,
+                login_uid: None,
+            },
+            created_at: 0,
+            ended: None,
+            scopes: Vec::new(),
+        }
+    }
+
+    fn index(grants: &[Grant], now: UnixMs) -> GrantIndex {
+        GrantIndex::build(grants, now, |t| (t == "api").then_some(0))
+    }
+
+    fn alice() -> Keys {
+        Keys {
+            uid: 1000,
+            gids: vec![50],
+        }
+    }
+
+    #[test]
+    fn no_grant_no_cover() {
+        let idx = index(&[grant(1, Subject::User(1001), 0, 100)], 10);
+        assert_eq!(idx.cover(&alice(), 0, 10), None);
+    }
+
+    #[test]
+    fn window_bounds_are_half_open() {
+        let idx = index(&[grant(1, Subject::User(1000), 10, 20)], 0);
+        assert!(idx.cover(&alice(), 0, 9).is_none());
+        assert_eq!(idx.cover(&alice(), 0, 10).map(|c| c.until), Some(20));
+        assert!(idx.cover(&alice(), 0, 20).is_none());
+    }
+
+    #[test]
+    fn overlapping_and_back_to_back_grants_are_a_union() {
+        let grants = [
+            grant(1, Subject::User(1000), 0, 100),
+            grant(2, Subject::Group(50), 50, 200),
+            grant(3, Subject::User(1000), 200, 300),
+            grant(4, Subject::User(1000), 400, 500),
+        ];
+        let idx = index(&grants, 10);
+        let cover = idx.cover(&alice(), 0, 10).unwrap();
+        assert_eq!(cover.grant_id, 1);
+        assert_eq!(cover.until, 300, "gap at 300..400 ends the union");
+        let cover = idx.cover(&alice(), 0, 150).unwrap();
+        assert_eq!(cover.grant_id, 2);
+    }
+
+    #[test]
+    fn ended_grants_are_left_out() {
+        let mut revoked = grant(1, Subject::User(1000), 0, 100);
+        revoked.ended = Some(Ending {
+            at: 5,
+            by: revoked.granted_by.clone(),
+            kind: EndKind::Revoked,
+        });
+        let idx = index(&[revoked, grant(2, Subject::User(1000), 0, 8)], 10);
+        assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn other_targets_do_not_count() {
+        let mut g = grant(1, Subject::User(1000), 0, 100);
+        g.target = "other".into();
+        let idx = index(&[g], 10);
+        assert!(idx.is_empty());
+    }
+}
