@@ -421,6 +421,8 @@ pub enum Behaviour {
     Bulk(usize),
     /// Closes at once.
     Close,
+    /// Sends a line every 20 ms until the peer goes away.
+    Stream,
 }
 
 impl Upstream {
@@ -507,6 +509,10 @@ fn serve(
 ) -> std::io::Result<()> {
     match behaviour {
         Behaviour::Close => Ok(()),
+        Behaviour::Stream => loop {
+            stream.write_all(b"tick\n")?;
+            thread::sleep(Duration::from_millis(20));
+        },
         Behaviour::Http => {
             let mut reader = BufReader::new(stream.try_clone()?);
             let mut request_line = String::new();

@@ -42,8 +42,10 @@ fn config(index: u8, extra_hosts: &[&str]) -> String {
     let api = api_addr(index);
     let mut hosts = vec![format!("\"{}\"", api.ip())];
     hosts.extend(extra_hosts.iter().map(|h| format!("\"{h}\"")));
+    // Limits high enough for the concurrency and churn tests.
     format!(
-        "listen_port = {}\n\n[[target]]\nname = \"api-{index}\"\nhosts = [{}]\nports = [{}]\n\n\
+        "listen_port = {}\n\n[limits]\nconnections_per_second = 1000000.0\nburst = 1000000\nmax_concurrent = 100000\n\n\
+         [[target]]\nname = \"api-{index}\"\nhosts = [{}]\nports = [{}]\n\n\
          [[target]]\nname = \"api6-{index}\"\nhosts = [\"::1\"]\nports = [{}]\n",
         listen_port(index),
         hosts.join(", "),
@@ -62,6 +64,12 @@ impl World {
         let api6 = Upstream::start(api6_addr(index), behaviour).ok();
         let cgroup = Cgroup::create(name).expect("test cgroup");
         let daemon = Daemon::start(&cgroup, Some(config)).expect("daemon starts");
+        // These tests are about the redirect: every test user has a grant.
+        for who in ["root", "nobody", "4242"] {
+            for target in [format!("api-{index}"), format!("api6-{index}")] {
+                daemon.client(&["grant", who, &target, "--for", "1h", "--reason", "e2e"]);
+            }
+        }
         Self {
             api,
             api6,
@@ -620,6 +628,7 @@ fn dns_names_are_resolved_into_targets() {
         listen_port(index)
     );
     let daemon = Daemon::start(&cgroup, Some(&config)).unwrap();
+    daemon.client(&["grant", "root", "by-name", "--for", "1h", "--reason", "e2e"]);
     let (ok, body, p) = curl(
         &mut cgroup.command("curl"),
         &format!("http://127.0.0.1:{port}/byname"),

@@ -1,7 +1,8 @@
 //! `cargo xtask demo`: jitproxy on its embedded default config, watching a
 //! child cgroup, with a stand-in production API on 127.0.0.2:8080. Shows a
-//! request redirected through the proxy with the caller's identity, a caller
-//! outside the cgroup untouched, and targets closed while the daemon is down.
+//! refused connection and why, a grant, requests redirected through the proxy
+//! with the caller's identity, a caller outside the cgroup untouched, access
+//! given back, and targets closed while the daemon is down.
 //! Removes everything it started, also on Ctrl-C.
 
 use std::{
@@ -57,22 +58,45 @@ pub fn run() -> Result<()> {
     );
     check()?;
 
-    util::step("curl from inside the watched cgroup, as root and as nobody");
     let url = format!("http://{DEMO_API}/v1/payments/42");
-    for (who, mut cmd) in [
-        ("root", cgroup.command("curl")),
-        ("nobody", cgroup.command_as(NOBODY, NOBODY, "curl")),
-    ] {
+    let curl = |cmd: &mut std::process::Command| {
         let (ok, out, err) = output(cmd.args(["-sS", "-m", "5", &url]));
-        println!(
-            "$ curl {url}    # as {who}, pid in {}",
-            cgroup.path().display()
-        );
         print!("{}", if ok { out } else { err });
+        ok
+    };
+
+    util::step("no grant yet: curl from inside the watched cgroup is refused");
+    println!(
+        "$ curl {url}    # as root, inside {}",
+        cgroup.path().display()
+    );
+    if curl(&mut cgroup.command("curl")) {
+        bail!("a target was reachable without a grant");
     }
+    println!("$ jitproxy why");
+    print!("{}", daemon.client(&["why"]));
     check()?;
 
-    println!("\nWhat jitproxy recorded (its audit events):");
+    util::step("an approver grants a time window (root here; `approvers` in the config)");
+    for who in ["root", "nobody"] {
+        let args = [
+            "grant", who, "demo-api", "--for", "10m", "--reason", "DEMO-1",
+        ];
+        println!("$ jitproxy {}", args.join(" "));
+        print!("{}", daemon.client(&args));
+    }
+    println!("$ jitproxy grants --all");
+    print!("{}", daemon.client(&["grants", "--all"]));
+    check()?;
+
+    util::step("granted: curl from inside the cgroup, as root and as nobody");
+    println!("$ curl {url}    # as root");
+    curl(&mut cgroup.command("curl"));
+    println!("$ curl {url}    # as nobody");
+    curl(&mut cgroup.command_as(NOBODY, NOBODY, "curl"));
+    check()?;
+
+    println!("\nWhat jitproxy recorded for them (its audit events):");
     let allowed = daemon.events_of("connection.allowed");
     for event in &allowed {
         print_event(event);
@@ -86,25 +110,31 @@ pub fn run() -> Result<()> {
     }
 
     util::step("curl from outside the cgroup: not watched, goes direct");
-    let (ok, out, err) = output(std::process::Command::new("curl").args(["-sS", "-m", "5", &url]));
-    print!("{}", if ok { out } else { err });
+    curl(&mut std::process::Command::new("curl"));
     println!(
         "(jitproxy saw {} connections: unchanged)",
         daemon.events_of("connection.allowed").len()
     );
     check()?;
 
+    util::step("nobody gives their access back: `jitproxy drop demo-api`");
+    let (_, out, err) = daemon.client_as(NOBODY, NOBODY, None, &["drop", "demo-api"]);
+    print!("{out}{err}");
+    println!("$ curl {url}    # as nobody");
+    if curl(&mut cgroup.command_as(NOBODY, NOBODY, "curl")) {
+        bail!("access outlived a dropped grant");
+    }
+    check()?;
+
     util::step("kill -9 the daemon: the pinned programs stay, targets are closed, not open");
     daemon.kill9();
-    let (ok, out, err) = output(cgroup.command("curl").args(["-sS", "-m", "5", &url]));
-    print!("{}", if ok { out } else { err });
-    if ok {
+    println!("$ curl {url}    # as root, daemon down");
+    if curl(&mut cgroup.command("curl")) {
         bail!("a target was reachable while the daemon was down");
     }
     daemon.restart()?;
-    let (ok, out, err) = output(cgroup.command("curl").args(["-sS", "-m", "5", &url]));
-    println!("after restart:");
-    print!("{}", if ok { out } else { err });
+    println!("$ curl {url}    # as root, after restart: the grant survived");
+    curl(&mut cgroup.command("curl"));
 
     util::step("cleaning up: daemon stopped, programs detached, cgroup removed");
     drop(daemon);

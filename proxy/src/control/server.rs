@@ -74,7 +74,10 @@ pub async fn serve(
                     (Arc::clone(&access), Arc::clone(&status), peer.clone());
                 async move { Ok::<_, Infallible>(handle(req, &peer, &access, &status).await) }
             });
+            // half_close: a client that shuts its write side after the request
+            // still gets its answer.
             let conn = hyper::server::conn::http1::Builder::new()
+                .half_close(true)
                 .max_buf_size(MAX_BODY.max(8192))
                 .serve_connection(TokioIo::new(stream), service);
             match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {

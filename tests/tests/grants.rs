@@ -1,0 +1,568 @@
+//! End-to-end: grants decide every redirected connection, and connections end
+//! when their grant does. Real daemon, real eBPF, real clients in a test
+//! cgroup, as root, `nobody` and uids without names; the CLI as root and as
+//! non-approvers. Needs root; run with `cargo xtask test`.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::SocketAddr,
+    os::unix::net::UnixStream,
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use jitproxy_e2e::{output, Behaviour, Cgroup, Daemon, Upstream, NOBODY, PYTHON};
+use serde_json::Value;
+
+struct World {
+    api: Upstream,
+    daemon: Daemon,
+    cgroup: Cgroup,
+    target: String,
+}
+
+fn api_addr(index: u8) -> SocketAddr {
+    SocketAddr::from(([127, 0, 40 + index, 2], 8080))
+}
+
+impl World {
+    fn new(index: u8, name: &str, behaviour: Behaviour, limits: &str) -> Self {
+        let api = Upstream::start(api_addr(index), behaviour).expect("stand-in API");
+        let cgroup = Cgroup::create(name).expect("test cgroup");
+        let target = format!("api-{index}");
+        let config = format!(
+            "listen_port = {}\n{limits}\n[[target]]\nname = \"{target}\"\nhosts = [\"{}\"]\nports = [{}]\nmax_grant = \"2h\"\n",
+            31_100 + u16::from(index),
+            api.addr().ip(),
+            api.addr().port()
+        );
+        let daemon = Daemon::start(&cgroup, Some(&config)).expect("daemon starts");
+        Self {
+            api,
+            daemon,
+            cgroup,
+            target,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/x", self.api.addr())
+    }
+
+    /// curl inside the cgroup as `uid`; true if it got the API's answer.
+    fn curl_as(&self, uid: u32) -> bool {
+        let mut cmd = if uid == 0 {
+            self.cgroup.command("curl")
+        } else {
+            self.cgroup.command_as(uid, uid, "curl")
+        };
+        let (ok, out, _) = output(cmd.args(["-sS", "-m", "5", &self.url()]));
+        ok && out.contains("hello from upstream")
+    }
+
+    fn grant(&self, who: &str, duration: &str) -> i64 {
+        let out = self.daemon.client(&[
+            "grant",
+            who,
+            &self.target,
+            "--for",
+            duration,
+            "--reason",
+            "INC-42",
+            "--json",
+        ]);
+        let grant: Value = serde_json::from_str(&out).expect("grant JSON");
+        grant["id"].as_i64().expect("grant id")
+    }
+
+    /// A client inside the cgroup that reads the API's endless stream and
+    /// prints how it ended; started as `uid`, with `login_uid` if given.
+    fn streaming_client(&self, uid: u32) -> Child {
+        let script = format!(
+            r#"
+import socket, sys, time
+s = socket.create_connection(("{ip}", {port}))
+n = 0
+try:
+    while True:
+        data = s.recv(4096)
+        if not data:
+            break
+        n += len(data)
+except ConnectionResetError:
+    pass
+print(time.time(), n)
+"#,
+            ip = self.api.addr().ip(),
+            port = self.api.addr().port()
+        );
+        let mut cmd = if uid == 0 {
+            self.cgroup.command(PYTHON)
+        } else {
+            self.cgroup.command_as(uid, uid, PYTHON)
+        };
+        cmd.args(["-c", &script])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start streaming client")
+    }
+}
+
+/// Waits for a streaming client to end; returns (unix time it saw the end, bytes).
+fn ended(child: Child, within: Duration) -> (f64, u64) {
+    let deadline = Instant::now() + within;
+    let mut child = child;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the connection was not cut within {within:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("output");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut fields = text.split_whitespace();
+    let at: f64 = fields
+        .next()
+        .and_then(|f| f.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "client output: {text} {}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let bytes: u64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+    (at, bytes)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Seconds from `since` to the moment the client saw its connection end;
+/// printed so the figure shows up in the test log.
+fn cut_delay(what: &str, since: f64, at: f64) -> f64 {
+    let delay = at - since;
+    eprintln!("{what}: connection ended {delay:.3} s after the grant did");
+    delay
+}
+
+fn wait_live(w: &World, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while w.daemon.events_of("connection.allowed").len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "connections not allowed:\n{}",
+            w.daemon.log_text()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn without_a_grant_refused_with_a_reason_then_granted_works() {
+    let w = World::new(1, "nogrant", Behaviour::Http, "");
+    assert!(!w.curl_as(NOBODY), "reached the API without a grant");
+    assert_eq!(w.api.accepted(), 0, "something reached the API");
+    let denied = w
+        .daemon
+        .wait_event("denied", |e| e["event"] == "connection.denied");
+    assert_eq!(denied["code"], "no_grant");
+    assert_eq!(denied["uid"], NOBODY);
+
+    let (code, out, err) = w.daemon.client_as(NOBODY, NOBODY, None, &["why"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("no live grant"), "{out}");
+    assert!(
+        out.contains(&format!("jitproxy grant nobody {}", w.target)),
+        "why gives no next step:\n{out}"
+    );
+
+    let id = w.grant("nobody", "10m");
+    assert!(
+        w.curl_as(NOBODY),
+        "granted, but refused:\n{}",
+        w.daemon.log_text()
+    );
+    let allowed = w
+        .daemon
+        .wait_event("allowed", |e| e["event"] == "connection.allowed");
+    assert_eq!(allowed["grant_id"], id);
+    assert_eq!(allowed["reason"], "INC-42");
+    // Root has no grant of its own: still refused.
+    assert!(!w.curl_as(0), "root passed without a grant");
+}
+
+#[test]
+fn a_long_transfer_is_cut_when_its_grant_expires() {
+    let w = World::new(2, "expiry", Behaviour::Stream, "");
+    let out = w.daemon.client(&[
+        "grant", "nobody", &w.target, "--for", "3s", "--reason", "short", "--json",
+    ]);
+    let grant: Value = serde_json::from_str(&out).unwrap();
+    let ends_at = unix_seconds(&grant["ends_at"]);
+    let client = w.streaming_client(NOBODY);
+    let (at, bytes) = ended(client, Duration::from_secs(10));
+    assert!(bytes > 0, "the stream never flowed");
+    let delay = cut_delay("expiry", ends_at, at);
+    assert!(delay > -0.1, "cut {delay:.3} s before the grant ended");
+    assert!(
+        delay < 1.5,
+        "cut {delay:.3} s after the grant ended (the promise is one second)"
+    );
+    let closed = w
+        .daemon
+        .wait_event("closed", |e| e["event"] == "connection.closed");
+    assert_eq!(closed["ended_by"], "daemon: grant ended");
+    w.daemon
+        .wait_event("grant.expired", |e| e["event"] == "grant.expired");
+    // And new connections are refused at once.
+    assert!(!w.curl_as(NOBODY));
+}
+
+#[test]
+fn revoke_and_drop_cut_live_connections() {
+    let w = World::new(3, "revoke", Behaviour::Stream, "");
+    let id = w.grant("nobody", "1h");
+    let client = w.streaming_client(NOBODY);
+    wait_live(&w, 1);
+    let revoked_at = unix_now();
+    let (code, out, err) = w
+        .daemon
+        .client_as(NOBODY, NOBODY, None, &["revoke", &id.to_string()]);
+    assert_eq!(code, 4, "a non-approver revoked a grant: {out}{err}");
+    w.daemon.client(&["revoke", &id.to_string()]);
+    let (at, _) = ended(client, Duration::from_secs(5));
+    assert!(cut_delay("revoke", revoked_at, at) < 1.5);
+    assert!(!w.curl_as(NOBODY), "refused at once after revoke");
+
+    // drop: nobody gives their own access back.
+    w.grant("nobody", "1h");
+    let client = w.streaming_client(NOBODY);
+    wait_live(&w, 2);
+    let dropped_at = unix_now();
+    let (code, out, err) = w
+        .daemon
+        .client_as(NOBODY, NOBODY, None, &["drop", &w.target]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("dropped"), "{out}");
+    let (at, _) = ended(client, Duration::from_secs(5));
+    assert!(cut_delay("drop", dropped_at, at) < 1.5);
+    assert!(!w.curl_as(NOBODY));
+    let grants = w.daemon.client(&["grants", "--all", "--json"]);
+    assert!(grants.contains("\"state\":\"revoked\""), "{grants}");
+    assert!(grants.contains("\"state\":\"dropped\""), "{grants}");
+}
+
+#[test]
+fn overlapping_grants_keep_access_until_the_later_one_ends() {
+    let w = World::new(4, "overlap", Behaviour::Stream, "");
+    w.grant("nobody", "2s");
+    let out = w.daemon.client(&[
+        "grant", "nobody", &w.target, "--for", "4s", "--reason", "longer", "--json",
+    ]);
+    let later = unix_seconds(&serde_json::from_str::<Value>(&out).unwrap()["ends_at"]);
+    let client = w.streaming_client(NOBODY);
+    let (at, _) = ended(client, Duration::from_secs(10));
+    let delay = cut_delay("overlap", later, at);
+    assert!(
+        delay > -0.1,
+        "cut {delay:.3} s before the later grant ended"
+    );
+    assert!(delay < 1.5);
+}
+
+#[test]
+fn a_non_approver_cannot_grant_and_nothing_changes() {
+    let w = World::new(5, "nonapprover", Behaviour::Http, "");
+    let (code, _, err) = w.daemon.client_as(
+        NOBODY,
+        NOBODY,
+        None,
+        &[
+            "grant", "nobody", &w.target, "--for", "1h", "--reason", "please",
+        ],
+    );
+    assert_eq!(code, 4, "{err}");
+    assert!(err.contains("may not grant"), "{err}");
+    assert!(err.contains("hint:"), "no next step: {err}");
+    let all = w.daemon.client(&["grants", "--all", "--json"]);
+    assert!(all.trim().is_empty(), "a grant appeared: {all}");
+    let (code, _, err) = w
+        .daemon
+        .client_as(NOBODY, NOBODY, None, &["grants", "--all"]);
+    assert_eq!(code, 4, "{err}");
+    assert!(!w.curl_as(NOBODY));
+}
+
+#[test]
+fn a_caller_under_sudo_is_matched_by_login_uid() {
+    let w = World::new(6, "sudo", Behaviour::Http, "");
+    // "alice" (uid 4243) logged in, then `sudo` to root: login uid 4243, uid 0.
+    let sudo_curl = || {
+        let mut cmd = w.cgroup.command("sh");
+        cmd.args([
+            "-c",
+            &format!(
+                "echo 4243 > /proc/self/loginuid && exec curl -sS -m 5 {}",
+                w.url()
+            ),
+        ]);
+        let (ok, out, _) = output(&mut cmd);
+        ok && out.contains("hello from upstream")
+    };
+    w.grant("root", "1h");
+    assert!(!sudo_curl(), "root's grant let a sudoer through");
+    w.grant("4243", "1h");
+    assert!(
+        sudo_curl(),
+        "the human's grant did not match:\n{}",
+        w.daemon.log_text()
+    );
+    let allowed = w.daemon.wait_event("allowed", |e| {
+        e["event"] == "connection.allowed" && e["login_uid"] == 4243
+    });
+    assert_eq!(allowed["uid"], 0);
+    assert_eq!(allowed["matched_uid"], 4243);
+}
+
+#[test]
+fn grants_survive_restart_and_kill9_but_expired_ones_are_not_honoured() {
+    let mut w = World::new(7, "restart", Behaviour::Http, "");
+    w.grant("nobody", "1h");
+    w.grant("4244", "2s");
+    assert!(w.curl_as(NOBODY));
+    w.daemon.stop().expect("clean stop");
+    w.daemon.restart().expect("restart");
+    assert!(w.curl_as(NOBODY), "grant lost over a clean restart");
+    w.daemon.kill9();
+    thread::sleep(Duration::from_secs(2));
+    w.daemon.restart().expect("restart after kill -9");
+    assert!(
+        w.curl_as(NOBODY),
+        "grant lost over kill -9:\n{}",
+        w.daemon.log_text()
+    );
+    assert!(
+        !w.curl_as(4244),
+        "a grant that expired while the daemon was down was honoured"
+    );
+}
+
+#[test]
+fn rate_and_concurrency_limits_hold() {
+    let limits = "[limits]\nconnections_per_second = 0.01\nburst = 3\nmax_concurrent = 100\n";
+    let w = World::new(8, "ratelimit", Behaviour::Http, limits);
+    w.grant("nobody", "1h");
+    for i in 0..3 {
+        assert!(w.curl_as(NOBODY), "connection {i} within the burst refused");
+    }
+    assert!(!w.curl_as(NOBODY), "the burst+1th connection passed");
+    let (_, out, _) = w.daemon.client_as(NOBODY, NOBODY, None, &["why"]);
+    assert!(out.contains("rate limited"), "{out}");
+
+    let limits = "[limits]\nconnections_per_second = 1000.0\nburst = 1000\nmax_concurrent = 2\n";
+    let w = World::new(9, "concurrency", Behaviour::Stream, limits);
+    w.grant("nobody", "1h");
+    let a = w.streaming_client(NOBODY);
+    let b = w.streaming_client(NOBODY);
+    wait_live(&w, 2);
+    let c = w.streaming_client(NOBODY);
+    let (_, bytes) = ended(c, Duration::from_secs(5));
+    assert_eq!(bytes, 0, "the third concurrent connection got data");
+    let denied = w
+        .daemon
+        .wait_event("denied", |e| e["event"] == "connection.denied");
+    assert_eq!(denied["code"], "too_many_connections");
+    w.daemon.client(&["revoke", "--user", "nobody"]);
+    ended(a, Duration::from_secs(5));
+    ended(b, Duration::from_secs(5));
+}
+
+#[test]
+fn bad_cli_input_gets_a_clear_error_and_changes_nothing() {
+    let w = World::new(10, "badcli", Behaviour::Http, "");
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &[
+                "grant",
+                "nobody",
+                "api-10",
+                "--for",
+                "2 fortnights",
+                "--reason",
+                "x",
+            ],
+            2,
+            "not a duration",
+        ),
+        (
+            &["grant", "nobody", "api-10", "--for", "0s", "--reason", "x"],
+            2,
+            "longer than zero",
+        ),
+        (
+            &[
+                "grant", "nobody", "api-10", "--until", "25:99", "--reason", "x",
+            ],
+            2,
+            "not a time",
+        ),
+        (&["grant", "nobody", "api-10", "--reason", "x"], 2, "--for"),
+        (
+            &[
+                "grant",
+                "nobody",
+                "no-such-target",
+                "--for",
+                "1h",
+                "--reason",
+                "x",
+            ],
+            4,
+            "no target named",
+        ),
+        (
+            &[
+                "grant",
+                "no-such-user-xyz",
+                "api-10",
+                "--for",
+                "1h",
+                "--reason",
+                "x",
+            ],
+            4,
+            "no user named",
+        ),
+        (
+            &["grant", "nobody", "api-10", "--for", "1h", "--reason", "  "],
+            4,
+            "reason is required",
+        ),
+        (
+            &["grant", "nobody", "api-10", "--for", "3h", "--reason", "x"],
+            4,
+            "longer than target",
+        ),
+        (&["grant", "nobody", "api-10", "--for", "1h"], 2, "--reason"),
+        (&["revoke", "999"], 4, "no open grant"),
+    ];
+    for (args, want_code, want_text) in cases {
+        let (code, out, err) = w.daemon.client_as(0, 0, None, args);
+        assert_eq!(code, *want_code, "{args:?}: {out}{err}");
+        assert!(
+            err.contains(want_text),
+            "{args:?}: error does not say `{want_text}`:\n{err}"
+        );
+    }
+    let all = w.daemon.client(&["grants", "--all", "--json"]);
+    assert!(all.trim().is_empty(), "bad input created a grant: {all}");
+    // Unreachable daemon: its own exit code and a next step.
+    let mut cmd = Command::new(jitproxy_e2e::jitproxy_bin());
+    let (ok, _, err) = output(cmd.args(["status", "--socket", "/nonexistent/control.sock"]));
+    assert!(!ok);
+    assert!(err.contains("is it running"), "{err}");
+}
+
+/// Sends raw bytes on the control socket; returns what came back.
+fn raw(socket: &std::path::Path, bytes: &[u8], close_write: bool) -> String {
+    let mut s = UnixStream::connect(socket).expect("control socket");
+    s.set_read_timeout(Some(Duration::from_secs(40))).unwrap();
+    let _ = s.write_all(bytes);
+    if close_write {
+        let _ = s.shutdown(std::net::Shutdown::Write);
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn post(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    req
+}
+
+#[test]
+fn malformed_control_requests_get_errors_and_change_nothing() {
+    let w = World::new(11, "badapi", Behaviour::Http, "");
+    let socket = w.daemon.socket();
+    // Garbage: not HTTP at all.
+    let answer = raw(&socket, b"\x00\x01garbage\r\n\r\n", true);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+        "{answer}"
+    );
+    // Invalid JSON.
+    let answer = raw(&socket, &post("/v1/grants", b"{not json"), true);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("malformed JSON"), "{answer}");
+    // Unknown field.
+    let body = format!(
+        r#"{{"who":"nobody","target":"{}","duration_secs":60,"reason":"x","admin":true}}"#,
+        w.target
+    );
+    let answer = raw(&socket, &post("/v1/grants", body.as_bytes()), true);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("unknown field"), "{answer}");
+    // Oversized.
+    let big = vec![b' '; 200 * 1024];
+    let answer = raw(&socket, &post("/v1/grants", &big), true);
+    assert!(
+        answer.starts_with("HTTP/1.1 413") || answer.is_empty(),
+        "{answer}"
+    );
+    // Truncated: Content-Length promises more than is sent, then EOF.
+    let mut truncated = post(
+        "/v1/grants",
+        br#"{"who":"nobody","target":"x","duration_secs":60,"reason":"x"}"#,
+    );
+    truncated.truncate(truncated.len() - 10);
+    let answer = raw(&socket, &truncated, true);
+    assert!(!answer.contains("201"), "{answer}");
+    // Unknown endpoint and method.
+    let answer = raw(
+        &socket,
+        b"GET /v1/nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        true,
+    );
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let answer = raw(
+        &socket,
+        b"DELETE /v1/grants HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        true,
+    );
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    // Nothing changed, and the daemon still answers.
+    let all = w.daemon.client(&["grants", "--all", "--json"]);
+    assert!(all.trim().is_empty(), "a grant appeared: {all}");
+    assert!(w.daemon.client(&["status"]).contains("running"));
+    // A valid request over the raw socket still works.
+    let body = format!(
+        r#"{{"who":"nobody","target":"{}","duration_secs":60,"reason":"raw"}}"#,
+        w.target
+    );
+    let answer = raw(&socket, &post("/v1/grants", body.as_bytes()), true);
+    assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+}
+
+/// An RFC 3339 time from the API as Unix seconds.
+fn unix_seconds(value: &Value) -> f64 {
+    let ts: jiff::Timestamp = value
+        .as_str()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("not an RFC 3339 time: {value}"));
+    ts.as_millisecond() as f64 / 1000.0
+}
