@@ -157,6 +157,13 @@ enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 enum DebugCommand {
+    /// Time the grant decision (index lookup) with many grants in memory.
+    BenchDecision {
+        #[arg(long, default_value_t = 100_000)]
+        grants: u32,
+        #[arg(long, default_value_t = 1_000_000)]
+        lookups: u32,
+    },
     /// Print the number of entries in the pinned connection record maps.
     Records {
         #[arg(long, short)]
@@ -315,6 +322,11 @@ fn execute(command: Command, socket: Option<PathBuf>) -> anyhow::Result<ExitCode
         | Command::Drop { .. }
         | Command::Why { .. }
         | Command::Status { .. } => unreachable!("client commands are handled by client_command"),
+        Command::Debug(DebugCommand::BenchDecision { grants, lookups }) => {
+            let report = jitproxy::grants::bench::decision(grants, lookups);
+            println!("{report}");
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Debug(DebugCommand::Records { config, cgroup }) => {
             let config = match load_config(config.as_ref()) {
                 Ok(config) => config,

@@ -5,6 +5,7 @@
 //! Overlapping grants combine as a union: a connection stays allowed until the
 //! last of the overlapping (or back-to-back) grants that cover it ends.
 
+pub mod bench;
 pub mod store;
 
 use std::{collections::HashMap, fmt, sync::Arc};
