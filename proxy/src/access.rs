@@ -14,6 +14,12 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    audit::{
+        kind,
+        log::AuditLog,
+        query::{self, Filter, UserSummary},
+        Event, Record, UserInfo,
+    },
     config::{Approver, Config},
     control::{
         proto::{DropRequest, GrantRequest, Refusal, RevokeRequest, WhyView},
@@ -37,23 +43,28 @@ pub struct Access {
     store: Arc<Mutex<Store>>,
     index: watch::Sender<Arc<GrantIndex>>,
     refusals: Mutex<HashMap<u32, Refusal>>,
+    audit: AuditLog,
 }
 
 impl Access {
     /// Opens the grant database in the config's state directory and builds
     /// the index from it. Grants that ended while the daemon was down are not
     /// indexed, so they are not honoured.
-    pub fn open(config: Arc<Config>) -> Result<Arc<Self>, StoreError> {
+    pub fn open(config: Arc<Config>, audit: AuditLog) -> Result<Arc<Self>, StoreError> {
         create_private_dir(&config.state_dir).map_err(|source| StoreError::Dir {
             path: config.state_dir.display().to_string(),
             source,
         })?;
         let store = Store::open(&config.state_dir.join("grants.db"))?;
-        Self::from_store(config, store)
+        Self::from_store(config, store, audit)
     }
 
     /// An access service over a given store (tests use an in-memory one).
-    pub fn from_store(config: Arc<Config>, store: Store) -> Result<Arc<Self>, StoreError> {
+    pub fn from_store(
+        config: Arc<Config>,
+        store: Store,
+        audit: AuditLog,
+    ) -> Result<Arc<Self>, StoreError> {
         let now = now_ms();
         let index = build_index(&config, &store.open_grants(now)?, now);
         let (tx, _) = watch::channel(Arc::new(index));
@@ -62,7 +73,13 @@ impl Access {
             store: Arc::new(Mutex::new(store)),
             index: tx,
             refusals: Mutex::new(HashMap::new()),
+            audit,
         }))
+    }
+
+    /// The audit log every access and grant change is written to.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 
     /// A receiver of the current index, for the decision stage.
@@ -143,6 +160,8 @@ impl Access {
         let grant = self
             .with_store(move |store| store.insert(&new, now))
             .await?;
+        self.audit
+            .record(grant_event(kind::GRANT_CREATED, &grant, peer));
         tracing::info!(
             target: "jitproxy::audit",
             event = "grant.created",
@@ -218,6 +237,12 @@ impl Access {
             .with_store(move |s| s.end(&ids, &by, kind, now))
             .await?;
         for grant in &ended {
+            let code = if kind == EndKind::Revoked {
+                kind::GRANT_REVOKED
+            } else {
+                kind::GRANT_DROPPED
+            };
+            self.audit.record(grant_event(code, grant, peer));
             tracing::info!(
                 target: "jitproxy::audit",
                 event = if kind == EndKind::Revoked { "grant.revoked" } else { "grant.dropped" },
@@ -316,6 +341,18 @@ impl Access {
             for id in &expired {
                 due.remove(id);
                 tracing::info!(target: "jitproxy::audit", event = "grant.expired", grant_id = *id, "grant {id} expired");
+                let id = *id;
+                if let Ok(Some(grant)) = self.with_store(move |s| s.get(id)).await {
+                    let mut event = Event::new(kind::GRANT_EXPIRED);
+                    event.grant_id = Some(grant.id);
+                    event.target = Some(grant.target.clone());
+                    event.reason = Some(grant.reason.clone());
+                    event.user = subject_user(&grant);
+                    event.detail = Some(
+                        serde_json::json!({ "ends_at": crate::control::proto::ts(grant.ends_at) }),
+                    );
+                    self.audit.record(event);
+                }
             }
             if !expired.is_empty() {
                 if let Err(e) = self.rebuild().await {
@@ -357,20 +394,38 @@ impl Access {
         .map_err(|e| ApiError::internal(e.to_string()))
     }
 
-    async fn is_approver(&self, peer: &Peer) -> bool {
-        if peer.uid == 0 {
-            return true;
+    /// `POST /v1/audit/query`: root and auditors read the log.
+    pub async fn audit_query(&self, peer: &Peer, filter: Filter) -> Result<Vec<Record>, ApiError> {
+        self.require_auditor(peer).await?;
+        let dir = self.config.audit.dir.clone();
+        tokio::task::spawn_blocking(move || query::read(&dir, &filter))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(format!("cannot read the audit log: {e}")))
+    }
+
+    /// `POST /v1/audit/summary`: per-user totals over the filtered records.
+    pub async fn audit_summary(
+        &self,
+        peer: &Peer,
+        filter: Filter,
+    ) -> Result<Vec<UserSummary>, ApiError> {
+        let records = self.audit_query(peer, filter).await?;
+        Ok(query::summarize(&records))
+    }
+
+    async fn require_auditor(&self, peer: &Peer) -> Result<(), ApiError> {
+        if is_member(peer, &self.config.audit.auditors).await {
+            return Ok(());
         }
-        let name = users::user_name(peer.uid);
-        let groups = groups_of(peer.uid).await;
-        self.config.approvers.iter().any(|a| match a {
-            Approver::User(u) => {
-                name.as_deref() == Some(u) || u.parse::<u32>().ok() == Some(peer.uid)
-            }
-            Approver::Group(g) => {
-                users::resolve_group(g).is_ok_and(|(gid, _)| groups.contains(&gid))
-            }
-        })
+        Err(ApiError::forbidden(
+            format!("uid {} may not read the audit log", peer.uid),
+            "only root and the configured auditors (`[audit] auditors`) may",
+        ))
+    }
+
+    async fn is_approver(&self, peer: &Peer) -> bool {
+        is_member(peer, &self.config.approvers).await
     }
 
     async fn require_approver(&self, peer: &Peer) -> Result<(), ApiError> {
@@ -400,6 +455,57 @@ impl Access {
             .map(|t| t.name.as_str())
             .collect::<Vec<_>>()
             .join(", ")
+    }
+}
+
+/// Whether `peer` is root or in `list` (by user name, uid, or group).
+async fn is_member(peer: &Peer, list: &[Approver]) -> bool {
+    if peer.uid == 0 {
+        return true;
+    }
+    let uid = peer.uid;
+    let list = list.to_vec();
+    tokio::task::spawn_blocking(move || {
+        let name = users::user_name(uid);
+        let groups = users::groups_of(uid);
+        list.iter().any(|a| match a {
+            Approver::User(u) => name.as_deref() == Some(u) || u.parse::<u32>().ok() == Some(uid),
+            Approver::Group(g) => {
+                users::resolve_group(g).is_ok_and(|(gid, _)| groups.contains(&gid))
+            }
+        })
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// The audit event of a grant change made by `peer`.
+fn grant_event(code: &str, grant: &Grant, peer: &Peer) -> Event {
+    let mut event = Event::new(code);
+    event.grant_id = Some(grant.id);
+    event.target = Some(grant.target.clone());
+    event.reason = Some(grant.reason.clone());
+    event.user = subject_user(grant);
+    let by = peer.principal();
+    event.detail = Some(serde_json::json!({
+        "who": match grant.subject { Subject::User(_) => "user", Subject::Group(_) => "group" },
+        "subject_id": match grant.subject { Subject::User(id) | Subject::Group(id) => id },
+        "starts_at": crate::control::proto::ts(grant.starts_at),
+        "ends_at": crate::control::proto::ts(grant.ends_at),
+        "by": by,
+    }));
+    event
+}
+
+/// The user a grant is for (none for group grants).
+fn subject_user(grant: &Grant) -> Option<UserInfo> {
+    match grant.subject {
+        Subject::User(uid) => Some(UserInfo {
+            name: grant.subject_name.clone(),
+            uid,
+            login_uid: None,
+        }),
+        Subject::Group(_) => None,
     }
 }
 

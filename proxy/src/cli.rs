@@ -6,9 +6,15 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use jiff::{civil, tz::TimeZone, Timestamp, Zoned};
 
-use crate::control::{
-    client::{Client, ClientError},
-    proto::{DropRequest, GrantList, GrantRequest, GrantView, RevokeRequest, StatusView, WhyView},
+use crate::{
+    audit::{query::Filter, Record},
+    control::{
+        client::{Client, ClientError},
+        proto::{
+            AuditRecords, AuditSummary, DropRequest, GrantList, GrantRequest, GrantView,
+            RevokeRequest, StatusView, WhyView,
+        },
+    },
 };
 
 /// Exit codes of the client commands (also in README).
@@ -275,6 +281,10 @@ pub async fn status(socket: &PathBuf, json: bool) -> Result<(), CliError> {
             println!("      {a}");
         }
     }
+    match &s.audit.failure {
+        None => println!("audit log: {} ({} records written)", s.audit.dir, s.audit.records_written),
+        Some(why) => println!("AUDIT LOG FAILING: {why}\n  connections to targets are refused until it can be written"),
+    }
     println!("\nlive connections:");
     if s.live.is_empty() {
         println!("  none");
@@ -356,6 +366,10 @@ fn time_left(g: &GrantView, now: Timestamp) -> String {
 }
 
 fn print_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
+    print_table_opt(headers, rows, true);
+}
+
+fn print_table_opt<const N: usize>(headers: &[&str; N], rows: &[[String; N]], with_header: bool) {
     let mut widths = headers.map(|h| h.chars().count());
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -373,7 +387,9 @@ fn print_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
         }
         println!("{}", out.trim_end());
     };
-    line(headers.to_vec());
+    if with_header {
+        line(headers.to_vec());
+    }
     for row in rows {
         line(row.iter().map(String::as_str).collect());
     }
@@ -423,4 +439,177 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("2 fortnights").is_err());
     }
+}
+
+/// Filters of `jitproxy audit`, as typed.
+#[derive(Debug, Clone, Default)]
+pub struct AuditArgs {
+    pub user: Option<String>,
+    pub target: Option<String>,
+    pub grant: Option<i64>,
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
+impl AuditArgs {
+    fn filter(&self) -> Result<Filter, CliError> {
+        let now = Zoned::now();
+        let since = self
+            .since
+            .as_deref()
+            .map(|s| parse_since(s, &now))
+            .transpose()?;
+        let until = self
+            .until
+            .as_deref()
+            .map(|s| parse_since(s, &now))
+            .transpose()?;
+        Ok(Filter {
+            user: self.user.clone(),
+            target: self.target.clone(),
+            grant: self.grant,
+            since,
+            until,
+            after_seq: None,
+            limit: None,
+        })
+    }
+}
+
+/// `2h` (that long ago) or a time (as for --until).
+fn parse_since(s: &str, now: &Zoned) -> Result<Timestamp, CliError> {
+    if let Ok(d) = humantime::parse_duration(s) {
+        let back = jiff::SignedDuration::try_from(d).map_err(|e| CliError::Usage(e.to_string()))?;
+        return now
+            .timestamp()
+            .checked_sub(back)
+            .map_err(|e| CliError::Usage(format!("`{s}`: {e}")));
+    }
+    if let Ok(ts) = s.parse::<Timestamp>() {
+        return Ok(ts);
+    }
+    let dt = s
+        .parse::<civil::DateTime>()
+        .or_else(|_| s.parse::<civil::Time>().map(|t| now.date().to_datetime(t)))
+        .map_err(|_| {
+            CliError::Usage(format!(
+                "`{s}` is neither a duration (2h, 7d) nor a time (18:00, \"2026-11-28 09:00\")"
+            ))
+        })?;
+    dt.to_zoned(now.time_zone().clone())
+        .map(|z| z.timestamp())
+        .map_err(|e| CliError::Usage(e.to_string()))
+}
+
+/// `jitproxy audit`: records as a table or JSON Lines; `--follow` keeps going.
+pub async fn audit(
+    socket: &PathBuf,
+    args: AuditArgs,
+    json: bool,
+    follow: bool,
+) -> Result<(), CliError> {
+    let client = Client::new(socket);
+    let mut filter = args.filter()?;
+    let mut header = !json;
+    loop {
+        let page: AuditRecords = client.post("/v1/audit/query", &filter).await?;
+        if let Some(last) = page.records.last() {
+            filter.after_seq = Some(last.seq);
+        }
+        if json {
+            for r in &page.records {
+                println!("{}", serde_json::to_string(r).unwrap_or_default());
+            }
+        } else if !page.records.is_empty() || header {
+            let rows: Vec<[String; 7]> = page.records.iter().map(audit_row).collect();
+            print_table_opt(
+                &[
+                    "TIME", "USER", "PROCESS", "TARGET", "EVENT", "OUTCOME", "BYTES",
+                ],
+                &rows,
+                header,
+            );
+            header = false;
+        }
+        if !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn audit_row(r: &Record) -> [String; 7] {
+    let e = &r.event;
+    let user = e.user.as_ref().map_or_else(String::new, |u| {
+        let name = u.name.clone().unwrap_or_else(|| u.uid.to_string());
+        match u.login_uid {
+            Some(l) if l != u.uid => format!("{name} (login {l})"),
+            _ => name,
+        }
+    });
+    let process = e
+        .process
+        .as_ref()
+        .map_or_else(String::new, |p| format!("{} ({})", p.comm, p.pid));
+    let outcome = match e.kind.as_str() {
+        "connection.allowed" => format!("grant #{}", e.grant_id.unwrap_or_default()),
+        "connection.closed" => format!("ended by {}", e.ended_by.as_deref().unwrap_or("?")),
+        _ => e
+            .code
+            .clone()
+            .or_else(|| e.grant_id.map(|g| format!("grant #{g}")))
+            .unwrap_or_default(),
+    };
+    let bytes = match (e.bytes_up, e.bytes_down) {
+        (Some(up), Some(down)) => format!("{up}↑ {down}↓"),
+        _ => String::new(),
+    };
+    [
+        local(r.time),
+        user,
+        process,
+        e.target.clone().unwrap_or_default(),
+        e.kind.clone(),
+        outcome,
+        bytes,
+    ]
+}
+
+/// `jitproxy audit summary`.
+pub async fn audit_summary(socket: &PathBuf, args: AuditArgs, json: bool) -> Result<(), CliError> {
+    let summary: AuditSummary = Client::new(socket)
+        .post("/v1/audit/summary", &args.filter()?)
+        .await?;
+    if json {
+        print_json(&summary);
+        return Ok(());
+    }
+    let rows: Vec<[String; 7]> = summary
+        .users
+        .iter()
+        .map(|u| {
+            [
+                u.user.clone(),
+                u.grants.to_string(),
+                u.connections.to_string(),
+                u.denials.to_string(),
+                u.bytes_up.to_string(),
+                u.bytes_down.to_string(),
+                u.targets.iter().cloned().collect::<Vec<_>>().join(", "),
+            ]
+        })
+        .collect();
+    print_table(
+        &[
+            "USER",
+            "GRANTS",
+            "CONNECTIONS",
+            "DENIALS",
+            "BYTES UP",
+            "BYTES DOWN",
+            "TARGETS",
+        ],
+        &rows,
+    );
+    Ok(())
 }

@@ -38,7 +38,38 @@ pub struct Config {
     pub control_socket: PathBuf,
     /// Who may grant and revoke, besides root.
     pub approvers: Vec<Approver>,
+    pub audit: AuditConfig,
     pub targets: Vec<Target>,
+}
+
+/// The `[audit]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Directory of the log files (default `<state_dir>/audit`).
+    pub dir: PathBuf,
+    /// A file is rotated when it reaches this size...
+    pub rotate_bytes: u64,
+    /// ...or when the UTC day changes. Files older than this are removed.
+    pub retention: Duration,
+    /// A signed checkpoint at least this often while records are written.
+    pub checkpoint_interval: Duration,
+    /// Who may read the log through the control API, besides root.
+    pub auditors: Vec<Approver>,
+}
+
+impl Config {
+    /// The audit log writer's settings: log in `audit.dir`, key and
+    /// checkpoints in `state_dir` (apart from the log).
+    pub fn audit_settings(&self) -> crate::audit::log::AuditSettings {
+        crate::audit::log::AuditSettings {
+            dir: self.audit.dir.clone(),
+            key: self.state_dir.join("audit-signing.key"),
+            checkpoints: self.state_dir.join("checkpoints.jsonl"),
+            rotate_bytes: self.audit.rotate_bytes,
+            retention: self.audit.retention,
+            checkpoint_interval: self.audit.checkpoint_interval,
+        }
+    }
 }
 
 /// An entry of `approvers`.
@@ -215,8 +246,25 @@ struct RawConfig {
     max_grant: Spanned<String>,
     #[serde(default)]
     limits: Option<Spanned<Limit>>,
+    #[serde(default)]
+    audit: RawAudit,
     #[serde(default, rename = "target")]
     targets: Vec<RawTarget>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    #[serde(default)]
+    dir: Option<PathBuf>,
+    #[serde(default)]
+    rotate_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    retention: Option<Spanned<String>>,
+    #[serde(default)]
+    checkpoint_interval: Option<Spanned<String>>,
+    #[serde(default)]
+    auditors: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +391,26 @@ fn parse_duration(
     Ok(duration)
 }
 
+/// `user:NAME` / `group:NAME` entries (approvers, auditors).
+fn parse_principals(
+    errors: &Errors<'_>,
+    list: &[Spanned<String>],
+    key: &str,
+) -> Result<Vec<Approver>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, a)| match a.get_ref().split_once(':') {
+            Some(("user", name)) if !name.is_empty() => Ok(Approver::User(name.to_owned())),
+            Some(("group", name)) if !name.is_empty() => Ok(Approver::Group(name.to_owned())),
+            _ => Err(errors.at(
+                a,
+                format!("{key}[{i}]"),
+                format!("`{}` must be `user:NAME` or `group:NAME`", a.get_ref()),
+            )),
+        })
+        .collect()
+}
+
 fn validate_limit(
     errors: &Errors<'_>,
     limit: &Spanned<Limit>,
@@ -396,21 +464,30 @@ impl RawConfig {
             Some(l) => validate_limit(&errors, l, "limits")?,
             None => Limit::default(),
         };
-        let mut approvers = Vec::new();
-        for (i, a) in self.approvers.iter().enumerate() {
-            let approver = match a.get_ref().split_once(':') {
-                Some(("user", name)) if !name.is_empty() => Approver::User(name.to_owned()),
-                Some(("group", name)) if !name.is_empty() => Approver::Group(name.to_owned()),
-                _ => {
-                    return Err(errors.at(
-                        a,
-                        format!("approvers[{i}]"),
-                        format!("`{}` must be `user:NAME` or `group:NAME`", a.get_ref()),
-                    ))
+        let approvers = parse_principals(&errors, &self.approvers, "approvers")?;
+        let audit = AuditConfig {
+            dir: self
+                .audit
+                .dir
+                .clone()
+                .unwrap_or_else(|| self.state_dir.join("audit")),
+            rotate_bytes: match &self.audit.rotate_bytes {
+                Some(b) if *b.get_ref() < 4096 => {
+                    return Err(errors.at(b, "audit.rotate_bytes", "must be at least 4096"))
                 }
-            };
-            approvers.push(approver);
-        }
+                Some(b) => *b.get_ref(),
+                None => 64 << 20,
+            },
+            retention: match &self.audit.retention {
+                Some(d) => parse_duration(&errors, d, "audit.retention")?,
+                None => Duration::from_secs(90 * 24 * 3600),
+            },
+            checkpoint_interval: match &self.audit.checkpoint_interval {
+                Some(d) => parse_duration(&errors, d, "audit.checkpoint_interval")?,
+                None => Duration::from_secs(60),
+            },
+            auditors: parse_principals(&errors, &self.audit.auditors, "audit.auditors")?,
+        };
 
         let mut names = HashSet::new();
         let mut literal = HashMap::new();
@@ -522,6 +599,7 @@ impl RawConfig {
             upstream_mark: self.upstream_mark.into_inner(),
             control_socket: self.control_socket,
             approvers,
+            audit,
             targets,
         })
     }

@@ -19,11 +19,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     access::Access,
+    audit::{kind, log::AuditLog, Event},
     cgroup::{self, CgroupError},
     config::Config,
     control::{
         self,
-        proto::{ts, LiveConnections, StatusView, TargetStatus},
+        proto::{ts, AuditStatus, LiveConnections, StatusView, TargetStatus},
     },
     decision::Policy,
     ebpf::{self, Kernel, KernelError, LoadOptions},
@@ -54,6 +55,12 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot open the audit log in {path}: {source}")]
+    Audit {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot bind the control socket {path}: {source}")]
     Control {
         path: PathBuf,
@@ -139,8 +146,27 @@ pub async fn run(
     let _lock = lock(&cgroup)?;
     let config = Arc::new(config);
 
-    // Grants first: the proxy must know them before the first connection.
-    let access = Access::open(Arc::clone(&config))?;
+    // The audit log first: nothing may pass without its record. Then grants:
+    // the proxy must know them before the first connection.
+    let audit = AuditLog::open(config.audit_settings()).map_err(|source| DaemonError::Audit {
+        path: config.audit.dir.clone(),
+        source,
+    })?;
+    let mut started = Event::new(kind::DAEMON_STARTED);
+    started.detail = Some(serde_json::json!({
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "cgroup": cgroup.display().to_string(),
+    }));
+    audit.record(started);
+    let mut loaded = Event::new(kind::CONFIG_LOADED);
+    loaded.detail = Some(serde_json::json!({
+        "source": config.source,
+        "targets": config.targets.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+        "approvers": config.approvers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    }));
+    audit.record(loaded);
+    let access = Access::open(Arc::clone(&config), audit.clone())?;
     let control_listener =
         control::server::bind(&config.control_socket).map_err(|source| DaemonError::Control {
             path: config.control_socket.clone(),
@@ -213,6 +239,9 @@ pub async fn run(
     );
     proxy.serve(listeners).await;
     tasks.shutdown().await;
+    audit.record(Event::new(kind::DAEMON_STOPPED));
+    // Writes what is queued and a final checkpoint.
+    let _ = tokio::task::spawn_blocking(move || audit.close()).await;
     let _ = std::fs::remove_file(&config.control_socket);
     tracing::info!(
         target: "jitproxy::audit",
@@ -278,6 +307,12 @@ fn status_fn(
             targets,
             live,
             open_grants: access.open_grants(),
+            audit: AuditStatus {
+                dir: config.audit.dir.display().to_string(),
+                failure: access.audit().failure(),
+                records_written: access.audit().written(),
+                records_dropped: access.audit().dropped(),
+            },
         }
     })
 }

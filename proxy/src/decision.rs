@@ -58,6 +58,8 @@ pub enum DenyReason {
     RateLimited,
     /// Too many live connections to the target.
     TooManyConnections(u32),
+    /// The "allowed" record could not be written: no record, no access.
+    AuditUnavailable(String),
 }
 
 impl DenyReason {
@@ -69,6 +71,7 @@ impl DenyReason {
             Self::NoGrant { .. } => "no_grant",
             Self::RateLimited => "rate_limited",
             Self::TooManyConnections(_) => "too_many_connections",
+            Self::AuditUnavailable(_) => "audit_unavailable",
         }
     }
 }
@@ -179,6 +182,10 @@ impl fmt::Display for DenyReason {
             }
             Self::RateLimited => f.write_str("rate limited: too many new connections per second"),
             Self::TooManyConnections(max) => write!(f, "too many live connections (at most {max})"),
+            Self::AuditUnavailable(why) => write!(
+                f,
+                "the audit log cannot be written, so access is refused ({why})"
+            ),
         }
     }
 }

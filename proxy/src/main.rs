@@ -2,7 +2,7 @@
 //!
 //! Exit codes: 0 success; 1 runtime failure (the message says what to do);
 //! 2 bad usage or an invalid config; 3 the daemon could not be reached;
-//! 4 the daemon refused the request.
+//! 4 the daemon refused the request; 5 `audit verify` found tampering.
 #![forbid(unsafe_code)]
 
 use std::{path::PathBuf, process::ExitCode};
@@ -144,9 +144,79 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Read the audit log (root and auditors): one user's week, one grant, a target.
+    #[command(
+        args_conflicts_with_subcommands = true,
+        after_help = "Examples:\n  jitproxy audit --user alice --since 7d\n  jitproxy audit --grant 17 --json\n  jitproxy audit --target payments-api --follow\n  jitproxy audit summary --since 7d\n  jitproxy audit verify"
+    )]
+    Audit {
+        #[command(subcommand)]
+        action: Option<AuditAction>,
+        #[command(flatten)]
+        filter: AuditFilter,
+        /// JSON Lines, one record each, as stored.
+        #[arg(long)]
+        json: bool,
+        /// Keep printing new records as they come.
+        #[arg(long)]
+        follow: bool,
+    },
     /// Low-level inspection, for tests and debugging.
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct AuditFilter {
+    /// A user name or uid (matches the uid and the login uid).
+    #[arg(long)]
+    user: Option<String>,
+    #[arg(long)]
+    target: Option<String>,
+    /// A grant id.
+    #[arg(long)]
+    grant: Option<i64>,
+    /// From: a duration ago (2h, 7d) or a time (09:00, "2026-11-28 09:00", RFC 3339).
+    #[arg(long)]
+    since: Option<String>,
+    /// Until: same forms as --since.
+    #[arg(long)]
+    until: Option<String>,
+}
+
+impl From<AuditFilter> for cli::AuditArgs {
+    fn from(f: AuditFilter) -> Self {
+        Self {
+            user: f.user,
+            target: f.target,
+            grant: f.grant,
+            since: f.since,
+            until: f.until,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditAction {
+    /// Per user: grants, connections, denials, bytes, targets.
+    Summary {
+        #[command(flatten)]
+        filter: AuditFilter,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the hash chain and the signed checkpoints; name the first bad record.
+    Verify {
+        /// Config of the daemon whose log to check (its `state_dir` and `[audit] dir`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// The state directory (checkpoints and key), overriding the config's.
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Public key (hex) to check signatures with; default: the state directory's.
+        #[arg(long)]
+        key: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -250,6 +320,16 @@ fn client_command(socket: &PathBuf, command: &Command) -> Option<Result<(), CliE
         }
         Command::Why { json } => runtime.block_on(cli::why(&socket, *json)),
         Command::Status { json } => runtime.block_on(cli::status(&socket, *json)),
+        Command::Audit {
+            action: None,
+            filter,
+            json,
+            follow,
+        } => runtime.block_on(cli::audit(&socket, filter.clone().into(), *json, *follow)),
+        Command::Audit {
+            action: Some(AuditAction::Summary { filter, json }),
+            ..
+        } => runtime.block_on(cli::audit_summary(&socket, filter.clone().into(), *json)),
         _ => return None,
     };
     Some(command)
@@ -321,7 +401,57 @@ fn execute(command: Command, socket: Option<PathBuf>) -> anyhow::Result<ExitCode
         | Command::Grants { .. }
         | Command::Drop { .. }
         | Command::Why { .. }
-        | Command::Status { .. } => unreachable!("client commands are handled by client_command"),
+        | Command::Status { .. }
+        | Command::Audit {
+            action: None | Some(AuditAction::Summary { .. }),
+            ..
+        } => unreachable!("client commands are handled by client_command"),
+        Command::Audit {
+            action:
+                Some(AuditAction::Verify {
+                    config,
+                    state_dir,
+                    key,
+                }),
+            ..
+        } => {
+            let mut config = match load_config(config.as_ref()) {
+                Ok(config) => config,
+                Err(code) => return Ok(code),
+            };
+            if let Some(dir) = state_dir {
+                if config.audit.dir == config.state_dir.join("audit") {
+                    config.audit.dir = dir.join("audit");
+                }
+                config.state_dir = dir;
+            }
+            let settings = config.audit_settings();
+            let key = key.unwrap_or_else(|| jitproxy::audit::log::public_key_path(&settings.key));
+            let report =
+                jitproxy::audit::verify::verify(&settings.dir, &settings.checkpoints, Some(&key))
+                    .with_context(|| {
+                    format!("cannot read the audit log in {}", settings.dir.display())
+                })?;
+            for note in &report.notes {
+                println!("note: {note}");
+            }
+            if let Some(first) = report.problems.first() {
+                println!("FAILED: first bad place: {first}");
+                for p in &report.problems[1..] {
+                    println!("  also: {p}");
+                }
+                return Ok(ExitCode::from(5));
+            }
+            println!(
+                "ok: {} records (seq {}..{}) in {} file(s); chain intact; {} signed checkpoint(s) verified",
+                report.records,
+                report.first_seq.unwrap_or(0),
+                report.last_seq.unwrap_or(0),
+                report.files,
+                report.checkpoints
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Debug(DebugCommand::BenchDecision { grants, lookups }) => {
             let report = jitproxy::grants::bench::decision(grants, lookups);
             println!("{report}");

@@ -2,9 +2,12 @@
 //! its stages, in order, in [`Proxy::handle`]:
 //!
 //! 1. origin: the kernel's record of where it was going and who opened it;
-//! 2. decision: a [`Verdict`] with its reason;
-//! 3. audit: the record is written before anything reaches the target;
-//! 4. forward, or reset the client.
+//! 2. decision: a [`Verdict`] with its reason (grant, limits);
+//! 3. audit: the "allowed" record is on disk before anything reaches the target;
+//! 4. connect to the original destination from a marked socket;
+//! 5. forward until either side ends, the grant ends, or the daemon stops.
+//!
+//! Every exit path finishes the connection's record (denied, failed, closed).
 //!
 //! The server takes ready listeners and a shutdown token, so tests can give
 //! their own; a semaphore bounds live connections and accept errors back off.
@@ -155,7 +158,7 @@ impl Proxy {
     /// One connection, top to bottom.
     async fn handle(&self, client: TcpStream, peer: SocketAddr) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut record = ConnectionRecord::start(id, peer);
+        let mut record = ConnectionRecord::start(id, peer, self.access.audit().clone());
 
         // 1. Origin: where it was going and who opened it.
         let Some(kernel_record) = client
@@ -191,8 +194,19 @@ impl Proxy {
         };
         record.set_origin(origin, target);
 
-        // 3. Connect upstream, then audit: the record is out before any byte
-        // reaches the target.
+        // 3. Audit: the "allowed" record is on disk before anything reaches
+        // the target. No record, no access.
+        if let Err(e) = record.allowed(&allowed).await {
+            reset(client);
+            let reason = DenyReason::AuditUnavailable(e.to_string());
+            if let Some(origin) = record.origin() {
+                self.access.note_refusal(refusal(origin, target, &reason));
+            }
+            record.denied(&reason);
+            return;
+        }
+
+        // 4. Connect to the original destination.
         let upstream = match self.connect_upstream(upstream_addr).await {
             Ok(upstream) => upstream,
             Err(e) => {
@@ -201,9 +215,9 @@ impl Proxy {
                 return;
             }
         };
-        record.allowed(&allowed, upstream.local_addr().ok());
+        record.set_upstream_local(upstream.local_addr().ok());
 
-        // 4. Forward until either side is done, the grant ends, or the
+        // 5. Forward until either side is done, the grant ends, or the
         // daemon stops.
         let _ = client.set_nodelay(true);
         let bytes = Bytes::default();

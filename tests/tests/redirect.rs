@@ -312,8 +312,8 @@ fn the_proxy_upstream_connection_is_not_looped() {
     let w = World::new(7, "loop", Behaviour::Http);
     let (ok, body, port) = curl(&mut w.cgroup.command("curl"), &w.url("/loop"));
     assert!(ok, "{body}");
-    let event = w.daemon.wait_event("allowed", |e| {
-        e["event"] == "connection.allowed" && client_port(e) == port
+    let event = w.daemon.wait_event("closed", |e| {
+        e["event"] == "connection.closed" && client_port(e) == port
     });
     // Exactly one connection reached the proxy and exactly one the API, and
     // the API's peer is the proxy's upstream socket.

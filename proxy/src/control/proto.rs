@@ -137,6 +137,29 @@ pub struct StatusView {
     pub targets: Vec<TargetStatus>,
     pub live: Vec<LiveConnections>,
     pub open_grants: usize,
+    pub audit: AuditStatus,
+}
+
+/// The audit log's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditStatus {
+    pub dir: String,
+    /// Why the log cannot be written; while set, connections are refused.
+    pub failure: Option<String>,
+    pub records_written: u64,
+    /// Records lost because the disk refused them for too long.
+    pub records_dropped: u64,
+}
+
+/// `POST /v1/audit/query` and `/v1/audit/summary` answer with these.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditRecords {
+    pub records: Vec<crate::audit::Record>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditSummary {
+    pub users: Vec<crate::audit::query::UserSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -16,12 +16,23 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     proto::{
-        DropRequest, ErrorBody, GrantList, GrantRequest, GrantView, RevokeRequest, StatusView,
-        MAX_BODY,
+        AuditRecords, AuditSummary, DropRequest, ErrorBody, GrantList, GrantRequest, GrantView,
+        RevokeRequest, StatusView, MAX_BODY,
     },
     ApiError, Peer,
 };
-use crate::{access::Access, grants::now_ms};
+use crate::{access::Access, audit::query::Filter, grants::now_ms};
+
+/// Every path the API serves (for 405 versus 404).
+const ENDPOINTS: &[&str] = &[
+    "/v1/status",
+    "/v1/why",
+    "/v1/grants",
+    "/v1/revoke",
+    "/v1/drop",
+    "/v1/audit/query",
+    "/v1/audit/summary",
+];
 
 /// A connection may take this long in all (slow clients cannot pin tasks).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
@@ -146,13 +157,25 @@ async fn handle(
                 .map(|g| list(StatusCode::OK, &g)),
             Err(e) => Err(e),
         },
-        (_, "/v1/status" | "/v1/why" | "/v1/grants" | "/v1/revoke" | "/v1/drop") => {
-            Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not supported on {path}"),
-                "see docs/control-api.md",
-            ))
-        }
+        (&Method::POST, "/v1/audit/query") => match body::<Filter>(req).await {
+            Ok(f) => access
+                .audit_query(peer, f)
+                .await
+                .map(|records| json(StatusCode::OK, &AuditRecords { records })),
+            Err(e) => Err(e),
+        },
+        (&Method::POST, "/v1/audit/summary") => match body::<Filter>(req).await {
+            Ok(f) => access
+                .audit_summary(peer, f)
+                .await
+                .map(|users| json(StatusCode::OK, &AuditSummary { users })),
+            Err(e) => Err(e),
+        },
+        (_, p) if ENDPOINTS.contains(&p) => Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not supported on {path}"),
+            "see docs/control-api.md",
+        )),
         _ => Err(ApiError::not_found(
             format!("no such endpoint {path}"),
             "see docs/control-api.md",

@@ -84,6 +84,14 @@ impl Store {
             path: path.display().to_string(),
             source,
         })?;
+        // Grants name users and reasons: readable by root only.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(
+            |source| StoreError::Dir {
+                path: path.display().to_string(),
+                source,
+            },
+        )?;
         Self::init(conn)
     }
 

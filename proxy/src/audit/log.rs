@@ -1,0 +1,716 @@
+//! The audit log writer: one thread that owns the files, so the runtime never
+//! blocks on disk.
+//!
+//! Records are appended as JSON Lines to `audit-YYYYMMDD-NNNN.jsonl` in the
+//! audit directory (0700, files 0600). Each record carries a sequence number
+//! and the SHA-256 of the record line before it, across files. Events that
+//! arrive together are written with one `write` and one `fsync` (group
+//! commit); a durable append is acknowledged only after its fsync, and the
+//! proxy forwards a connection only after that.
+//!
+//! Checkpoints of the chain head, signed with the daemon's Ed25519 key, go to
+//! `checkpoints.jsonl` in the state directory (apart from the log) at least
+//! every `checkpoint_interval` while records are written, at rotation and at
+//! shutdown, so that deleting the newest records shows.
+//!
+//! When a write or fsync fails (disk full, permissions), the file is cut back
+//! to its last good length, durable appends fail (the proxy refuses the
+//! connection), other events wait in memory (bounded) and are written when the
+//! disk accepts them again; the failure is reported by `jitproxy status`.
+
+use std::{
+    collections::VecDeque,
+    fs::{self, File, OpenOptions},
+    io::{self, Read as _, Seek as _, SeekFrom, Write as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    thread,
+    time::{Duration, Instant, SystemTime},
+};
+
+use ed25519_dalek::{Signer as _, SigningKey};
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::oneshot;
+
+use super::{kind, Event, Record};
+
+/// The hash before the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+/// Events kept in memory while the disk refuses writes; beyond this, the
+/// oldest are dropped and counted.
+const MAX_PENDING: usize = 10_000;
+/// Most events written in one group commit.
+const MAX_BATCH: usize = 4096;
+
+/// Where and how the log is written.
+#[derive(Debug, Clone)]
+pub struct AuditSettings {
+    pub dir: PathBuf,
+    /// Signing key (0600) and its public half (`.pub`, hex).
+    pub key: PathBuf,
+    pub checkpoints: PathBuf,
+    pub rotate_bytes: u64,
+    pub retention: Duration,
+    pub checkpoint_interval: Duration,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AuditError {
+    #[error("audit log unavailable: {0}")]
+    Unavailable(String),
+    #[error("audit log writer stopped")]
+    Stopped,
+}
+
+/// A signed checkpoint of the chain head.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    pub seq: u64,
+    pub time: Timestamp,
+    /// The file holding record `seq`, and its length after that record.
+    pub file: String,
+    pub offset: u64,
+    /// SHA-256 (hex) of record `seq`'s line.
+    pub head: String,
+    /// Ed25519 signature (hex) of [`Checkpoint::message`].
+    pub sig: String,
+}
+
+impl Checkpoint {
+    /// The signed bytes.
+    pub fn message(&self) -> String {
+        format!(
+            "jitproxy-checkpoint-v1\n{}\n{}\n{}\n{}\n{}",
+            self.seq, self.time, self.file, self.offset, self.head
+        )
+    }
+}
+
+enum Msg {
+    Append {
+        event: Event,
+        time: Timestamp,
+        ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
+    },
+    Checkpoint(oneshot::Sender<()>),
+    Shutdown,
+}
+
+/// Shared view of the writer's health.
+#[derive(Debug, Default)]
+struct Health {
+    failing: Mutex<Option<String>>,
+    dropped: AtomicU64,
+    written: AtomicU64,
+}
+
+/// A handle to the audit log; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Msg>,
+    health: Arc<Health>,
+    writer: Arc<Mutex<Option<thread::JoinHandle<()>>>>,
+}
+
+impl AuditLog {
+    /// Opens the log (recovering a torn last line), loads or creates the
+    /// signing key, and starts the writer thread.
+    pub fn open(settings: AuditSettings) -> io::Result<Self> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&settings.dir)?;
+        let key = load_or_create_key(&settings.key)?;
+        let (tx, rx) = mpsc::channel();
+        let health = Arc::new(Health::default());
+        let mut writer = Writer::open(settings, key, Arc::clone(&health))?;
+        let handle = thread::Builder::new()
+            .name("jitproxy-audit".to_owned())
+            .spawn(move || writer.run(&rx))?;
+        Ok(Self {
+            tx,
+            health,
+            writer: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Appends an event; does not wait for the disk.
+    pub fn record(&self, event: Event) {
+        let _ = self.tx.send(Msg::Append {
+            event,
+            time: Timestamp::now(),
+            ack: None,
+        });
+    }
+
+    /// Appends an event and waits until it is on disk (fsync). Returns its
+    /// sequence number.
+    pub async fn record_durable(&self, event: Event) -> Result<u64, AuditError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(Msg::Append {
+                event,
+                time: Timestamp::now(),
+                ack: Some(ack),
+            })
+            .map_err(|_| AuditError::Stopped)?;
+        done.await.map_err(|_| AuditError::Stopped)?
+    }
+
+    /// Writes a checkpoint now (if records were written since the last one).
+    pub async fn checkpoint(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Msg::Checkpoint(ack)).is_ok() {
+            let _ = done.await;
+        }
+    }
+
+    /// Why the log cannot be written, if it cannot.
+    pub fn failure(&self) -> Option<String> {
+        self.health
+            .failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Events lost because the disk refused them for too long.
+    pub fn dropped(&self) -> u64 {
+        self.health.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Records written since start.
+    pub fn written(&self) -> u64 {
+        self.health.written.load(Ordering::Relaxed)
+    }
+
+    /// Writes what is queued, a final checkpoint, and stops the writer.
+    /// Blocks; call it off the runtime (or at the very end).
+    pub fn close(&self) {
+        let _ = self.tx.send(Msg::Shutdown);
+        let handle = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// The writer thread's state.
+struct Writer {
+    settings: AuditSettings,
+    key: SigningKey,
+    health: Arc<Health>,
+    file: File,
+    file_name: String,
+    file_len: u64,
+    file_day: String,
+    /// Hash of the last record written, and its sequence number.
+    head: String,
+    seq: u64,
+    checkpointed_seq: u64,
+    last_checkpoint: Instant,
+    pending: VecDeque<(Event, Timestamp)>,
+}
+
+impl Writer {
+    fn open(settings: AuditSettings, key: SigningKey, health: Arc<Health>) -> io::Result<Self> {
+        let files = log_files(&settings.dir)?;
+        let today = day(Timestamp::now());
+        // Find the chain head in the newest non-empty file.
+        let mut head = GENESIS.to_owned();
+        let mut seq = 0;
+        let mut recovered = None;
+        for name in files.iter().rev() {
+            let path = settings.dir.join(name);
+            let (cut, last) = recover_tail(&path)?;
+            if cut > 0 {
+                recovered = Some((name.clone(), cut));
+            }
+            if let Some(line) = last {
+                let record: Record = serde_json::from_slice(&line).map_err(|e| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "the last record of {} is not valid ({e}); run `jitproxy audit verify` and move the damaged file aside",
+                            path.display()
+                        ),
+                    )
+                })?;
+                head = sha256_hex(&line);
+                seq = record.seq;
+                break;
+            }
+        }
+        let (file_name, file_day) = match files.last() {
+            Some(name) if name.starts_with(&format!("audit-{today}-")) => (name.clone(), today),
+            Some(name) => (next_name(name, &today), today),
+            None => (format!("audit-{today}-0001.jsonl"), today),
+        };
+        let (file, file_len) = open_append(&settings.dir.join(&file_name))?;
+        let mut writer = Self {
+            checkpointed_seq: seq,
+            last_checkpoint: Instant::now(),
+            settings,
+            key,
+            health,
+            file,
+            file_name,
+            file_len,
+            file_day,
+            head,
+            seq,
+            pending: VecDeque::new(),
+        };
+        if let Some((name, cut)) = recovered {
+            let mut event = Event::new(kind::LOG_RECOVERED);
+            event.detail = Some(serde_json::json!({
+                "file": name,
+                "torn_bytes_removed": cut,
+                "why": "the daemon stopped in the middle of a write; those bytes were never acknowledged",
+            }));
+            writer.pending.push_back((event, Timestamp::now()));
+        }
+        Ok(writer)
+    }
+
+    fn run(&mut self, rx: &mpsc::Receiver<Msg>) {
+        loop {
+            let wait = self.next_wake();
+            let first = match rx.recv_timeout(wait) {
+                Ok(msg) => Some(msg),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.flush(Vec::new());
+                    self.write_checkpoint();
+                    return;
+                }
+            };
+            let mut acks = Vec::new();
+            let mut checkpoint_acks = Vec::new();
+            let mut shutdown = false;
+            for msg in first
+                .into_iter()
+                .chain(std::iter::from_fn(|| rx.try_recv().ok()))
+                .take(MAX_BATCH)
+            {
+                match msg {
+                    Msg::Append { event, time, ack } => match ack {
+                        Some(ack) => acks.push((event, time, ack)),
+                        None => self.queue(event, time),
+                    },
+                    Msg::Checkpoint(ack) => checkpoint_acks.push(ack),
+                    Msg::Shutdown => shutdown = true,
+                }
+            }
+            self.flush(acks);
+            let due = self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval;
+            if due || shutdown || !checkpoint_acks.is_empty() {
+                self.write_checkpoint();
+            }
+            for ack in checkpoint_acks {
+                let _ = ack.send(());
+            }
+            if shutdown {
+                return;
+            }
+        }
+    }
+
+    fn next_wake(&self) -> Duration {
+        if self.pending.is_empty() {
+            self.settings
+                .checkpoint_interval
+                .saturating_sub(self.last_checkpoint.elapsed())
+                .max(Duration::from_millis(10))
+        } else {
+            // Retry writes that the disk refused.
+            Duration::from_secs(1)
+        }
+    }
+
+    fn queue(&mut self, event: Event, time: Timestamp) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.pop_front();
+            self.health.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.pending.push_back((event, time));
+    }
+
+    /// Writes pending events and the durable ones in `acks`, in order, with
+    /// one write and one fsync; acknowledges the durable ones.
+    fn flush(&mut self, acks: Vec<(Event, Timestamp, oneshot::Sender<Result<u64, AuditError>>)>) {
+        if self.pending.is_empty() && acks.is_empty() {
+            return;
+        }
+        if let Err(e) = self.rotate_if_due() {
+            self.fail(&format!("cannot rotate the audit log: {e}"));
+        }
+        let mut buf = Vec::with_capacity(256 * (self.pending.len() + acks.len()));
+        let mut seq = self.seq;
+        let mut head = self.head.clone();
+        let mut durable_seqs = Vec::with_capacity(acks.len());
+        let events = self
+            .pending
+            .iter()
+            .map(|(e, t)| (e, *t))
+            .chain(acks.iter().map(|(e, t, _)| (e, *t)));
+        for (event, time) in events {
+            seq += 1;
+            let line = encode(seq, time, event, &head);
+            head = sha256_hex(&line);
+            buf.extend_from_slice(&line);
+            buf.push(b'\n');
+            durable_seqs.push(seq);
+        }
+        match self.append(&buf) {
+            Ok(()) => {
+                let written = seq - self.seq;
+                self.seq = seq;
+                self.head = head;
+                self.pending.clear();
+                self.health.written.fetch_add(written, Ordering::Relaxed);
+                self.recovered();
+                let first_durable = durable_seqs.len() - acks.len();
+                for ((_, _, ack), seq) in acks.into_iter().zip(&durable_seqs[first_durable..]) {
+                    let _ = ack.send(Ok(*seq));
+                }
+            }
+            Err(e) => {
+                let why = format!(
+                    "cannot write {}: {e}",
+                    self.settings.dir.join(&self.file_name).display()
+                );
+                self.fail(&why);
+                // Durable events fail now: their connections are refused, and
+                // their "allowed" records must never appear later.
+                for (_, _, ack) in acks {
+                    let _ = ack.send(Err(AuditError::Unavailable(why.clone())));
+                }
+            }
+        }
+    }
+
+    /// Appends and fsyncs; on failure, cuts the file back so the chain stays
+    /// whole.
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        let result = self
+            .file
+            .write_all(buf)
+            .and_then(|()| self.file.sync_data());
+        match result {
+            Ok(()) => {
+                self.file_len += buf.len() as u64;
+                Ok(())
+            }
+            Err(e) => {
+                let _ = self.file.set_len(self.file_len);
+                let _ = self.file.seek(SeekFrom::Start(self.file_len));
+                Err(e)
+            }
+        }
+    }
+
+    fn fail(&self, why: &str) {
+        let mut failing = self
+            .health
+            .failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if failing.as_deref() != Some(why) {
+            tracing::error!(error = %why, "audit log cannot be written; connections to targets are refused until it can");
+        }
+        *failing = Some(why.to_owned());
+    }
+
+    fn recovered(&self) {
+        let mut failing = self
+            .health
+            .failing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if failing.take().is_some() {
+            tracing::warn!("audit log writable again; connections to targets are allowed again");
+        }
+    }
+
+    /// Starts a new file when the day changed or the file is too big; the new
+    /// file's first record says so (and links to the old file's last).
+    fn rotate_if_due(&mut self) -> io::Result<()> {
+        let today = day(Timestamp::now());
+        if self.file_len < self.settings.rotate_bytes && today == self.file_day {
+            return Ok(());
+        }
+        if self.file_len == 0 {
+            return Ok(());
+        }
+        self.write_checkpoint();
+        let old = self.file_name.clone();
+        let name = next_name(&old, &today);
+        let (file, len) = open_append(&self.settings.dir.join(&name))?;
+        self.file = file;
+        self.file_len = len;
+        self.file_name = name;
+        self.file_day = today;
+        let mut event = Event::new(kind::LOG_ROTATED);
+        event.detail = Some(serde_json::json!({ "previous_file": old }));
+        self.pending.push_front((event, Timestamp::now()));
+        self.remove_expired();
+        Ok(())
+    }
+
+    /// Retention: removes log files not modified for `retention`.
+    fn remove_expired(&self) {
+        let Ok(files) = log_files(&self.settings.dir) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for name in files.iter().filter(|n| **n != self.file_name) {
+            let path = self.settings.dir.join(name);
+            let old = fs::metadata(&path)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age > self.settings.retention);
+            if old && fs::remove_file(&path).is_ok() {
+                tracing::info!(file = %path.display(), "audit log file removed by retention");
+            }
+        }
+    }
+
+    fn write_checkpoint(&mut self) {
+        self.last_checkpoint = Instant::now();
+        if self.seq == self.checkpointed_seq || self.seq == 0 {
+            return;
+        }
+        let mut cp = Checkpoint {
+            seq: self.seq,
+            time: Timestamp::now(),
+            file: self.file_name.clone(),
+            offset: self.file_len,
+            head: self.head.clone(),
+            sig: String::new(),
+        };
+        cp.sig = hex(&self.key.sign(cp.message().as_bytes()).to_bytes());
+        let mut line = serde_json::to_vec(&cp).unwrap_or_default();
+        line.push(b'\n');
+        let result = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.settings.checkpoints)
+            .and_then(|mut f| f.write_all(&line).and_then(|()| f.sync_data()));
+        match result {
+            Ok(()) => self.checkpointed_seq = self.seq,
+            Err(e) => tracing::error!(error = %e, "cannot write an audit checkpoint"),
+        }
+    }
+}
+
+/// One record line (no newline).
+fn encode(seq: u64, time: Timestamp, event: &Event, prev: &str) -> Vec<u8> {
+    let record = Record {
+        seq,
+        time,
+        event: event.clone(),
+        prev: prev.to_owned(),
+    };
+    // Serializing plain data to a Vec does not fail.
+    serde_json::to_vec(&record).unwrap_or_default()
+}
+
+/// Log files in the directory, oldest first (names sort by time).
+pub fn log_files(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names: Vec<String> = fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("audit-") && n.ends_with(".jsonl"))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The name after `name`: the next number today, or 0001 of a new day.
+fn next_name(name: &str, today: &str) -> String {
+    let number = name
+        .strip_prefix(&format!("audit-{today}-"))
+        .and_then(|rest| rest.strip_suffix(".jsonl"))
+        .and_then(|n| n.parse::<u32>().ok())
+        .unwrap_or(0);
+    format!("audit-{today}-{:04}.jsonl", number + 1)
+}
+
+fn day(t: Timestamp) -> String {
+    t.strftime("%Y%m%d").to_string()
+}
+
+fn open_append(path: &Path) -> io::Result<(File, u64)> {
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)?;
+    let len = file.metadata()?.len();
+    Ok((file, len))
+}
+
+/// Removes a torn last line (no trailing newline) left by a crash in the
+/// middle of a write; returns the bytes removed and the last whole line.
+fn recover_tail(path: &Path) -> io::Result<(u64, Option<Vec<u8>>)> {
+    let mut file = OpenOptions::new().read(true).write(true).open(path)?;
+    let mut data = Vec::new();
+    file.read_to_end(&mut data)?;
+    let keep = data.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let cut = (data.len() - keep) as u64;
+    if cut > 0 {
+        file.set_len(keep as u64)?;
+        file.sync_data()?;
+    }
+    let whole = &data[..keep];
+    let last = whole
+        .strip_suffix(b"\n")
+        .map(|w| w.rsplit(|&b| b == b'\n').next().unwrap_or(w).to_vec())
+        .filter(|l| !l.is_empty());
+    Ok((cut, last))
+}
+
+/// Loads the signing key, or creates one (0600) with its public half beside it.
+fn load_or_create_key(path: &Path) -> io::Result<SigningKey> {
+    match fs::read(path) {
+        Ok(bytes) => {
+            let bytes: [u8; 32] = bytes.try_into().map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is not a 32-byte Ed25519 key", path.display()),
+                )
+            })?;
+            Ok(SigningKey::from_bytes(&bytes))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+            }
+            let mut seed = [0u8; 32];
+            File::open("/dev/urandom")?.read_exact(&mut seed)?;
+            let key = SigningKey::from_bytes(&seed);
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(path)?;
+            file.write_all(&seed)?;
+            file.sync_all()?;
+            fs::write(
+                public_key_path(path),
+                hex(key.verifying_key().as_bytes()) + "\n",
+            )?;
+            Ok(key)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Where the public half of a signing key is kept.
+pub fn public_key_path(key: &Path) -> PathBuf {
+    let mut name = key.as_os_str().to_owned();
+    name.push(".pub");
+    PathBuf::from(name)
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(dir: &Path) -> AuditSettings {
+        AuditSettings {
+            dir: dir.join("audit"),
+            key: dir.join("audit-signing.key"),
+            checkpoints: dir.join("checkpoints.jsonl"),
+            rotate_bytes: 1 << 20,
+            retention: Duration::from_secs(3600),
+            checkpoint_interval: Duration::from_secs(60),
+        }
+    }
+
+    #[tokio::test]
+    async fn durable_records_chain_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(settings(dir.path())).unwrap();
+        let a = log
+            .record_durable(Event::new(kind::DAEMON_STARTED))
+            .await
+            .unwrap();
+        log.record(Event::new(kind::CONFIG_LOADED));
+        let b = log
+            .record_durable(Event::new(kind::CONNECTION_ALLOWED))
+            .await
+            .unwrap();
+        assert_eq!((a, b), (1, 3));
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .unwrap();
+
+        let log = AuditLog::open(settings(dir.path())).unwrap();
+        let c = log
+            .record_durable(Event::new(kind::DAEMON_STARTED))
+            .await
+            .unwrap();
+        assert_eq!(c, 4, "sequence continues after reopen");
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .unwrap();
+        let report = crate::audit::verify::verify(
+            &settings(dir.path()).dir,
+            &settings(dir.path()).checkpoints,
+            None,
+        )
+        .unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_eq!(report.records, 4);
+    }
+
+    #[test]
+    fn torn_tail_is_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit-20260101-0001.jsonl");
+        fs::write(&path, b"{\"a\":1}\n{\"b\":").unwrap();
+        let (cut, last) = recover_tail(&path).unwrap();
+        assert_eq!(cut, 5);
+        assert_eq!(last.unwrap(), b"{\"a\":1}");
+        assert_eq!(fs::read(&path).unwrap(), b"{\"a\":1}\n");
+    }
+
+    #[test]
+    fn names_roll_by_day_and_number() {
+        assert_eq!(
+            next_name("audit-20260101-0001.jsonl", "20260101"),
+            "audit-20260101-0002.jsonl"
+        );
+        assert_eq!(
+            next_name("audit-20260101-0007.jsonl", "20260102"),
+            "audit-20260102-0001.jsonl"
+        );
+    }
+}

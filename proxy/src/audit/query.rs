@@ -1,0 +1,123 @@
+//! Reading the audit log for review: filters for `jitproxy audit` and the
+//! per-user summary of `jitproxy audit summary`.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{self, BufRead as _},
+    path::Path,
+};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::{kind, log::log_files, Record};
+
+/// Which records to return. Empty fields match everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Filter {
+    /// A user name or uid; matches the record's user, uid or login uid.
+    #[serde(default)]
+    pub user: Option<String>,
+    #[serde(default)]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub grant: Option<i64>,
+    #[serde(default)]
+    pub since: Option<Timestamp>,
+    #[serde(default)]
+    pub until: Option<Timestamp>,
+    /// Only records after this sequence number (`--follow`).
+    #[serde(default)]
+    pub after_seq: Option<u64>,
+    /// At most this many (the newest).
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+impl Filter {
+    pub fn matches(&self, r: &Record) -> bool {
+        let e = &r.event;
+        self.after_seq.is_none_or(|s| r.seq > s)
+            && self.since.is_none_or(|t| r.time >= t)
+            && self.until.is_none_or(|t| r.time <= t)
+            && self.grant.is_none_or(|g| e.grant_id == Some(g))
+            && self
+                .target
+                .as_ref()
+                .is_none_or(|t| e.target.as_ref() == Some(t))
+            && self.user.as_ref().is_none_or(|u| {
+                e.user.as_ref().is_some_and(|info| {
+                    info.name.as_ref() == Some(u)
+                        || u.parse::<u32>()
+                            .ok()
+                            .is_some_and(|uid| info.uid == uid || info.login_uid == Some(uid))
+                })
+            })
+    }
+}
+
+/// Records in `dir` that match, oldest first. Lines that do not parse are
+/// skipped here (`audit verify` reports them).
+pub fn read(dir: &Path, filter: &Filter) -> io::Result<Vec<Record>> {
+    let mut out = Vec::new();
+    for name in log_files(dir)? {
+        let file = fs::File::open(dir.join(&name))?;
+        for line in io::BufReader::new(file).lines() {
+            let line = line?;
+            if let Ok(record) = serde_json::from_str::<Record>(&line) {
+                if filter.matches(&record) {
+                    out.push(record);
+                }
+            }
+        }
+    }
+    if let Some(limit) = filter.limit {
+        let skip = out.len().saturating_sub(limit);
+        out.drain(..skip);
+    }
+    Ok(out)
+}
+
+/// One user's activity in a period.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSummary {
+    pub user: String,
+    pub grants: u64,
+    pub connections: u64,
+    pub denials: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub targets: BTreeSet<String>,
+}
+
+/// Per-user totals over `records`.
+pub fn summarize(records: &[Record]) -> Vec<UserSummary> {
+    let mut by_user: BTreeMap<String, UserSummary> = BTreeMap::new();
+    for r in records {
+        let e = &r.event;
+        let Some(user) = &e.user else { continue };
+        let key = user.name.clone().unwrap_or_else(|| user.uid.to_string());
+        let s = by_user.entry(key.clone()).or_insert_with(|| UserSummary {
+            user: key,
+            ..UserSummary::default()
+        });
+        match e.kind.as_str() {
+            kind::GRANT_CREATED => s.grants += 1,
+            kind::CONNECTION_ALLOWED => s.connections += 1,
+            kind::CONNECTION_DENIED | kind::CONNECTION_RATE_LIMITED => s.denials += 1,
+            kind::CONNECTION_CLOSED => {
+                s.bytes_up += e.bytes_up.unwrap_or(0);
+                s.bytes_down += e.bytes_down.unwrap_or(0);
+            }
+            _ => {}
+        }
+        if let Some(t) = &e.target {
+            if e.kind.starts_with("connection.") {
+                s.targets.insert(t.clone());
+            }
+        }
+    }
+    by_user.into_values().collect()
+}
