@@ -276,6 +276,17 @@ impl Daemon {
             .unwrap_or_else(|e| panic!("cannot run jitproxy {args:?}: {e}"))
     }
 
+    /// The config file the daemon runs with (`None` for the embedded default).
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config.as_deref()
+    }
+
+    /// The daemon's state directory (grants, audit key, checkpoints, and by
+    /// default the audit log under `audit/`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
     /// The daemon's control socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("control.sock")
@@ -407,6 +418,7 @@ pub struct Upstream {
     accepted: Arc<AtomicUsize>,
     peers: Arc<Mutex<Vec<SocketAddr>>>,
     bulk_sent: Arc<Mutex<Vec<String>>>,
+    paths: Arc<Mutex<Vec<String>>>,
     thread: Option<thread::JoinHandle<()>>,
 }
 
@@ -434,12 +446,14 @@ impl Upstream {
         let accepted = Arc::new(AtomicUsize::new(0));
         let peers = Arc::new(Mutex::new(Vec::new()));
         let bulk_sent = Arc::new(Mutex::new(Vec::new()));
+        let paths = Arc::new(Mutex::new(Vec::new()));
         let thread = {
-            let (stop, accepted, peers, bulk_sent) = (
+            let (stop, accepted, peers, bulk_sent, paths) = (
                 Arc::clone(&stop),
                 Arc::clone(&accepted),
                 Arc::clone(&peers),
                 Arc::clone(&bulk_sent),
+                Arc::clone(&paths),
             );
             thread::spawn(move || {
                 for stream in listener.incoming() {
@@ -451,9 +465,9 @@ impl Upstream {
                     if let Ok(peer) = stream.peer_addr() {
                         peers.lock().unwrap_or_else(|p| p.into_inner()).push(peer);
                     }
-                    let bulk_sent = Arc::clone(&bulk_sent);
+                    let (bulk_sent, paths) = (Arc::clone(&bulk_sent), Arc::clone(&paths));
                     thread::spawn(move || {
-                        let _ = serve(stream, behaviour, &bulk_sent);
+                        let _ = serve(stream, behaviour, &bulk_sent, &paths);
                     });
                 }
             })
@@ -464,6 +478,7 @@ impl Upstream {
             accepted,
             peers,
             bulk_sent,
+            paths,
             thread: Some(thread),
         })
     }
@@ -480,6 +495,11 @@ impl Upstream {
     /// Peer addresses of accepted connections.
     pub fn peers(&self) -> Vec<SocketAddr> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Request paths of the HTTP requests answered.
+    pub fn paths(&self) -> Vec<String> {
+        self.paths.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// sha256 (hex) of each bulk body sent.
@@ -506,6 +526,7 @@ fn serve(
     mut stream: TcpStream,
     behaviour: Behaviour,
     bulk_sent: &Mutex<Vec<String>>,
+    paths: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     match behaviour {
         Behaviour::Close => Ok(()),
@@ -524,6 +545,10 @@ fn serve(
                 }
             }
             let path = request_line.split_whitespace().nth(1).unwrap_or("?");
+            paths
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(path.to_owned());
             let body = format!("hello from upstream path={path}\n");
             write!(
                 stream,
