@@ -227,6 +227,16 @@ enum ConfigCommand {
 
 #[derive(Debug, Subcommand)]
 enum DebugCommand {
+    /// Measure durable audit appends (group commit) in a directory.
+    BenchAudit {
+        /// Where to write the throwaway log (on the disk the audit log uses).
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        events: u32,
+        #[arg(long, default_value_t = 64)]
+        concurrency: u32,
+    },
     /// Time the grant decision (index lookup) with many grants in memory.
     BenchDecision {
         #[arg(long, default_value_t = 100_000)]
@@ -450,6 +460,19 @@ fn execute(command: Command, socket: Option<PathBuf>) -> anyhow::Result<ExitCode
                 report.files,
                 report.checkpoints
             );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Debug(DebugCommand::BenchAudit {
+            dir,
+            events,
+            concurrency,
+        }) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report =
+                runtime.block_on(jitproxy::audit::bench::run(&dir, events, concurrency))?;
+            println!("{report}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Debug(DebugCommand::BenchDecision { grants, lookups }) => {

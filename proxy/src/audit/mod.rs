@@ -6,6 +6,7 @@
 //! - [`verify`]: checks a log directory's chain and checkpoints;
 //! - [`query`]: filters and summaries for `jitproxy audit`.
 
+pub mod bench;
 pub mod log;
 pub mod query;
 pub mod record;
