@@ -2,7 +2,7 @@
 //! status): parse human input, call the control API, print tables for people
 //! and JSON for scripts. Times are local in tables and RFC 3339 in JSON.
 
-use std::{path::PathBuf, process::ExitCode, time::Duration};
+use std::{path::Path, process::ExitCode, time::Duration};
 
 use jiff::{civil, tz::TimeZone, Timestamp, Zoned};
 
@@ -64,7 +64,7 @@ pub struct WindowArgs {
 }
 
 pub async fn grant(
-    socket: &PathBuf,
+    socket: &Path,
     who: String,
     target: String,
     window: WindowArgs,
@@ -113,7 +113,7 @@ pub async fn grant(
 }
 
 pub async fn revoke(
-    socket: &PathBuf,
+    socket: &Path,
     id: Option<i64>,
     who: Option<String>,
     target: Option<String>,
@@ -127,7 +127,7 @@ pub async fn revoke(
 }
 
 pub async fn drop_access(
-    socket: &PathBuf,
+    socket: &Path,
     target: Option<String>,
     json: bool,
 ) -> Result<(), CliError> {
@@ -153,7 +153,7 @@ fn report_ended(list: &GrantList, verb: &str, json: bool) {
     }
 }
 
-pub async fn grants(socket: &PathBuf, all: bool, json: bool) -> Result<(), CliError> {
+pub async fn grants(socket: &Path, all: bool, json: bool) -> Result<(), CliError> {
     let path = if all {
         "/v1/grants?all=true"
     } else {
@@ -211,7 +211,7 @@ pub async fn grants(socket: &PathBuf, all: bool, json: bool) -> Result<(), CliEr
     Ok(())
 }
 
-pub async fn why(socket: &PathBuf, json: bool) -> Result<(), CliError> {
+pub async fn why(socket: &Path, json: bool) -> Result<(), CliError> {
     let why: WhyView = Client::new(socket).get("/v1/why").await?;
     if json {
         print_json(&why);
@@ -251,7 +251,7 @@ pub async fn why(socket: &PathBuf, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn status(socket: &PathBuf, json: bool) -> Result<(), CliError> {
+pub async fn status(socket: &Path, json: bool) -> Result<(), CliError> {
     let s: StatusView = Client::new(socket).get("/v1/status").await?;
     if json {
         print_json(&s);
@@ -503,7 +503,7 @@ fn parse_since(s: &str, now: &Zoned) -> Result<Timestamp, CliError> {
 
 /// `jitproxy audit`: records as a table or JSON Lines; `--follow` keeps going.
 pub async fn audit(
-    socket: &PathBuf,
+    socket: &Path,
     args: AuditArgs,
     json: bool,
     follow: bool,
@@ -576,7 +576,7 @@ fn audit_row(r: &Record) -> [String; 7] {
 }
 
 /// `jitproxy audit summary`.
-pub async fn audit_summary(socket: &PathBuf, args: AuditArgs, json: bool) -> Result<(), CliError> {
+pub async fn audit_summary(socket: &Path, args: AuditArgs, json: bool) -> Result<(), CliError> {
     let summary: AuditSummary = Client::new(socket)
         .post("/v1/audit/summary", &args.filter()?)
         .await?;

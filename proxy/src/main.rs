@@ -5,7 +5,10 @@
 //! 4 the daemon refused the request; 5 `audit verify` found tampering.
 #![forbid(unsafe_code)]
 
-use std::{path::PathBuf, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -282,7 +285,7 @@ fn main() -> ExitCode {
 }
 
 /// Runs a control API client command; `None` for daemon-side commands.
-fn client_command(socket: &PathBuf, command: &Command) -> Option<Result<(), CliError>> {
+fn client_command(socket: &Path, command: &Command) -> Option<Result<(), CliError>> {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -294,7 +297,7 @@ fn client_command(socket: &PathBuf, command: &Command) -> Option<Result<(), CliE
             ))))
         }
     };
-    let socket = socket.clone();
+    let socket = socket.to_path_buf();
     let command = match command {
         Command::Grant {
             who,

@@ -72,10 +72,13 @@ pub fn groups_of(uid: u32) -> Vec<u32> {
         .unwrap_or_else(|_| vec![user.gid.as_raw()])
 }
 
+/// uid -> (when looked up, its groups).
+type GroupCache = HashMap<u32, (Instant, Arc<[u32]>)>;
+
 /// Cached group memberships, for the data path.
 #[derive(Debug, Default, Clone)]
 pub struct Users {
-    groups: Arc<RwLock<HashMap<u32, (Instant, Arc<[u32]>)>>>,
+    groups: Arc<RwLock<GroupCache>>,
 }
 
 impl Users {

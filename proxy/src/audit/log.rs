@@ -92,11 +92,18 @@ impl Checkpoint {
     }
 }
 
+/// Acknowledges a durable append with its sequence number.
+type Ack = oneshot::Sender<Result<u64, AuditError>>;
+
+/// A durable append waiting for its fsync.
+type Durable = (Event, Timestamp, Ack);
+
 enum Msg {
     Append {
-        event: Event,
+        // Boxed: events are large, the other messages small.
+        event: Box<Event>,
         time: Timestamp,
-        ack: Option<oneshot::Sender<Result<u64, AuditError>>>,
+        ack: Option<Ack>,
     },
     Checkpoint(oneshot::Sender<()>),
     Shutdown,
@@ -143,7 +150,7 @@ impl AuditLog {
     /// Appends an event; does not wait for the disk.
     pub fn record(&self, event: Event) {
         let _ = self.tx.send(Msg::Append {
-            event,
+            event: Box::new(event),
             time: Timestamp::now(),
             ack: None,
         });
@@ -155,7 +162,7 @@ impl AuditLog {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(Msg::Append {
-                event,
+                event: Box::new(event),
                 time: Timestamp::now(),
                 ack: Some(ack),
             })
@@ -301,8 +308,8 @@ impl Writer {
             {
                 match msg {
                     Msg::Append { event, time, ack } => match ack {
-                        Some(ack) => acks.push((event, time, ack)),
-                        None => self.queue(event, time),
+                        Some(ack) => acks.push((*event, time, ack)),
+                        None => self.queue(*event, time),
                     },
                     Msg::Checkpoint(ack) => checkpoint_acks.push(ack),
                     Msg::Shutdown => shutdown = true,
@@ -344,7 +351,7 @@ impl Writer {
 
     /// Writes pending events and the durable ones in `acks`, in order, with
     /// one write and one fsync; acknowledges the durable ones.
-    fn flush(&mut self, acks: Vec<(Event, Timestamp, oneshot::Sender<Result<u64, AuditError>>)>) {
+    fn flush(&mut self, acks: Vec<Durable>) {
         if self.pending.is_empty() && acks.is_empty() {
             return;
         }
