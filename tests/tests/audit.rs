@@ -2,6 +2,8 @@
 //! a crash loses no "allowed" record of a connection that reached the
 //! target; tampering is found by `jitproxy audit verify`; a full disk closes
 //! access until space returns. Needs root; run with `cargo xtask test`.
+// Test helpers panic on failure by design: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     collections::{HashMap, HashSet},

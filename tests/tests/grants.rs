@@ -2,6 +2,8 @@
 //! when their grant does. Real daemon, real eBPF, real clients in a test
 //! cgroup, as root, `nobody` and uids without names; the CLI as root and as
 //! non-approvers. Needs root; run with `cargo xtask test`.
+// Test helpers panic on failure by design: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     io::{Read as _, Write as _},

@@ -4,6 +4,8 @@
 //!
 //! Each test has its own index, which picks its cgroup, the daemon's listen
 //! port and the stand-in API's loopback address, so tests run in parallel.
+// Test helpers panic on failure by design: a panic is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::{
     net::{SocketAddr, TcpStream},
