@@ -397,7 +397,7 @@ impl Access {
     /// `POST /v1/audit/query`: root and auditors read the log.
     pub async fn audit_query(&self, peer: &Peer, filter: Filter) -> Result<Vec<Record>, ApiError> {
         self.require_auditor(peer).await?;
-        let dir = self.config.audit.dir.clone();
+        let dir = self.config.audit_dir();
         tokio::task::spawn_blocking(move || query::read(&dir, &filter))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?

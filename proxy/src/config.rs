@@ -45,8 +45,8 @@ pub struct Config {
 /// The `[audit]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuditConfig {
-    /// Directory of the log files (default `<state_dir>/audit`).
-    pub dir: PathBuf,
+    /// Directory of the log files, if set; see [`Config::audit_dir`].
+    pub dir: Option<PathBuf>,
     /// A file is rotated when it reaches this size...
     pub rotate_bytes: u64,
     /// ...or when the UTC day changes. Files older than this are removed.
@@ -58,11 +58,19 @@ pub struct AuditConfig {
 }
 
 impl Config {
+    /// The audit log's directory: `[audit] dir`, else `<state_dir>/audit`.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.audit
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit"))
+    }
+
     /// The audit log writer's settings: log in `audit.dir`, key and
     /// checkpoints in `state_dir` (apart from the log).
     pub fn audit_settings(&self) -> crate::audit::log::AuditSettings {
         crate::audit::log::AuditSettings {
-            dir: self.audit.dir.clone(),
+            dir: self.audit_dir(),
             key: self.state_dir.join("audit-signing.key"),
             checkpoints: self.state_dir.join("checkpoints.jsonl"),
             rotate_bytes: self.audit.rotate_bytes,
@@ -466,11 +474,7 @@ impl RawConfig {
         };
         let approvers = parse_principals(&errors, &self.approvers, "approvers")?;
         let audit = AuditConfig {
-            dir: self
-                .audit
-                .dir
-                .clone()
-                .unwrap_or_else(|| self.state_dir.join("audit")),
+            dir: self.audit.dir.clone(),
             rotate_bytes: match &self.audit.rotate_bytes {
                 Some(b) if *b.get_ref() < 4096 => {
                     return Err(errors.at(b, "audit.rotate_bytes", "must be at least 4096"))

@@ -149,7 +149,7 @@ pub async fn run(
     // The audit log first: nothing may pass without its record. Then grants:
     // the proxy must know them before the first connection.
     let audit = AuditLog::open(config.audit_settings()).map_err(|source| DaemonError::Audit {
-        path: config.audit.dir.clone(),
+        path: config.audit_dir(),
         source,
     })?;
     let mut started = Event::new(kind::DAEMON_STARTED);
@@ -308,7 +308,7 @@ fn status_fn(
             live,
             open_grants: access.open_grants(),
             audit: AuditStatus {
-                dir: config.audit.dir.display().to_string(),
+                dir: config.audit_dir().display().to_string(),
                 failure: access.audit().failure(),
                 records_written: access.audit().written(),
                 records_dropped: access.audit().dropped(),

@@ -433,9 +433,6 @@ fn execute(command: Command, socket: Option<PathBuf>) -> anyhow::Result<ExitCode
                 Err(code) => return Ok(code),
             };
             if let Some(dir) = state_dir {
-                if config.audit.dir == config.state_dir.join("audit") {
-                    config.audit.dir = dir.join("audit");
-                }
                 config.state_dir = dir;
             }
             let settings = config.audit_settings();

@@ -136,6 +136,22 @@ pub fn run() -> Result<()> {
     println!("$ curl {url}    # as root, after restart: the grant survived");
     curl(&mut cgroup.command("curl"));
 
+    util::step("the audit trail: every grant and connection, hash-chained and signed");
+    println!("$ jitproxy audit");
+    print!("{}", daemon.client(&["audit"]));
+    daemon.stop()?;
+    let config = daemon.state_dir();
+    let (ok, out, err) = output(
+        std::process::Command::new(&bin)
+            .args(["audit", "verify", "--state-dir"])
+            .arg(&config),
+    );
+    println!("$ jitproxy audit verify");
+    print!("{out}{err}");
+    if !ok {
+        bail!("the demo's audit log does not verify");
+    }
+
     util::step("cleaning up: daemon stopped, programs detached, cgroup removed");
     drop(daemon);
     drop(cgroup);
