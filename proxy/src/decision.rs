@@ -175,7 +175,9 @@ impl Policy {
 impl fmt::Display for DenyReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::NoRecord => f.write_str("connection did not come through the kernel redirect"),
+            Self::NoRecord => f.write_str(
+                "no kernel record for this connection: it did not come through the redirect, or its client closed before the proxy accepted it",
+            ),
             Self::UnknownTarget(id) => write!(f, "target #{id} is not in the running config"),
             Self::NoGrant { uid, target } => {
                 write!(f, "no live grant for uid {uid} on target `{target}`")

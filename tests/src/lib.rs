@@ -211,13 +211,14 @@ impl Daemon {
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
-        let starts_before = self.count_events("daemon.started");
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", self.bin.display()))?;
+        // Ready when its control API answers with its pid: the API starts
+        // after the programs are attached and the listeners bound.
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if self.count_events("daemon.started") > starts_before {
+            if self.answers_status(child.id()) {
                 break;
             }
             if let Some(status) = child.try_wait()? {
@@ -234,6 +235,19 @@ impl Daemon {
         }
         self.child = Some(child);
         Ok(())
+    }
+
+    /// Whether the daemon with `pid` answers `jitproxy status`.
+    fn answers_status(&self, pid: u32) -> bool {
+        let Ok(out) = Command::new(&self.bin)
+            .args(["status", "--json", "--socket"])
+            .arg(self.socket())
+            .stderr(Stdio::null())
+            .output()
+        else {
+            return false;
+        };
+        serde_json::from_slice::<Value>(&out.stdout).is_ok_and(|v| v["pid"] == pid)
     }
 
     /// The daemon's pid.
@@ -370,10 +384,6 @@ impl Daemon {
             .into_iter()
             .filter(|e| e["event"] == kind)
             .collect()
-    }
-
-    fn count_events(&self, kind: &str) -> usize {
-        self.events_of(kind).len()
     }
 
     /// Waits until an event matching `pred` is logged.
