@@ -240,7 +240,43 @@ pub fn run(options: &Options) -> Result<()> {
     drop(nginx);
     drop(scratch);
     print!("{}", report.render());
-    Ok(())
+    micro_benchmarks(&bin)
+}
+
+/// The decision's grant lookup with 100k grants, and durable audit appends
+/// on the disk under /var/tmp (where a state directory would live).
+fn micro_benchmarks(bin: &std::path::Path) -> Result<()> {
+    println!("\nmicro-benchmarks (jitproxy debug ...)");
+    let run = |args: &[&str]| -> Result<()> {
+        let out = std::process::Command::new(bin)
+            .args(args)
+            .output()
+            .with_context(|| format!("cannot run jitproxy {args:?}"))?;
+        if !out.status.success() {
+            bail!(
+                "jitproxy {args:?} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        print!("  {}", String::from_utf8_lossy(&out.stdout));
+        Ok(())
+    };
+    run(&["debug", "bench-decision", "--grants", "100000"])?;
+    let dir = tempfile::Builder::new()
+        .prefix("jitproxy-bench-audit-")
+        .tempdir_in("/var/tmp")
+        .context("cannot make a directory in /var/tmp")?;
+    let dir_arg = dir.path().to_string_lossy().into_owned();
+    run(&[
+        "debug",
+        "bench-audit",
+        "--dir",
+        &dir_arg,
+        "--events",
+        "20000",
+        "--concurrency",
+        "64",
+    ])
 }
 
 /// Starts jitproxy on `cgroup`, grants the bench's clients access, and
