@@ -19,10 +19,6 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
     thread,
     time::{Duration, Instant},
 };
@@ -87,21 +83,11 @@ pub fn run(options: &Options) -> Result<()> {
     if options.duration == 0 || options.connections == 0 || options.bulk_gib == 0 {
         bail!("--duration, --connections and --bulk-gib must be at least 1");
     }
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = Arc::clone(&interrupted);
-        ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst))
-            .context("cannot install the Ctrl-C handler")?;
-    }
-    let check = || -> Result<()> {
-        if interrupted.load(Ordering::SeqCst) {
-            bail!("interrupted; cleaning up");
-        }
-        Ok(())
-    };
+    let interrupted = util::on_ctrl_c()?;
+    let check = || interrupted.check();
 
     // Before anything is installed or started: jitproxy needs cgroup v2.
-    util::cgroup2_mount()?;
+    jitproxy_e2e::cgroup2_mount()?;
     setup::run(setup::Needs { bench: true })?;
     let bin = util::build_jitproxy()?;
     std::env::set_var("JITPROXY_BIN", &bin);

@@ -5,13 +5,7 @@
 //! given back, and targets closed while the daemon is down.
 //! Removes everything it started, also on Ctrl-C.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-};
+use std::net::SocketAddr;
 
 use anyhow::{bail, Context as _, Result};
 use jitproxy_e2e::{output, Behaviour, Cgroup, Daemon, Upstream, NOBODY};
@@ -24,18 +18,8 @@ const DEMO_API: &str = "127.0.0.2:8080";
 
 pub fn run() -> Result<()> {
     util::require_root("jitproxy attaches eBPF programs to a cgroup")?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    {
-        let interrupted = Arc::clone(&interrupted);
-        ctrlc::set_handler(move || interrupted.store(true, Ordering::SeqCst))
-            .context("cannot install the Ctrl-C handler")?;
-    }
-    let check = || -> Result<()> {
-        if interrupted.load(Ordering::SeqCst) {
-            bail!("interrupted; cleaning up");
-        }
-        Ok(())
-    };
+    let interrupted = util::on_ctrl_c()?;
+    let check = || interrupted.check();
 
     setup::run(setup::Needs { bench: false })?;
     let bin = util::build_jitproxy()?;

@@ -110,14 +110,26 @@ pub fn works(program: &str, args: &[&str]) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The cgroup2 mount point, from /proc/mounts.
-pub fn cgroup2_mount() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("cannot read /proc/mounts")?;
-    mounts
-        .lines()
-        .find_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
-        .context("no cgroup2 filesystem is mounted")
+/// Set once Ctrl-C was pressed; tasks check it between steps and stop, so
+/// that their guards clean up what they started.
+#[derive(Debug, Clone)]
+pub struct Interrupted(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Interrupted {
+    /// An error once Ctrl-C was pressed.
+    pub fn check(&self) -> Result<()> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            bail!("interrupted; cleaning up");
+        }
+        Ok(())
+    }
+}
+
+/// Catches Ctrl-C (SIGINT) for the rest of the task.
+pub fn on_ctrl_c() -> Result<Interrupted> {
+    let flag = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let set = std::sync::Arc::clone(&flag);
+    ctrlc::set_handler(move || set.store(true, std::sync::atomic::Ordering::SeqCst))
+        .context("cannot install the Ctrl-C handler")?;
+    Ok(Interrupted(flag))
 }
