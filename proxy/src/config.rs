@@ -18,6 +18,9 @@ use crate::limits::Limit;
 
 /// The embedded default: safe on any host (loopback targets only).
 pub const DEFAULT_CONFIG: &str = include_str!("../../config/default.toml");
+/// The most live connections a config may ask for (each costs descriptors).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+
 /// The name under which the embedded default is reported in errors.
 pub const DEFAULT_CONFIG_NAME: &str = "<embedded default>";
 
@@ -187,7 +190,7 @@ impl FromStr for HostSpec {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if let Ok(ip) = s.parse::<IpAddr>() {
-            return Ok(Self::Net(IpNet::from(ip)));
+            return Ok(Self::Net(canonical(IpNet::from(ip))));
         }
         if s.contains('/') {
             let net: IpNet = s
@@ -199,7 +202,7 @@ impl FromStr for HostSpec {
                     net.trunc()
                 ));
             }
-            return Ok(Self::Net(net));
+            return Ok(Self::Net(canonical(net)));
         }
         if is_dns_name(s) {
             return Ok(Self::Name(s.to_ascii_lowercase()));
@@ -208,6 +211,25 @@ impl FromStr for HostSpec {
             "`{s}` is neither an IP address, a CIDR range nor a DNS name"
         ))
     }
+}
+
+/// IPv4-mapped ranges (`::ffff:a.b.c.d/104`) as the IPv4 ranges they are:
+/// the kernel matches both forms with one key, so checks must see one form.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+/// Whether `net` covers one of the proxy's own listener addresses
+/// (127.0.0.1 or ::1; IPv4-mapped ranges are already IPv4 here).
+fn covers_listener(net: &IpNet) -> bool {
+    net.contains(&IpAddr::from([127, 0, 0, 1]))
+        || net.contains(&IpAddr::from(std::net::Ipv6Addr::LOCALHOST))
 }
 
 /// RFC 1123 host name: dot-separated labels of letters, digits and hyphens.
@@ -327,7 +349,13 @@ mod defaults {
 fn parse_raw(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
     let deserializer = toml::Deserializer::new(text);
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
-        let key = err.path().to_string();
+        // Values read with their position (`Spanned`) add serde's private
+        // field name to the path; the key as written has none.
+        let key = err
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "")
+            .replace("$__serde_spanned_private_value", "");
         let inner = err.into_inner();
         let (line, column) = inner
             .span()
@@ -451,11 +479,11 @@ impl RawConfig {
                 "must be a port from 1 to 65535",
             ));
         }
-        if *self.max_connections.get_ref() == 0 {
+        if !(1..=MAX_CONNECTIONS_LIMIT).contains(self.max_connections.get_ref()) {
             return Err(errors.at(
                 &self.max_connections,
                 "max_connections",
-                "must be at least 1",
+                format!("must be from 1 to {MAX_CONNECTIONS_LIMIT}"),
             ));
         }
         if *self.upstream_mark.get_ref() == 0 {
@@ -555,11 +583,9 @@ impl RawConfig {
                     .parse()
                     .map_err(|m: String| errors.at(host, &key, m))?;
                 if let HostSpec::Net(net) = spec {
-                    if net.contains(&IpAddr::from([127, 0, 0, 1]))
-                        && ports.contains(self.listen_port.get_ref())
-                    {
+                    if covers_listener(&net) && ports.contains(self.listen_port.get_ref()) {
                         return Err(errors.at(host, &key, format!(
-                            "covers the proxy's own listener 127.0.0.1:{}; change listen_port or the target",
+                            "covers the proxy's own listener (127.0.0.1 or [::1] port {}); change listen_port or the target",
                             self.listen_port.get_ref()
                         )));
                     }

@@ -108,7 +108,11 @@ impl Proxy {
     /// Accepts on every listener until shutdown, then cuts live connections
     /// and waits for their records to be finished.
     pub async fn serve(self: Arc<Self>, listeners: Vec<TcpListener>) {
-        let limit = Arc::new(Semaphore::new(self.settings.max_connections));
+        // Capped: tokio's semaphore refuses more permits (the config refuses
+        // far fewer already).
+        let limit = Arc::new(Semaphore::new(
+            self.settings.max_connections.min(Semaphore::MAX_PERMITS),
+        ));
         let mut acceptors = JoinSet::new();
         for listener in listeners {
             acceptors.spawn(Arc::clone(&self).accept_loop(listener, Arc::clone(&limit)));

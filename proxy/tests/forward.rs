@@ -1,11 +1,14 @@
 //! The data path in process, without eBPF or privileges: a [`Proxy`] on
-//! 127.0.0.1:0 whose kernel records come from a fake [`OriginSource`], in
+//! 127.0.0.1:0 whose kernel records come from a fake [`OriginSource`], with a
+//! real grant index (in-memory store) and a real audit log (in a temp dir), in
 //! front of test upstreams on 127.0.0.1:0. Each test drives real TCP clients
-//! and checks what they and the upstream see: bytes, EOFs and resets.
+//! and checks what they, the upstream and the audit log see.
 
 use std::{
+    collections::BTreeMap,
     io,
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    path::PathBuf,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc,
@@ -14,9 +17,18 @@ use std::{
 };
 
 use jitproxy::{
+    access::Access,
+    audit::{log::AuditLog, query, Record},
     config::Config,
     decision::Policy,
+    grants::{
+        now_ms,
+        store::{NewGrant, Store},
+        Principal, Subject,
+    },
+    limits::Limits,
     proxy::{OriginSource, Proxy, ProxySettings},
+    users::Users,
 };
 use proxy_common::{ConnectRecord, SockTuple};
 use tokio::{
@@ -30,6 +42,11 @@ use tokio_util::sync::CancellationToken;
 /// Failure guard for every wait. Never reached when the proxy works; it only
 /// turns a hang into a failure that says what was awaited.
 const GUARD: Duration = Duration::from_secs(60);
+
+/// The caller in every fake kernel record; grants are made for this uid.
+const CALLER_UID: u32 = 4242;
+/// The one configured target; every fake record points at it (index 0).
+const TARGET: &str = "test-upstream";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_round_trip() {
@@ -55,11 +72,29 @@ async fn bytes_round_trip() {
         rest.len()
     );
 
-    proxy.stop().await;
+    let trail = proxy.stop().await;
     assert_eq!(
         upstream.accepted_so_far(),
         1,
         "one client connection must make exactly one upstream connection"
+    );
+    let events = trail.only_connection(&["connection.allowed", "connection.closed"]);
+    let (allowed, closed) = (&events[0], &events[1]);
+    assert_eq!(allowed.target.as_deref(), Some(TARGET), "{allowed:?}");
+    assert_eq!(
+        allowed.dst.as_deref(),
+        Some(upstream.addr.to_string().as_str()),
+        "{allowed:?}"
+    );
+    assert_eq!(allowed.user.as_ref().map(|u| u.uid), Some(CALLER_UID));
+    assert!(
+        allowed.grant_id.is_some(),
+        "allowed without a grant id: {allowed:?}"
+    );
+    assert_eq!(
+        (closed.bytes_up, closed.bytes_down),
+        (Some(24), Some(24)),
+        "the closing record must count the bytes moved each way: {closed:?}"
     );
 }
 
@@ -105,7 +140,14 @@ async fn hundred_mib_each_way_arrive_intact() {
         panic!("client-to-upstream stream through the proxy is wrong: {e}");
     }
 
-    proxy.stop().await;
+    let trail = proxy.stop().await;
+    let events = trail.only_connection(&["connection.allowed", "connection.closed"]);
+    assert_eq!(
+        (events[1].bytes_up, events[1].bytes_down),
+        (Some(LEN), Some(LEN)),
+        "closing record: {:?}",
+        events[1]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,7 +186,14 @@ async fn half_close_reaches_upstream_and_reply_still_arrives() {
         "after a half-close the upstream's reply must still reach the client"
     );
 
-    proxy.stop().await;
+    let trail = proxy.stop().await;
+    let events = trail.only_connection(&["connection.allowed", "connection.closed"]);
+    assert_eq!(
+        (events[1].bytes_up, events[1].bytes_down),
+        (Some(7), Some(25)),
+        "closing record: {:?}",
+        events[1]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -153,28 +202,45 @@ async fn connection_without_record_is_reset_and_never_forwarded() {
     let kernel = FakeKernel::without_records();
     let proxy = RunningProxy::start(Arc::clone(&kernel)).await;
 
-    let mut client = proxy.connect().await;
-    expect_reset_after_write(&mut client, b"secret", "a connection with no kernel record").await;
+    expect_reset(&proxy, b"secret", "a connection with no kernel record").await;
     assert_eq!(
         kernel.lookups.load(Ordering::Relaxed),
         1,
         "the proxy must look the connection up exactly once"
     );
 
-    // `serve` returns only once every connection task is done, so nothing
-    // can still be on its way upstream afterwards.
-    proxy.stop().await;
-    // The accept queue is FIFO: if the proxy had connected upstream, its
-    // connection would be accepted before this probe.
-    let probe = TcpStream::connect(upstream.addr)
-        .await
-        .expect("probe connect to the upstream");
-    let first = upstream.next_peer("the probe's accept").await;
+    let trail = proxy.stop().await;
+    upstream.assert_never_reached().await;
+    let events = trail.only_connection(&["connection.denied"]);
     assert_eq!(
-        first,
-        probe.local_addr().expect("probe local address"),
-        "the upstream accepted a connection from the proxy for a client without a record"
+        events[0].code.as_deref(),
+        Some("no_record"),
+        "{:?}",
+        events[0]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_without_grant_is_reset_and_never_forwarded() {
+    let mut upstream = Upstream::echo().await;
+    let proxy = RunningProxy::start_with(
+        FakeKernel::headed_for(upstream.addr),
+        Options {
+            grant: false,
+            ..Options::default()
+        },
+    )
+    .await;
+
+    expect_reset(&proxy, b"secret", "a caller without a grant").await;
+
+    let trail = proxy.stop().await;
+    upstream.assert_never_reached().await;
+    let events = trail.only_connection(&["connection.denied"]);
+    let denied = &events[0];
+    assert_eq!(denied.code.as_deref(), Some("no_grant"), "{denied:?}");
+    assert_eq!(denied.target.as_deref(), Some(TARGET), "{denied:?}");
+    assert_eq!(denied.user.as_ref().map(|u| u.uid), Some(CALLER_UID));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,17 +254,23 @@ async fn unreachable_upstream_resets_the_client() {
     // refused connect, not from the timeout.
     let proxy = RunningProxy::start_with(
         FakeKernel::headed_for(closed),
-        ProxySettings {
+        Options {
             connect_timeout: GUARD * 2,
-            ..settings()
+            ..Options::default()
         },
     )
     .await;
 
-    let mut client = proxy.connect().await;
-    expect_reset_after_write(&mut client, b"hello?", "an unreachable upstream").await;
+    expect_reset(&proxy, b"hello?", "an unreachable upstream").await;
 
-    proxy.stop().await;
+    let trail = proxy.stop().await;
+    let events = trail.only_connection(&["connection.allowed", "connection.failed"]);
+    assert_eq!(
+        events[1].code.as_deref(),
+        Some("upstream_unreachable"),
+        "{:?}",
+        events[1]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +300,7 @@ async fn shutdown_cuts_live_connections_and_serve_returns() {
     );
 
     // The client keeps its write side open: only the shutdown can end it.
-    proxy.stop().await;
+    let trail = proxy.stop().await;
 
     let mut buf = [0u8; 16];
     match within("the client to see the cut", client.read(&mut buf)).await {
@@ -251,6 +323,13 @@ async fn shutdown_cuts_live_connections_and_serve_returns() {
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
         other => panic!("after serve returned, {addr} must refuse connections, got {other:?}"),
     }
+    let events = trail.only_connection(&["connection.allowed", "connection.closed"]);
+    assert_eq!(
+        events[1].ended_by.as_deref(),
+        Some("daemon: daemon shutdown"),
+        "the closing record must say the daemon cut it: {:?}",
+        events[1]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,21 +390,55 @@ async fn concurrent_connections_are_not_cross_wired() {
         failures.join("\n")
     );
 
-    proxy.stop().await;
+    let trail = proxy.stop().await;
+    assert_eq!(
+        trail.by_conn.len(),
+        CONNECTIONS,
+        "one record per connection"
+    );
+    let mut counted: Vec<u64> = trail
+        .by_conn
+        .values()
+        .map(|events| {
+            let closed = match events.as_slice() {
+                [allowed, closed]
+                    if allowed.kind == "connection.allowed"
+                        && closed.kind == "connection.closed" =>
+                {
+                    closed
+                }
+                other => panic!("expected allowed then closed, got {other:?}"),
+            };
+            assert_eq!(closed.bytes_up, closed.bytes_down, "{closed:?}");
+            closed.bytes_up.unwrap_or_default()
+        })
+        .collect();
+    counted.sort_unstable();
+    let sent: Vec<u64> = (0..CONNECTIONS)
+        .map(|i| unique_payload(i).len() as u64)
+        .collect();
+    assert_eq!(
+        counted, sent,
+        "the records' byte counts must match the payloads"
+    );
 }
 
-/// A config can hold a `max_connections` larger than tokio's semaphore takes;
-/// the proxy must then refuse it with an error or cap it, not panic.
+/// A `max_connections` larger than tokio's semaphore takes: the config
+/// refuses it, and the library, given it anyway, caps it instead of
+/// panicking.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: Proxy::serve panics in Semaphore::new for max_connections > usize::MAX >> 3, which Config accepts"]
-async fn huge_max_connections_from_config_does_not_crash_serve() {
-    let config = Config::parse("max_connections = 2305843009213693952\n", "test.toml")
-        .expect("the config accepts this max_connections");
+async fn huge_max_connections_is_refused_by_config_and_capped_by_serve() {
+    let err = Config::parse("max_connections = 2305843009213693952\n", "test.toml")
+        .expect_err("a max_connections past any sane limit");
+    assert!(
+        err.to_string().contains("test.toml:1:19: max_connections"),
+        "{err}"
+    );
     let proxy = RunningProxy::start_with(
         FakeKernel::without_records(),
-        ProxySettings {
-            upstream_mark: None,
-            ..ProxySettings::from_config(&config)
+        Options {
+            max_connections: Some(2_305_843_009_213_693_952),
+            ..Options::default()
         },
     )
     .await;
@@ -337,8 +450,9 @@ async fn huge_max_connections_from_config_does_not_crash_serve() {
 
 // ---- harness ----
 
-/// Stands in for the eBPF maps: every connection was headed for `dst`, or,
-/// without one, no connection has a record.
+/// Stands in for the eBPF maps: every connection was headed for `dst` (the
+/// one target, opened by [`CALLER_UID`]), or, without one, no connection
+/// has a record.
 struct FakeKernel {
     dst: Option<SocketAddrV4>,
     lookups: AtomicUsize,
@@ -367,7 +481,6 @@ impl OriginSource for FakeKernel {
     fn find(&self, _client: SocketAddr, _local: SocketAddr) -> Option<ConnectRecord> {
         self.lookups.fetch_add(1, Ordering::Relaxed);
         let dst = self.dst?;
-        let pid = std::process::id();
         // Laid out as connect4 stores it: IPv4-mapped words whose bytes are
         // in network order, port in network order.
         Some(ConnectRecord {
@@ -375,13 +488,14 @@ impl OriginSource for FakeKernel {
             orig_port_be: dst.port().to_be(),
             family: 4,
             target_id: 0,
-            tgid: pid,
-            pid,
-            uid: 0,
-            gid: 0,
+            tgid: std::process::id(),
+            pid: std::process::id(),
+            uid: CALLER_UID,
+            gid: CALLER_UID,
             cgroup_id: 0,
-            // "Connected" after this process started, so /proc is read.
-            boot_ns: u64::MAX,
+            // "Connected" before this process started: /proc is not read, so
+            // no login uid replaces CALLER_UID when grants are matched.
+            boot_ns: 0,
             comm: *b"forward-test\0\0\0\0",
             tuple: SockTuple::default(),
             established: 1,
@@ -389,40 +503,104 @@ impl OriginSource for FakeKernel {
     }
 }
 
-fn settings() -> ProxySettings {
-    ProxySettings {
-        target_names: vec!["test-upstream".to_owned()],
-        connect_timeout: Duration::from_secs(10),
-        max_connections: 1024,
-        // Setting a mark needs CAP_NET_ADMIN; these tests run unprivileged.
-        upstream_mark: None,
+/// How a test's proxy differs from the usual one.
+struct Options {
+    /// Whether [`CALLER_UID`] holds a live grant on the target.
+    grant: bool,
+    connect_timeout: Duration,
+    /// Overrides the config's `max_connections`.
+    max_connections: Option<usize>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            grant: true,
+            connect_timeout: Duration::from_secs(10),
+            max_connections: None,
+        }
     }
 }
 
-/// A proxy serving one listener on 127.0.0.1:0.
+/// A proxy serving one listener on 127.0.0.1:0, with its state (grant
+/// store in memory, audit log) in a temp dir.
 struct RunningProxy {
     addr: SocketAddr,
     shutdown: CancellationToken,
     served: JoinHandle<()>,
+    audit: AuditLog,
+    audit_dir: PathBuf,
+    _state: tempfile::TempDir,
 }
 
 impl RunningProxy {
     async fn start(kernel: Arc<FakeKernel>) -> Self {
-        Self::start_with(kernel, settings()).await
+        Self::start_with(kernel, Options::default()).await
     }
 
-    async fn start_with(kernel: Arc<FakeKernel>, settings: ProxySettings) -> Self {
+    async fn start_with(kernel: Arc<FakeKernel>, options: Options) -> Self {
+        let state = tempfile::tempdir().expect("temp state dir");
+        let config = Arc::new(test_config(&state));
+        let audit_settings = config.audit_settings();
+        let audit_dir = audit_settings.dir.clone();
+        let audit = AuditLog::open(audit_settings).expect("open the audit log");
+        let mut store = Store::in_memory().expect("in-memory grant store");
+        if options.grant {
+            let now = now_ms();
+            store
+                .insert(
+                    &NewGrant {
+                        subject: Subject::User(CALLER_UID),
+                        subject_name: None,
+                        target: TARGET.to_owned(),
+                        starts_at: now - 60_000,
+                        ends_at: now + 3_600_000,
+                        reason: "forward integration test".to_owned(),
+                        granted_by: Principal {
+                            uid: 0,
+                            name: Some("root".to_owned()),
+                            login_uid: None,
+                        },
+                        scopes: Vec::new(),
+                    },
+                    now,
+                )
+                .expect("store the test grant");
+        }
+        let access =
+            Access::from_store(Arc::clone(&config), store, audit.clone()).expect("access service");
+        let policy = Policy::new(
+            access.index(),
+            Users::new(),
+            Limits::new(),
+            config
+                .targets
+                .iter()
+                .map(|t| (t.name.clone(), t.limits))
+                .collect(),
+        );
+        let settings = ProxySettings {
+            connect_timeout: options.connect_timeout,
+            max_connections: options.max_connections.unwrap_or(config.max_connections),
+            // Setting a mark needs CAP_NET_ADMIN; these tests run unprivileged.
+            upstream_mark: None,
+            ..ProxySettings::from_config(&config)
+        };
+
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
             .await
             .expect("bind proxy listener on 127.0.0.1:0");
         let addr = listener.local_addr().expect("proxy listener address");
         let shutdown = CancellationToken::new();
-        let proxy = Proxy::new(kernel, Policy::Open, settings, shutdown.clone());
+        let proxy = Proxy::new(kernel, policy, access, settings, shutdown.clone());
         let served = tokio::spawn(proxy.serve(vec![listener]));
         Self {
             addr,
             shutdown,
             served,
+            audit,
+            audit_dir,
+            _state: state,
         }
     }
 
@@ -432,12 +610,75 @@ impl RunningProxy {
             .expect("client connect to the proxy")
     }
 
-    /// Cancels the shutdown token and waits for `serve` to return.
-    async fn stop(self) {
+    /// Cancels the shutdown token, waits for `serve` to return (it returns
+    /// only once every connection task is done), and reads the audit log.
+    async fn stop(self) -> AuditTrail {
         self.shutdown.cancel();
         within("serve to return after shutdown", self.served)
             .await
             .expect("serve panicked");
+        let audit = self.audit.clone();
+        within(
+            "the audit log to close",
+            tokio::task::spawn_blocking(move || audit.close()),
+        )
+        .await
+        .expect("closing the audit log panicked");
+        let records =
+            query::read(&self.audit_dir, &query::Filter::default()).expect("read the audit log");
+        AuditTrail::new(records)
+    }
+}
+
+/// A config with one target, limits loose enough for every test, and all
+/// state in `state`.
+fn test_config(state: &tempfile::TempDir) -> Config {
+    let dir = state.path().display();
+    let text = format!(
+        r#"state_dir = '{dir}'
+control_socket = '{dir}/control.sock'
+
+[[target]]
+name = "{TARGET}"
+# The kernel side is faked: the proxy uses the target's name and limits.
+hosts = ["127.0.0.2"]
+ports = [9]
+limits = {{ connections_per_second = 100000.0, burst = 100000, max_concurrent = 100000 }}
+"#
+    );
+    Config::parse(&text, "forward-test.toml").unwrap_or_else(|e| panic!("test config: {e}"))
+}
+
+/// The connection events of an audit log, by connection id, in log order.
+struct AuditTrail {
+    by_conn: BTreeMap<u64, Vec<jitproxy::audit::Event>>,
+}
+
+impl AuditTrail {
+    fn new(records: Vec<Record>) -> Self {
+        let mut by_conn: BTreeMap<u64, Vec<_>> = BTreeMap::new();
+        for record in records {
+            if let Some(conn) = record.event.conn {
+                by_conn.entry(conn).or_default().push(record.event);
+            }
+        }
+        Self { by_conn }
+    }
+
+    /// Checks that the log holds exactly one connection, with events of
+    /// `kinds` in that order, and returns them.
+    #[track_caller]
+    fn only_connection(&self, kinds: &[&str]) -> &[jitproxy::audit::Event] {
+        let mut conns = self.by_conn.values();
+        let (Some(events), None) = (conns.next(), conns.next()) else {
+            panic!(
+                "expected the audit log to hold one connection, got {:#?}",
+                self.by_conn
+            );
+        };
+        let got: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(got, kinds, "audit events of the connection: {events:#?}");
+        events
     }
 }
 
@@ -479,18 +720,30 @@ impl Upstream {
         .await
     }
 
-    async fn next_peer(&mut self, what: &str) -> SocketAddr {
-        within(what, self.peers.recv())
-            .await
-            .expect("upstream accept loop ended")
-    }
-
     fn accepted_so_far(&mut self) -> usize {
         let mut n = 0;
         while self.peers.try_recv().is_ok() {
             n += 1;
         }
         n
+    }
+
+    /// Checks that no connection ever reached this upstream. Call it after
+    /// the proxy stopped: then nothing can still be on its way.
+    async fn assert_never_reached(&mut self) {
+        // The accept queue is FIFO: had the proxy connected, its connection
+        // would be accepted before this probe.
+        let probe = TcpStream::connect(self.addr)
+            .await
+            .expect("probe connect to the upstream");
+        let first = within("the probe's accept", self.peers.recv())
+            .await
+            .expect("upstream accept loop ended");
+        assert_eq!(
+            first,
+            probe.local_addr().expect("probe local address"),
+            "the upstream accepted a connection from the proxy for a refused client"
+        );
     }
 }
 
@@ -509,16 +762,17 @@ async fn read_to_end(stream: &mut TcpStream, what: &str) -> Vec<u8> {
     out
 }
 
-/// Writes `data` and reads: the proxy must answer with a reset, seen by
-/// whichever call comes first after it arrives.
-async fn expect_reset_after_write(client: &mut TcpStream, data: &[u8], case: &str) {
-    let outcome = match client.write_all(data).await {
-        Ok(()) => {
-            let mut buf = [0u8; 64];
-            within("the reset", client.read(&mut buf)).await
-        }
-        Err(e) => Err(e),
-    };
+/// Connects, writes `data` and reads: the proxy must answer with a reset,
+/// seen by whichever call comes first after it arrives (even the connect,
+/// when the reset beats tokio to the handshake's completion).
+async fn expect_reset(proxy: &RunningProxy, data: &[u8], case: &str) {
+    let outcome = within("the reset", async {
+        let mut client = TcpStream::connect(proxy.addr).await?;
+        client.write_all(data).await?;
+        let mut buf = [0u8; 64];
+        client.read(&mut buf).await
+    })
+    .await;
     match outcome {
         Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
         other => panic!("{case}: the client must see a reset, got {other:?}"),

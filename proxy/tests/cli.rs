@@ -1,0 +1,119 @@
+//! The `jitproxy` command as an operator runs it: exit codes, where config
+//! errors are reported, and the help and default config it prints. Runs the
+//! built binary; needs no privileges.
+
+use std::{
+    path::Path,
+    process::{Command, Output},
+};
+
+use jitproxy::config::DEFAULT_CONFIG;
+
+#[test]
+fn check_config_refuses_a_bad_file_with_file_and_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "listen_port = 971\n\n[[target]]\nname = \"api\"\nhosts = [\"10.0.0.1/8\"]\nports = [443]\n",
+    )
+    .expect("write config");
+
+    let out = jitproxy(&["check-config".as_ref(), path.as_os_str()]);
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let want = format!("{}:5:", path.display());
+    assert!(
+        stderr.contains(&want) && stderr.contains("target[0].hosts[0]"),
+        "stderr should name `{want}` and the key `target[0].hosts[0]`:\n{stderr}"
+    );
+}
+
+#[test]
+fn check_config_refuses_a_missing_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("absent.toml");
+    let out = jitproxy(&["check-config".as_ref(), path.as_os_str()]);
+    assert_exit(&out, 2);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&path.display().to_string()),
+        "stderr should name {}:\n{stderr}",
+        path.display()
+    );
+}
+
+#[test]
+fn check_config_accepts_a_good_file() {
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/example.toml"
+    ));
+    let out = jitproxy(&["check-config".as_ref(), path.as_os_str()]);
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("ok (2 targets)"),
+        "stdout should confirm the config and count its targets:\n{stdout}"
+    );
+}
+
+#[test]
+fn check_config_without_a_path_checks_the_default() {
+    let out = jitproxy(&["check-config".as_ref()]);
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ok (1 target)"), "stdout:\n{stdout}");
+}
+
+#[test]
+fn config_default_prints_the_embedded_default() {
+    let out = jitproxy(&["config".as_ref(), "default".as_ref()]);
+    assert_exit(&out, 0);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        DEFAULT_CONFIG,
+        "`jitproxy config default` must print the embedded default verbatim"
+    );
+}
+
+#[test]
+fn run_help_shows_examples() {
+    let out = jitproxy(&["run".as_ref(), "--help".as_ref()]);
+    assert_exit(&out, 0);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in ["Examples:", "jitproxy run --config ", "--cgroup"] {
+        assert!(
+            stdout.contains(want),
+            "`jitproxy run --help` should show `{want}`:\n{stdout}"
+        );
+    }
+}
+
+#[test]
+fn unknown_subcommand_is_a_usage_error() {
+    let out = jitproxy(&["frobnicate".as_ref()]);
+    assert_exit(&out, 2);
+}
+
+fn jitproxy(args: &[&std::ffi::OsStr]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_jitproxy"))
+        .args(args)
+        // Keep the environment from changing the output under test.
+        .env_remove("JITPROXY_LOG_FORMAT")
+        .env_remove("JITPROXY_LOG")
+        .output()
+        .expect("run the jitproxy binary")
+}
+
+#[track_caller]
+fn assert_exit(out: &Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "expected exit code {code}, got {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,411 @@
+//! Config errors as the operator reads them: every invalid config is refused
+//! with `file:line:column: key: message`, pointing at the line to fix and
+//! naming the key by its path; the shipped configs parse.
+
+use std::path::Path;
+
+use jitproxy::config::{Config, HostSpec, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
+
+#[test]
+fn unknown_top_level_key_is_named() {
+    let text = "# jitproxy\nlisten_port = 971\nlisten_prot = 972\n";
+    let message = assert_refused(text, 3, "listen_prot");
+    assert!(
+        message.contains("unknown field `listen_prot`") && message.contains("`listen_port`"),
+        "the message should name the unknown key and list the valid ones: {message}"
+    );
+}
+
+#[test]
+fn unknown_key_in_target_is_named_with_its_target() {
+    let text = r#"listen_port = 971
+
+[[target]]
+name = "a"
+hosts = ["10.0.0.1"]
+ports = [443]
+
+[[target]]
+name = "b"
+hosts = ["10.0.0.2"]
+port = [443]
+"#;
+    let message = assert_refused(text, 11, "target[1].port");
+    assert!(
+        message.contains("unknown field `port`") && message.contains("`ports`"),
+        "the message should name the unknown key and list the valid ones: {message}"
+    );
+}
+
+#[test]
+fn bad_duration_is_refused_with_an_example() {
+    let text = "listen_port = 971\nresolve_interval = \"soon\"\n";
+    let message = assert_refused(text, 2, "resolve_interval");
+    assert!(
+        message.contains("`soon` is not a duration") && message.contains("\"30s\""),
+        "the message should quote the value and show a valid one: {message}"
+    );
+}
+
+#[test]
+fn zero_duration_is_refused() {
+    let message = assert_refused("\nconnect_timeout = \"0s\"\n", 2, "connect_timeout");
+    assert!(message.contains("greater than zero"), "{message}");
+}
+
+#[test]
+fn port_zero_is_refused() {
+    let message = assert_refused("# proxy\nlisten_port = 0\n", 2, "listen_port");
+    assert!(message.contains("1 to 65535"), "{message}");
+
+    let text = r#"[[target]]
+name = "a"
+hosts = ["10.0.0.1"]
+ports = [443,
+  0]
+"#;
+    let message = assert_refused(text, 5, "target[0].ports[1]");
+    assert!(message.contains("1 to 65535"), "{message}");
+}
+
+#[test]
+fn duplicate_target_name_points_at_the_second() {
+    let text = r#"[[target]]
+name = "api"
+hosts = ["10.0.0.1"]
+ports = [443]
+
+[[target]]
+name = "api"
+hosts = ["10.0.0.2"]
+ports = [443]
+"#;
+    let message = assert_refused(text, 7, "target[1].name");
+    assert!(message.contains("duplicate target name `api`"), "{message}");
+}
+
+#[test]
+fn invalid_host_is_named_by_index() {
+    let text = r#"[[target]]
+name = "api"
+hosts = [
+  "10.0.0.1",
+  "api_host!",
+]
+ports = [443]
+"#;
+    let message = assert_refused(text, 5, "target[0].hosts[1]");
+    assert!(
+        message.contains("`api_host!`")
+            && message.contains("neither an IP address, a CIDR range nor a DNS name"),
+        "{message}"
+    );
+}
+
+#[test]
+fn cidr_with_host_bits_suggests_the_network() {
+    let text = r#"[[target]]
+name = "api"
+hosts = ["10.20.0.1/16"]
+ports = [443]
+"#;
+    let message = assert_refused(text, 3, "target[0].hosts[0]");
+    assert!(
+        message.contains("host bits") && message.contains("`10.20.0.0/16`"),
+        "the message should suggest the network address: {message}"
+    );
+}
+
+#[test]
+fn missing_hosts_points_at_the_target() {
+    let text = r#"listen_port = 971
+
+[[target]]
+name = "a"
+hosts = ["10.0.0.1"]
+ports = [443]
+
+[[target]]
+name = "b"
+ports = [443]
+"#;
+    // The key is the table that lacks it; the message names the field.
+    let message = assert_refused(text, 8, "target[1]");
+    assert!(message.contains("missing field `hosts`"), "{message}");
+}
+
+#[test]
+fn empty_hosts_is_refused() {
+    let text = "[[target]]\nname = \"a\"\nhosts = []\nports = [443]\n";
+    let message = assert_refused(text, 3, "target[0].hosts");
+    assert!(message.contains("at least one host"), "{message}");
+}
+
+#[test]
+fn wrong_type_on_a_plain_key_is_named() {
+    let message = assert_refused("# c\ncgroup = 5\n", 2, "cgroup");
+    assert!(message.contains("invalid type: integer `5`"), "{message}");
+
+    let message = assert_refused("# c\n[target]\nname = \"a\"\n", 2, "target");
+    assert!(
+        message.contains("expected a sequence"),
+        "a single [target] table should be reported as needing [[target]]: {message}"
+    );
+}
+
+/// Keys read as `toml::Spanned` (for their line numbers) report errors
+/// inside their value with serde's private wrapper field in the key path.
+#[test]
+fn errors_inside_spanned_values_are_named_as_written() {
+    let cases = [
+        ("# c\n\n[limits]\nburts = 5\n", 4, "limits.burts"),
+        ("# c\nlisten_port = \"971\"\n", 2, "listen_port"),
+        ("# c\nlisten_port = 70000\n", 2, "listen_port"),
+        ("# c\nmax_connections = -1\n", 2, "max_connections"),
+        ("# c\nresolve_interval = 30\n", 2, "resolve_interval"),
+        (
+            "[[target]]\nname = 5\nhosts = [\"10.0.0.1\"]\nports = [443]\n",
+            2,
+            "target[0].name",
+        ),
+        (
+            "[[target]]\nname = \"a\"\nhosts = \"10.0.0.1\"\nports = [443]\n",
+            3,
+            "target[0].hosts",
+        ),
+        (
+            "[[target]]\nname = \"a\"\nhosts = [\"10.0.0.1\"]\nports = [443, 70000]\n",
+            4,
+            "target[0].ports[1]",
+        ),
+    ];
+    assert_all_refused(&cases);
+}
+
+#[test]
+fn duplicate_key_points_at_the_second() {
+    let text = "listen_port = 971\nlisten_port = 972\n";
+    let message = assert_refused(text, 2, "(top level)");
+    assert!(message.contains("duplicate key `listen_port`"), "{message}");
+}
+
+#[test]
+fn syntax_error_points_at_its_line() {
+    let text = "# c\n\nlisten_port = 971\nresolve_interval = \n";
+    assert_refused(text, 4, "(top level)");
+}
+
+#[test]
+fn crlf_line_endings_count_lines() {
+    let text = "# c\r\n\r\nlisten_port = 0\r\n";
+    assert_refused(text, 3, "listen_port");
+}
+
+#[test]
+fn target_covering_the_ipv4_listener_is_refused() {
+    let text = r#"listen_port = 971
+
+[[target]]
+name = "loop"
+hosts = ["127.0.0.0/8"]
+ports = [971]
+"#;
+    let message = assert_refused(text, 5, "target[0].hosts[0]");
+    assert!(message.contains("own listener"), "{message}");
+}
+
+/// The proxy listens on [::1] too, and IPv4-mapped ranges are matched as IPv4
+/// by the kernel; a target covering either listener sends the proxy's own
+/// upstream connection back into it.
+#[test]
+fn target_covering_the_ipv6_or_mapped_listener_is_refused() {
+    let cases: Vec<_> = ["::1", "::/0", "::ffff:127.0.0.1", "::ffff:127.0.0.0/104"]
+        .iter()
+        .map(|host| {
+            let text = format!(
+                "listen_port = 971\n\n[[target]]\nname = \"loop\"\nhosts = [\"{host}\"]\nports = [971]\n"
+            );
+            (text, 5, "target[0].hosts[0]")
+        })
+        .collect();
+    assert_all_refused(&cases);
+}
+
+#[test]
+fn bad_approver_is_named_by_index() {
+    let text = "# c\napprovers = [\"group:sre\", \"bob\"]\n";
+    let message = assert_refused(text, 2, "approvers[1]");
+    assert!(
+        message.contains("`bob`") && message.contains("`user:NAME` or `group:NAME`"),
+        "{message}"
+    );
+}
+
+#[test]
+fn bad_target_limit_is_named() {
+    let text = r#"[[target]]
+name = "api"
+hosts = ["10.0.0.1"]
+ports = [443]
+limits = { connections_per_second = 5.0, burst = 0, max_concurrent = 4 }
+"#;
+    let message = assert_refused(text, 5, "target[0].limits.burst");
+    assert!(message.contains("at least 1"), "{message}");
+}
+
+#[test]
+fn bad_default_limit_is_named() {
+    let text = "# c\n\n[limits]\nconnections_per_second = 0.0\n";
+    let message = assert_refused(text, 3, "limits.connections_per_second");
+    assert!(message.contains("greater than 0"), "{message}");
+}
+
+#[test]
+fn bad_audit_settings_are_named() {
+    let text = "# c\n\n[audit]\nrotate_bytes = 100\n";
+    let message = assert_refused(text, 4, "audit.rotate_bytes");
+    assert!(message.contains("at least 4096"), "{message}");
+
+    let text = "# c\n\n[audit]\nretention = \"forever\"\n";
+    let message = assert_refused(text, 4, "audit.retention");
+    assert!(message.contains("`forever` is not a duration"), "{message}");
+}
+
+#[test]
+fn bad_max_grant_is_named() {
+    let text = r#"[[target]]
+name = "api"
+hosts = ["10.0.0.1"]
+ports = [443]
+max_grant = "a while"
+"#;
+    let message = assert_refused(text, 5, "target[0].max_grant");
+    assert!(message.contains("`a while` is not a duration"), "{message}");
+}
+
+#[test]
+fn embedded_default_parses() {
+    let config = Config::embedded_default()
+        .unwrap_or_else(|e| panic!("the embedded default must be valid: {e}"));
+    assert_eq!(config.source, DEFAULT_CONFIG_NAME);
+    assert_eq!(config.listen_port, 971);
+    let names: Vec<_> = config.targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["demo-api"]);
+    // Safe on any host: only loopback targets.
+    for host in &config.targets[0].hosts {
+        match host {
+            HostSpec::Net(net) => assert!(
+                net.addr().is_loopback(),
+                "the default must only target loopback, not {net}"
+            ),
+            HostSpec::Name(name) => panic!("the default must not resolve names, has {name}"),
+        }
+    }
+    Config::parse(DEFAULT_CONFIG, "default.toml").expect("DEFAULT_CONFIG parses by text too");
+}
+
+#[test]
+fn example_config_parses() {
+    let path = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/example.toml"
+    ));
+    let config =
+        Config::load(path).unwrap_or_else(|e| panic!("config/example.toml must be valid: {e}"));
+    let names: Vec<_> = config.targets.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["payments-api", "orders-db-admin"]);
+    assert!(
+        config.targets[0]
+            .hosts
+            .contains(&HostSpec::Name("payments.internal.example".to_owned())),
+        "hosts of payments-api: {:?}",
+        config.targets[0].hosts
+    );
+    assert_eq!(config.targets[1].ports, [8443, 9443]);
+}
+
+#[test]
+fn unreadable_file_names_the_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("missing.toml");
+    let err = Config::load(&path).expect_err("a missing file cannot load");
+    let shown = err.to_string();
+    assert!(
+        shown.contains(&path.display().to_string()),
+        "the error should name {}: {shown}",
+        path.display()
+    );
+}
+
+#[test]
+fn load_names_the_file_in_errors() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("jitproxy.toml");
+    std::fs::write(&path, "# c\nlisten_port = 0\n").expect("write config");
+    let shown = Config::load(&path)
+        .expect_err("port 0 is invalid")
+        .to_string();
+    let want = format!("{}:2:", path.display());
+    assert!(
+        shown.starts_with(&want),
+        "expected `{want}...`, got: {shown}"
+    );
+}
+
+/// Parses `text` as `test.toml`, expects it refused with an error at `line`
+/// for `key` in the form `test.toml:LINE:COLUMN: KEY: MESSAGE`, and returns
+/// the message.
+#[track_caller]
+fn assert_refused(text: &str, line: usize, key: &str) -> String {
+    check_refused(text, line, key).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`assert_refused`], returning what is wrong instead of panicking.
+fn check_refused(text: &str, line: usize, key: &str) -> Result<String, String> {
+    let shown = match Config::parse(text, "test.toml") {
+        Ok(config) => {
+            return Err(format!(
+                "this config must be refused, but parsed as {config:?}:\n{text}"
+            ))
+        }
+        Err(e) => e.to_string(),
+    };
+    let want_prefix = format!("test.toml:{line}:");
+    let Some(rest) = shown.strip_prefix(&want_prefix) else {
+        return Err(format!(
+            "expected the error to start with `{want_prefix}`, got: {shown}\nconfig:\n{text}"
+        ));
+    };
+    let Some((column, rest)) = rest.split_once(": ") else {
+        return Err(format!(
+            "expected `{want_prefix}COLUMN: {key}: ...`, got: {shown}"
+        ));
+    };
+    if !column.parse::<usize>().is_ok_and(|c| c >= 1) {
+        return Err(format!(
+            "expected a column number after `{want_prefix}`, got: {shown}"
+        ));
+    }
+    let Some(message) = rest.strip_prefix(&format!("{key}: ")) else {
+        return Err(format!(
+            "expected key `{key}` after `{want_prefix}{column}: `, got: {shown}"
+        ));
+    };
+    Ok(message.to_owned())
+}
+
+/// Runs every case and fails with all the wrong ones at once.
+#[track_caller]
+fn assert_all_refused<T: AsRef<str>>(cases: &[(T, usize, &str)]) {
+    let wrong: Vec<String> = cases
+        .iter()
+        .filter_map(|(text, line, key)| check_refused(text.as_ref(), *line, key).err())
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} cases are wrong:\n{}",
+        wrong.len(),
+        cases.len(),
+        wrong.join("\n")
+    );
+}
