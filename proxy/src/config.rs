@@ -37,6 +37,8 @@ pub struct Config {
     pub connect_timeout: Duration,
     pub max_connections: usize,
     pub upstream_mark: u32,
+    /// Threads of the async runtime; `None`: one per CPU the daemon may use.
+    pub worker_threads: Option<usize>,
     /// Unix socket of the control API.
     pub control_socket: PathBuf,
     /// Who may grant and revoke, besides root.
@@ -268,6 +270,8 @@ struct RawConfig {
     max_connections: Spanned<usize>,
     #[serde(default = "defaults::upstream_mark")]
     upstream_mark: Spanned<u32>,
+    #[serde(default)]
+    worker_threads: Option<Spanned<usize>>,
     #[serde(default = "defaults::control_socket")]
     control_socket: PathBuf,
     #[serde(default)]
@@ -500,6 +504,11 @@ impl RawConfig {
             Some(l) => validate_limit(&errors, l, "limits")?,
             None => Limit::default(),
         };
+        if let Some(threads) = &self.worker_threads {
+            if !(1..=256).contains(threads.get_ref()) {
+                return Err(errors.at(threads, "worker_threads", "must be from 1 to 256"));
+            }
+        }
         let approvers = parse_principals(&errors, &self.approvers, "approvers")?;
         let audit = AuditConfig {
             dir: self.audit.dir.clone(),
@@ -627,6 +636,7 @@ impl RawConfig {
             connect_timeout,
             max_connections: self.max_connections.into_inner(),
             upstream_mark: self.upstream_mark.into_inner(),
+            worker_threads: self.worker_threads.map(Spanned::into_inner),
             control_socket: self.control_socket,
             approvers,
             audit,

@@ -365,7 +365,11 @@ fn execute(command: Command, socket: Option<PathBuf>) -> anyhow::Result<ExitCode
             if let Some(state_dir) = state_dir {
                 config.state_dir = state_dir;
             }
-            let runtime = tokio::runtime::Builder::new_multi_thread()
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            if let Some(threads) = config.worker_threads {
+                builder.worker_threads(threads);
+            }
+            let runtime = builder
                 .enable_all()
                 .build()
                 .context("cannot start the async runtime")?;

@@ -407,8 +407,88 @@ impl Daemon {
     }
 }
 
+impl Daemon {
+    /// Checks the audit log of every run of this daemon: each connection has
+    /// exactly its records (denied or rate-limited alone; allowed then closed
+    /// or failed; allowed alone only in a run that crashed), and
+    /// `jitproxy audit verify` passes. Stops the daemon first.
+    pub fn check_audit_log(&mut self) -> Result<()> {
+        let status = Command::new(&self.bin)
+            .args(["status", "--json", "--socket"])
+            .arg(self.socket())
+            .output()?;
+        let status: Value = serde_json::from_slice(&status.stdout).context("daemon status")?;
+        let dir = PathBuf::from(
+            status["audit"]["dir"]
+                .as_str()
+                .context("audit dir in status")?,
+        );
+        let _ = self.stop();
+        let mut files: Vec<PathBuf> = fs::read_dir(&dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect();
+        files.sort();
+        let mut runs: Vec<(bool, std::collections::BTreeMap<u64, Vec<String>>)> = Vec::new();
+        for file in files {
+            for line in fs::read_to_string(&file)?.lines() {
+                let r: Value = serde_json::from_str(line)
+                    .with_context(|| format!("bad record in {}", file.display()))?;
+                let kind = r["type"].as_str().unwrap_or_default().to_owned();
+                if kind == "daemon.started" || runs.is_empty() {
+                    runs.push((false, Default::default()));
+                }
+                let run = runs.last_mut().context("a run")?;
+                if kind == "daemon.stopped" {
+                    run.0 = true;
+                }
+                if let Some(conn) = r["conn"].as_u64() {
+                    run.1.entry(conn).or_default().push(kind);
+                }
+            }
+        }
+        for (i, (clean, conns)) in runs.iter().enumerate() {
+            for (conn, kinds) in conns {
+                let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+                let ok = match kinds.as_slice() {
+                    ["connection.denied" | "connection.rate_limited"] => true,
+                    ["connection.allowed", "connection.closed" | "connection.failed"] => true,
+                    ["connection.allowed"] => !clean,
+                    _ => false,
+                };
+                if !ok {
+                    bail!(
+                        "run {i}, connection {conn}: records {kinds:?} (in {})",
+                        dir.display()
+                    );
+                }
+            }
+        }
+        let mut verify = Command::new(&self.bin);
+        verify.args(["audit", "verify"]);
+        match &self.config {
+            Some(config) => verify.arg("--config").arg(config),
+            None => verify.arg("--state-dir").arg(self.state_dir()),
+        };
+        let out = verify.output()?;
+        if !out.status.success() {
+            bail!(
+                "audit verify failed:\n{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A test that ends with its daemon running has its audit log checked
+        // (unless it already failed: one failure is enough to report).
+        let check = if self.child.is_some() && !thread::panicking() {
+            self.check_audit_log().err()
+        } else {
+            None
+        };
         self.kill9();
         // Remove the pinned programs and maps of the test cgroup.
         let mut cmd = Command::new(&self.bin);
@@ -417,6 +497,9 @@ impl Drop for Daemon {
             cmd.arg("--config").arg(config);
         }
         let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        if let Some(e) = check {
+            panic!("audit log check failed: {e:#}");
+        }
     }
 }
 

@@ -268,7 +268,9 @@ fn micro_benchmarks(bin: &std::path::Path) -> Result<()> {
 /// Starts jitproxy on `cgroup`, grants the bench's clients access, and
 /// checks that one request goes through.
 fn start_jitproxy(cgroup: &Cgroup, log: &str, pin: bool) -> Result<Daemon> {
-    let config = format!("listen_port = {JITPROXY_PORT}\n{TARGET_CONFIG}");
+    // One worker thread when pinned to one CPU, as HAProxy runs one thread.
+    let threads = if pin { "worker_threads = 1\n" } else { "" };
+    let config = format!("listen_port = {JITPROXY_PORT}\n{threads}{TARGET_CONFIG}");
     let daemon = Daemon::start_with_env(cgroup, Some(&config), &[("JITPROXY_LOG", log)])
         .context("jitproxy did not start")?;
     if pin {
