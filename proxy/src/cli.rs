@@ -282,7 +282,16 @@ pub async fn status(socket: &Path, json: bool) -> Result<(), CliError> {
         }
     }
     match &s.audit.failure {
-        None => println!("audit log: {} ({} records written)", s.audit.dir, s.audit.records_written),
+        None => println!(
+            "audit log: {} ({} records written{})",
+            s.audit.dir,
+            s.audit.records_written,
+            if s.audit.syslog_dropped > 0 {
+                format!("; {} not delivered to the syslog collector", s.audit.syslog_dropped)
+            } else {
+                String::new()
+            }
+        ),
         Some(why) => println!("AUDIT LOG FAILING: {why}\n  connections to targets are refused until it can be written"),
     }
     println!("\nlive connections:");

@@ -60,6 +60,9 @@ pub struct AuditConfig {
     pub checkpoint_interval: Duration,
     /// Who may read the log through the control API, besides root.
     pub auditors: Vec<Approver>,
+    /// A syslog collector (`host:port`, RFC 5424 over TCP) that gets a copy
+    /// of every record, so that the chain's head also lives off the host.
+    pub syslog: Option<String>,
 }
 
 impl Config {
@@ -81,6 +84,7 @@ impl Config {
             rotate_bytes: self.audit.rotate_bytes,
             retention: self.audit.retention,
             checkpoint_interval: self.audit.checkpoint_interval,
+            syslog: self.audit.syslog.clone(),
         }
     }
 }
@@ -299,6 +303,8 @@ struct RawAudit {
     checkpoint_interval: Option<Spanned<String>>,
     #[serde(default)]
     auditors: Vec<Spanned<String>>,
+    #[serde(default)]
+    syslog: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -528,6 +534,23 @@ impl RawConfig {
                 None => Duration::from_secs(60),
             },
             auditors: parse_principals(&errors, &self.audit.auditors, "audit.auditors")?,
+            syslog: match &self.audit.syslog {
+                Some(addr)
+                    if addr.get_ref().rsplit_once(':').is_some_and(|(h, p)| {
+                        !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0)
+                    }) =>
+                {
+                    Some(addr.get_ref().clone())
+                }
+                Some(addr) => {
+                    return Err(errors.at(
+                        addr,
+                        "audit.syslog",
+                        format!("`{}` is not HOST:PORT", addr.get_ref()),
+                    ))
+                }
+                None => None,
+            },
         };
 
         let mut names = HashSet::new();

@@ -312,6 +312,7 @@ fn status_fn(
                 failure: access.audit().failure(),
                 records_written: access.audit().written(),
                 records_dropped: access.audit().dropped(),
+                syslog_dropped: access.audit().syslog_dropped(),
             },
         }
     })

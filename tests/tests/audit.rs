@@ -461,3 +461,80 @@ fn a_full_disk_closes_access_until_space_returns() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[test]
+fn every_record_is_copied_to_a_syslog_collector() {
+    use std::io::Read as _;
+    let collector = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = collector.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    {
+        let received = std::sync::Arc::clone(&received);
+        thread::spawn(move || {
+            for stream in collector.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = stream.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    received.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            }
+        });
+    }
+    let extra = format!("[audit]\nsyslog = \"{addr}\"\n");
+    let (api, cgroup, daemon) = start(5, "syslog", &extra);
+    daemon.client(&["grant", "root", "api-5", "--for", "1h", "--reason", "SYS-1"]);
+    assert!(curl(&cgroup, 0, &format!("http://{}/s", api.addr())));
+
+    // RFC 6587 octet counting: "LEN <110>1 TIME HOST jitproxy PID audit - {record}".
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let frames = loop {
+        let bytes = received.lock().unwrap().clone();
+        let mut frames = Vec::new();
+        let mut rest = &bytes[..];
+        while let Some(space) = rest.iter().position(|&b| b == b' ') {
+            let Some(len) = std::str::from_utf8(&rest[..space])
+                .ok()
+                .and_then(|l| l.parse::<usize>().ok())
+            else {
+                panic!("bad frame length in {:?}", String::from_utf8_lossy(rest));
+            };
+            if rest.len() < space + 1 + len {
+                break;
+            }
+            frames.push(String::from_utf8_lossy(&rest[space + 1..space + 1 + len]).into_owned());
+            rest = &rest[space + 1 + len..];
+        }
+        if frames
+            .iter()
+            .any(|f| f.contains("\"type\":\"connection.closed\""))
+            || Instant::now() > deadline
+        {
+            break frames;
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    let local: Vec<Value> = records(&daemon);
+    for record in local.iter().filter(|r| r["type"] != "daemon.stopped") {
+        let seq = record["seq"].as_u64().unwrap();
+        let copy = frames
+            .iter()
+            .find(|f| f.contains(&format!("{{\"seq\":{seq},")))
+            .unwrap_or_else(|| {
+                panic!(
+                    "record {seq} ({}) not at the collector; got {} frames",
+                    record["type"],
+                    frames.len()
+                )
+            });
+        assert!(copy.starts_with("<110>1 "), "{copy}");
+        let json = &copy[copy.find(" audit - ").unwrap() + 9..];
+        assert_eq!(
+            &serde_json::from_str::<Value>(json).unwrap(),
+            record,
+            "the copy differs from the record"
+        );
+    }
+}

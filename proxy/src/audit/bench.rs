@@ -66,6 +66,7 @@ pub async fn run(dir: &Path, events: u32, concurrency: u32) -> std::io::Result<R
         rotate_bytes: 1 << 30,
         retention: std::time::Duration::from_secs(3600),
         checkpoint_interval: std::time::Duration::from_secs(60),
+        syslog: None,
     })?;
     let log = Arc::new(log);
     let per_task = events / concurrency.max(1);

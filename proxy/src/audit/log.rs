@@ -58,6 +58,8 @@ pub struct AuditSettings {
     pub rotate_bytes: u64,
     pub retention: Duration,
     pub checkpoint_interval: Duration,
+    /// Syslog collector (`host:port`) for a copy of every record.
+    pub syslog: Option<String>,
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -115,6 +117,8 @@ struct Health {
     failing: Mutex<Option<String>>,
     dropped: AtomicU64,
     written: AtomicU64,
+    /// Records the syslog collector did not get (queue full).
+    syslog_dropped: Arc<AtomicU64>,
 }
 
 /// A handle to the audit log; cheap to clone.
@@ -136,7 +140,11 @@ impl AuditLog {
         let key = load_or_create_key(&settings.key)?;
         let (tx, rx) = mpsc::channel();
         let health = Arc::new(Health::default());
-        let mut writer = Writer::open(settings, key, Arc::clone(&health))?;
+        let syslog = settings
+            .syslog
+            .clone()
+            .map(|addr| super::syslog::Forwarder::start(addr, Arc::clone(&health.syslog_dropped)));
+        let mut writer = Writer::open(settings, key, Arc::clone(&health), syslog)?;
         let handle = thread::Builder::new()
             .name("jitproxy-audit".to_owned())
             .spawn(move || writer.run(&rx))?;
@@ -192,6 +200,11 @@ impl AuditLog {
         self.health.dropped.load(Ordering::Relaxed)
     }
 
+    /// Records the syslog collector did not get (its queue was full).
+    pub fn syslog_dropped(&self) -> u64 {
+        self.health.syslog_dropped.load(Ordering::Relaxed)
+    }
+
     /// Records written since start.
     pub fn written(&self) -> u64 {
         self.health.written.load(Ordering::Relaxed)
@@ -223,10 +236,16 @@ struct Writer {
     checkpointed_seq: u64,
     last_checkpoint: Instant,
     pending: VecDeque<(Event, Timestamp)>,
+    syslog: Option<super::syslog::Forwarder>,
 }
 
 impl Writer {
-    fn open(settings: AuditSettings, key: SigningKey, health: Arc<Health>) -> io::Result<Self> {
+    fn open(
+        settings: AuditSettings,
+        key: SigningKey,
+        health: Arc<Health>,
+        syslog: Option<super::syslog::Forwarder>,
+    ) -> io::Result<Self> {
         let files = log_files(&settings.dir)?;
         let today = day(Timestamp::now());
         // Find the chain head in the newest non-empty file.
@@ -273,6 +292,7 @@ impl Writer {
             head,
             seq,
             pending: VecDeque::new(),
+            syslog,
         };
         if let Some((name, cut)) = recovered {
             let mut event = Event::new(kind::LOG_RECOVERED);
@@ -382,6 +402,11 @@ impl Writer {
                 self.head = head;
                 self.pending.clear();
                 self.health.written.fetch_add(written, Ordering::Relaxed);
+                if let Some(syslog) = &self.syslog {
+                    for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                        syslog.send(line);
+                    }
+                }
                 self.recovered();
                 let first_durable = durable_seqs.len() - acks.len();
                 for ((_, _, ack), seq) in acks.into_iter().zip(&durable_seqs[first_durable..]) {
@@ -658,6 +683,7 @@ mod tests {
             rotate_bytes: 1 << 20,
             retention: Duration::from_secs(3600),
             checkpoint_interval: Duration::from_secs(60),
+            syslog: None,
         }
     }
 

@@ -4,12 +4,14 @@
 //! - [`record`]: the per-connection record builder used by the data path;
 //! - [`log`]: the writer (group commit, fsync, rotation, checkpoints);
 //! - [`verify`]: checks a log directory's chain and checkpoints;
-//! - [`query`]: filters and summaries for `jitproxy audit`.
+//! - [`query`]: filters and summaries for `jitproxy audit`;
+//! - [`syslog`]: a copy of every record to a remote collector.
 
 pub mod bench;
 pub mod log;
 pub mod query;
 pub mod record;
+pub mod syslog;
 pub mod verify;
 
 use jiff::Timestamp;

@@ -149,6 +149,9 @@ pub struct AuditStatus {
     pub records_written: u64,
     /// Records lost because the disk refused them for too long.
     pub records_dropped: u64,
+    /// Records the syslog collector (if any) did not get.
+    #[serde(default)]
+    pub syslog_dropped: u64,
 }
 
 /// `POST /v1/audit/query` and `/v1/audit/summary` answer with these.
