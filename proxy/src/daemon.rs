@@ -85,6 +85,15 @@ pub struct RunOptions {
 #[derive(Debug)]
 pub struct DaemonLock {
     _lock: Flock<File>,
+    path: PathBuf,
+}
+
+impl DaemonLock {
+    /// Removes the lock file (after `uninstall`: the cgroup is no longer
+    /// watched, so nothing needs to find it).
+    pub fn remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// Where the per-cgroup locks live. Fixed, not configurable: two daemons
@@ -132,7 +141,7 @@ pub fn lock(cgroup: &Path) -> Result<DaemonLock, DaemonError> {
     let _ = lock.set_len(0);
     let _ = lock.rewind();
     let _ = writeln!(lock, "{}", std::process::id());
-    Ok(DaemonLock { _lock: lock })
+    Ok(DaemonLock { _lock: lock, path })
 }
 
 /// Runs the daemon until `shutdown` is cancelled.

@@ -403,8 +403,9 @@ fn execute(command: Command, socket: Option<PathBuf>) -> anyhow::Result<ExitCode
             };
             let cgroup = cgroup::resolve(cgroup.as_deref().or(config.cgroup.as_deref()))?;
             // Holding the lock proves no daemon is running on this cgroup.
-            let _lock = daemon::lock(&cgroup)?;
+            let lock = daemon::lock(&cgroup)?;
             let done = ebpf::uninstall(&config.bpffs, &cgroup)?;
+            lock.remove();
             println!(
                 "detached {} program(s) from {} and removed {} pinned map(s); connections from it now go direct",
                 done.links,

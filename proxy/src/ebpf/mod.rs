@@ -309,12 +309,17 @@ pub fn uninstall(bpffs: &Path, cgroup: &Path) -> Result<Uninstalled, KernelError
             Err(source) => return Err(KernelError::PinDir { path, source }),
         }
     }
+    // The shared `<bpffs>/jitproxy` goes too once no cgroup has pins in it.
+    let parent = pins.root().parent().map(Path::to_path_buf);
     for dir in [pins.links(), pins.maps(), pins.root().to_owned()] {
         match std::fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(source) => return Err(KernelError::PinDir { path: dir, source }),
         }
+    }
+    if let Some(parent) = parent {
+        let _ = std::fs::remove_dir(parent);
     }
     Ok(done)
 }
