@@ -22,22 +22,10 @@ pub fn workspace_root() -> PathBuf {
 }
 
 pub fn require_root(why: &str) -> Result<()> {
-    if !nix_is_root() {
+    if !nix::unistd::geteuid().is_root() {
         bail!("run this as root: {why}");
     }
     Ok(())
-}
-
-fn nix_is_root() -> bool {
-    // Effective uid 0, read without a libc binding.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|rest| rest.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// Runs a command, failing with its name if it fails.

@@ -60,12 +60,16 @@ pub fn decision(grants: u32, lookups: u32) -> Report {
     let time = |hit: bool| {
         let started = Instant::now();
         for n in 0..lookups {
-            let i = n % grants.max(1);
+            // A hit asks for grant i's own subject and target; a miss for a
+            // user that has no grant.
+            let grant = &all[(n % grants.max(1)) as usize];
+            let (Subject::User(uid) | Subject::Group(uid)) = grant.subject;
             let keys = Keys {
-                uid: 10_000 + i + if hit { 0 } else { grants },
+                uid: if hit { uid } else { uid + 2 * grants },
                 gids: Vec::new(),
             };
-            black_box(index.cover(black_box(&keys), i % TARGETS, now));
+            let target = n % grants.max(1) % TARGETS;
+            black_box(index.cover(black_box(&keys), target, now));
         }
         started.elapsed().as_nanos() as f64 / f64::from(lookups.max(1))
     };
