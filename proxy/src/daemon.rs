@@ -29,10 +29,9 @@ use crate::{
     decision::Policy,
     ebpf::{self, Kernel, KernelError, LoadOptions},
     grants::{now_ms, store::StoreError},
-    limits::Limits,
     proxy::{Proxy, ProxySettings},
     targets::{self, Resolved, SystemLookup},
-    users::{self, Users},
+    users,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -202,16 +201,7 @@ pub async fn run(
     }
     let resolved = Arc::new(std::sync::RwLock::new(resolved));
 
-    let policy = Policy::new(
-        access.index(),
-        Users::new(),
-        Limits::new(),
-        config
-            .targets
-            .iter()
-            .map(|t| (t.name.clone(), t.limits))
-            .collect(),
-    );
+    let policy = Policy::for_config(access.index(), &config);
     let status = status_fn(&config, &cgroup, &kernel, &resolved, &policy);
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(control::server::serve(

@@ -101,6 +101,28 @@ impl Policy {
         }
     }
 
+    /// A policy over the grants in `index` and the targets of `config`.
+    pub fn for_config(
+        index: watch::Receiver<Arc<GrantIndex>>,
+        config: &crate::config::Config,
+    ) -> Self {
+        Self::new(
+            index,
+            Users::new(),
+            Limits::new(),
+            config
+                .targets
+                .iter()
+                .map(|t| (t.name.clone(), t.limits))
+                .collect(),
+        )
+    }
+
+    /// The name of target `id` in the running config.
+    pub fn target_name(&self, id: u32) -> Option<&str> {
+        self.targets.get(id as usize).map(|(name, _)| name.as_str())
+    }
+
     /// The verdict on a connection from `origin`.
     pub async fn decide(&self, origin: &Origin) -> Verdict {
         let target = origin.target_id;

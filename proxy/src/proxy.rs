@@ -58,7 +58,6 @@ impl OriginSource for crate::ebpf::Kernel {
 /// What the proxy needs from the config.
 #[derive(Debug, Clone)]
 pub struct ProxySettings {
-    pub target_names: Vec<String>,
     pub connect_timeout: Duration,
     pub max_connections: usize,
     pub upstream_mark: Option<u32>,
@@ -67,7 +66,6 @@ pub struct ProxySettings {
 impl ProxySettings {
     pub fn from_config(config: &Config) -> Self {
         Self {
-            target_names: config.targets.iter().map(|t| t.name.clone()).collect(),
             connect_timeout: config.connect_timeout,
             max_connections: config.max_connections,
             upstream_mark: Some(config.upstream_mark),
@@ -175,7 +173,7 @@ impl Proxy {
             return;
         };
         let origin = self.identities.origin(&kernel_record).await;
-        let Some(target) = self.settings.target_names.get(origin.target_id as usize) else {
+        let Some(target) = self.policy.target_name(origin.target_id) else {
             let reason = DenyReason::UnknownTarget(origin.target_id);
             record.set_origin(origin, "");
             reset(client);

@@ -26,9 +26,7 @@ use jitproxy::{
         store::{NewGrant, Store},
         Principal, Subject,
     },
-    limits::Limits,
     proxy::{OriginSource, Proxy, ProxySettings},
-    users::Users,
 };
 use proxy_common::{ConnectRecord, SockTuple};
 use tokio::{
@@ -569,22 +567,12 @@ impl RunningProxy {
         }
         let access =
             Access::from_store(Arc::clone(&config), store, audit.clone()).expect("access service");
-        let policy = Policy::new(
-            access.index(),
-            Users::new(),
-            Limits::new(),
-            config
-                .targets
-                .iter()
-                .map(|t| (t.name.clone(), t.limits))
-                .collect(),
-        );
+        let policy = Policy::for_config(access.index(), &config);
         let settings = ProxySettings {
             connect_timeout: options.connect_timeout,
             max_connections: options.max_connections.unwrap_or(config.max_connections),
             // Setting a mark needs CAP_NET_ADMIN; these tests run unprivileged.
             upstream_mark: None,
-            ..ProxySettings::from_config(&config)
         };
 
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
