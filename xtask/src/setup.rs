@@ -4,14 +4,28 @@
 //! - the nightly toolchain's `rust-src` (the eBPF crate builds `core`);
 //! - `bpf-linker`, built against the nightly's own LLVM (no system LLVM);
 //! - Debian packages the tests and the benchmark drive.
+//!
+//! Each step says what it did and how long it took; a failed step names the
+//! command that failed and what to do next.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{Context as _, Result};
 
 use crate::util::{self, step};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Where `setup` keeps the links to the nightly's LLVM that bpf-linker loads
+/// at run time (its library path): under Cargo's home, so it stays.
+fn llvm_prefix() -> PathBuf {
+    util::cargo_home().join("jitproxy-llvm")
+}
 
 /// Which optional groups to install.
 #[derive(Debug, Clone, Copy)]
@@ -33,82 +47,161 @@ const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "/usr/sbin/nginx"),
 ];
 
+/// What a step did, for the report line.
+enum Outcome {
+    Present(String),
+    Installed(String),
+}
+
+/// A failed step: the command, and what the operator can do about it.
+#[derive(Debug)]
+struct StepFailed {
+    command: String,
+    /// What the command said on stderr, when it was captured.
+    said: String,
+    hint: &'static str,
+}
+
+impl fmt::Display for StepFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` failed", self.command)?;
+        if !self.said.is_empty() {
+            write!(f, ": {}", self.said)?;
+        }
+        write!(f, "\nhint: {}", self.hint)
+    }
+}
+
+impl std::error::Error for StepFailed {}
+
 pub fn run(needs: Needs) -> Result<()> {
     step("setup: toolchain and tools");
-    rust_src()?;
-    bpf_linker()?;
+    let started = Instant::now();
+    timed("rust-src (nightly)", rust_src)?;
+    timed("bpf-linker", bpf_linker)?;
     let mut packages: Vec<(&str, &str)> = TEST_PACKAGES.to_vec();
     if needs.bench {
         packages.extend_from_slice(BENCH_PACKAGES);
     }
-    debian_packages(&packages)
+    timed("Debian packages", || debian_packages(&packages))?;
+    eprintln!("setup done in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
-fn rust_src() -> Result<()> {
-    let installed = Command::new("rustup")
-        .args(["component", "list", "--installed", "--toolchain", "nightly"])
-        .output()
-        .context("rustup is needed to build the eBPF programs")?;
-    if !installed.status.success() {
-        bail!(
-            "the nightly toolchain is missing; install it with \
-             `rustup toolchain install nightly --profile minimal`"
-        );
+/// Runs one step and reports it as `name: what happened (time)`.
+fn timed(name: &str, step: impl FnOnce() -> Result<Outcome>) -> Result<()> {
+    let started = Instant::now();
+    let outcome = step().with_context(|| format!("setup step `{name}` failed"))?;
+    let secs = started.elapsed().as_secs_f64();
+    match outcome {
+        Outcome::Present(what) => eprintln!("  {name}: already there ({what}), {secs:.1} s"),
+        Outcome::Installed(what) => eprintln!("  {name}: installed {what} in {secs:.1} s"),
     }
-    if String::from_utf8_lossy(&installed.stdout)
-        .lines()
-        .any(|l| l.starts_with("rust-src"))
-    {
-        return Ok(());
-    }
-    eprintln!("installing rust-src for the nightly toolchain");
-    // --no-self-update: a toolchain install once replaced the machine's rustup.
-    util::run(Command::new("rustup").args([
-        "--no-self-update",
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))
+    Ok(())
 }
 
-fn bpf_linker() -> Result<()> {
-    if util::works("bpf-linker", &["--version"]) {
-        return Ok(());
+/// Runs `cmd`; on failure the error names the command and `hint`.
+fn run_or_hint(cmd: &mut Command, hint: &'static str) -> Result<()> {
+    let command = describe(cmd);
+    eprintln!("  $ {command}");
+    match cmd.status() {
+        Ok(status) if status.success() => Ok(()),
+        Ok(status) => Err(StepFailed {
+            command,
+            said: status.to_string(),
+            hint,
+        }
+        .into()),
+        Err(e) => Err(StepFailed {
+            command,
+            said: e.to_string(),
+            hint,
+        }
+        .into()),
+    }
+}
+
+/// Runs `cmd` and returns its stdout; on failure the error names the command.
+fn output_or_hint(cmd: &mut Command, hint: &'static str) -> Result<String> {
+    let command = describe(cmd);
+    match cmd.output() {
+        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
+        Ok(out) => Err(StepFailed {
+            command,
+            said: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            hint,
+        }
+        .into()),
+        Err(e) => Err(StepFailed {
+            command,
+            said: e.to_string(),
+            hint,
+        }
+        .into()),
+    }
+}
+
+/// The command as a shell line (program and arguments, no environment).
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn rust_src() -> Result<Outcome> {
+    let installed = output_or_hint(
+        Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]),
+        "the eBPF programs build on the nightly toolchain; install it with \
+         `rustup toolchain install nightly --profile minimal --component rust-src`",
+    )?;
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        return Ok(Outcome::Present("rust-src".into()));
+    }
+    // `component add` never updates rustup itself, so no self-update flag is
+    // needed (rustup 1.29 refuses `--no-self-update` as a global flag).
+    run_or_hint(
+        Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+        "rustup could not fetch rust-src; check the network and disk space, then run \
+         `cargo xtask setup` again",
+    )?;
+    Ok(Outcome::Installed("rust-src".into()))
+}
+
+fn bpf_linker() -> Result<Outcome> {
+    if let Some(version) = bpf_linker_version() {
+        return Ok(Outcome::Present(version));
     }
     eprintln!(
-        "building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM (about a minute)"
+        "  building bpf-linker {BPF_LINKER_VERSION} against the nightly's LLVM (about a minute)"
     );
-    let sysroot = Command::new("rustc")
-        .args(["+nightly", "--print", "sysroot"])
-        .output()
-        .context("cannot ask the nightly rustc for its sysroot")?;
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
-    let lib = sysroot.join("lib");
+    let sysroot = output_or_hint(
+        Command::new("rustc").args(["+nightly", "--print", "sysroot"]),
+        "bpf-linker links against the nightly's LLVM; install the nightly with \
+         `rustup toolchain install nightly --profile minimal --component rust-src`",
+    )?;
+    let lib = PathBuf::from(sysroot.trim()).join("lib");
     let llvm = std::fs::read_dir(&lib)
         .with_context(|| format!("cannot list {}", lib.display()))?
         .filter_map(Result::ok)
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .find(|name| name.starts_with("libLLVM.so."))
-        .with_context(|| format!("no libLLVM.so.* in {}", lib.display()))?;
+        .with_context(|| {
+            format!(
+                "no libLLVM.so.* in {}; reinstall the nightly toolchain \
+                 (`rustup toolchain install nightly --profile minimal --force`)",
+                lib.display()
+            )
+        })?;
     let major = llvm
         .trim_start_matches("libLLVM.so.")
         .split('.')
         .next()
         .unwrap_or_default()
         .to_owned();
-    // bpf-linker keeps this folder as its library path: it must stay.
-    let prefix = util::cargo_home().join("jitproxy-llvm");
-    let prefix_lib = prefix.join("lib");
-    std::fs::create_dir_all(&prefix_lib)?;
-    for name in ["libLLVM.so", llvm.as_str()] {
-        let link = prefix_lib.join(name);
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(lib.join(&llvm), &link)
-            .with_context(|| format!("cannot link {}", link.display()))?;
-    }
-    util::run(
+    link_llvm(&lib.join(&llvm), &llvm)?;
+    run_or_hint(
         Command::new("cargo")
             .args([
                 "install",
@@ -121,43 +214,85 @@ fn bpf_linker() -> Result<()> {
                 "--root",
             ])
             .arg(util::cargo_home())
-            .env("LLVM_PREFIX", &prefix)
+            .env("LLVM_PREFIX", llvm_prefix())
             .env("PATH", util::path_with_cargo_bin()),
+        "building bpf-linker failed; read the compiler output above (a network error \
+         reaching crates.io, or an LLVM version the nightly does not ship), then run \
+         `cargo xtask setup` again",
     )?;
-    if !util::works("bpf-linker", &["--version"]) {
-        bail!("bpf-linker was installed but does not run");
+    let version = bpf_linker_version().with_context(|| {
+        format!(
+            "bpf-linker was installed but does not run; check that {} links to the \
+             nightly's libLLVM, or delete it and run `cargo xtask setup` again",
+            llvm_prefix().display()
+        )
+    })?;
+    Ok(Outcome::Installed(version))
+}
+
+/// `bpf-linker --version` when it runs.
+fn bpf_linker_version() -> Option<String> {
+    let out = Command::new("bpf-linker")
+        .arg("--version")
+        .env("PATH", util::path_with_cargo_bin())
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// Makes `<prefix>/lib/{libLLVM.so, name}` point at the nightly's LLVM.
+fn link_llvm(target: &Path, name: &str) -> Result<()> {
+    let prefix_lib = llvm_prefix().join("lib");
+    std::fs::create_dir_all(&prefix_lib)
+        .with_context(|| format!("cannot create {}", prefix_lib.display()))?;
+    for link_name in ["libLLVM.so", name] {
+        let link = prefix_lib.join(link_name);
+        match std::fs::remove_file(&link) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot replace {}", link.display())),
+        }
+        std::os::unix::fs::symlink(target, &link)
+            .with_context(|| format!("cannot link {}", link.display()))?;
     }
     Ok(())
 }
 
-fn debian_packages(packages: &[(&str, &str)]) -> Result<()> {
+fn debian_packages(packages: &[(&str, &str)]) -> Result<Outcome> {
     let missing: Vec<&str> = packages
         .iter()
         .filter(|(_, probe)| !present(probe))
         .map(|(package, _)| *package)
         .collect();
     if missing.is_empty() {
-        return Ok(());
+        let names: Vec<&str> = packages.iter().map(|(package, _)| *package).collect();
+        return Ok(Outcome::Present(names.join(" ")));
     }
-    eprintln!("installing Debian packages: {}", missing.join(" "));
-    let install = |update: bool| -> Result<()> {
-        if update {
-            util::run(Command::new("apt-get").args(["update", "-q"]))?;
-        }
-        util::run(
+    const HINT: &str = "apt-get could not install the packages; check that the Debian \
+                        mirrors are reachable and `dpkg --configure -a` is clean, then run \
+                        `cargo xtask setup` again";
+    let install = || {
+        run_or_hint(
             Command::new("apt-get")
                 .args(["install", "-y", "-q", "--no-install-recommends"])
                 .args(&missing)
                 .env("DEBIAN_FRONTEND", "noninteractive"),
+            HINT,
         )
     };
     // The package lists may be stale or absent on a fresh machine.
-    install(false).or_else(|_| install(true))
+    if install().is_err() {
+        run_or_hint(Command::new("apt-get").args(["update", "-q"]), HINT)?;
+        install()?;
+    }
+    Ok(Outcome::Installed(missing.join(" ")))
 }
 
 fn present(probe: &str) -> bool {
     if probe.starts_with('/') {
-        return std::path::Path::new(probe).exists();
+        return Path::new(probe).exists();
     }
     std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).any(|dir| dir.join(probe).is_file()))

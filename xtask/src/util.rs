@@ -87,17 +87,6 @@ pub fn path_with_cargo_bin() -> std::ffi::OsString {
     std::env::join_paths(paths).unwrap_or_default()
 }
 
-/// Whether `program` runs (found on PATH and exits 0 with these args).
-pub fn works(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .env("PATH", path_with_cargo_bin())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
 /// Set once Ctrl-C was pressed; tasks check it between steps and stop, so
 /// that their guards clean up what they started.
 #[derive(Debug, Clone)]
