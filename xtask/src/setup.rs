@@ -104,41 +104,36 @@ fn timed(name: &str, step: impl FnOnce() -> Result<Outcome>) -> Result<()> {
 fn run_or_hint(cmd: &mut Command, hint: &'static str) -> Result<()> {
     let command = describe(cmd);
     eprintln!("  $ {command}");
-    match cmd.status() {
-        Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(StepFailed {
-            command,
-            said: status.to_string(),
-            hint,
-        }
-        .into()),
-        Err(e) => Err(StepFailed {
-            command,
-            said: e.to_string(),
-            hint,
-        }
-        .into()),
+    let said = match cmd.status() {
+        Ok(status) if status.success() => return Ok(()),
+        Ok(status) => status.to_string(),
+        Err(e) => e.to_string(),
+    };
+    Err(StepFailed {
+        command,
+        said,
+        hint,
     }
+    .into())
 }
 
-/// Runs `cmd` and returns its stdout; on failure the error names the command.
+/// Runs `cmd` and returns its stdout; on failure the error names the command
+/// and says what it wrote on stderr.
 fn output_or_hint(cmd: &mut Command, hint: &'static str) -> Result<String> {
     let command = describe(cmd);
-    match cmd.output() {
-        Ok(out) if out.status.success() => Ok(String::from_utf8_lossy(&out.stdout).into_owned()),
-        Ok(out) => Err(StepFailed {
-            command,
-            said: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            hint,
+    let said = match cmd.output() {
+        Ok(out) if out.status.success() => {
+            return Ok(String::from_utf8_lossy(&out.stdout).into_owned())
         }
-        .into()),
-        Err(e) => Err(StepFailed {
-            command,
-            said: e.to_string(),
-            hint,
-        }
-        .into()),
+        Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        Err(e) => e.to_string(),
+    };
+    Err(StepFailed {
+        command,
+        said,
+        hint,
     }
+    .into())
 }
 
 /// The command as a shell line (program and arguments, no environment).
