@@ -62,6 +62,17 @@ struct StepFailed {
     hint: &'static str,
 }
 
+impl StepFailed {
+    fn new(command: String, said: String, hint: &'static str) -> anyhow::Error {
+        Self {
+            command,
+            said,
+            hint,
+        }
+        .into()
+    }
+}
+
 impl fmt::Display for StepFailed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "`{}` failed", self.command)?;
@@ -109,12 +120,7 @@ fn run_or_hint(cmd: &mut Command, hint: &'static str) -> Result<()> {
         Ok(status) => status.to_string(),
         Err(e) => e.to_string(),
     };
-    Err(StepFailed {
-        command,
-        said,
-        hint,
-    }
-    .into())
+    Err(StepFailed::new(command, said, hint))
 }
 
 /// Runs `cmd` and returns its stdout; on failure the error names the command
@@ -128,12 +134,7 @@ fn output_or_hint(cmd: &mut Command, hint: &'static str) -> Result<String> {
         Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         Err(e) => e.to_string(),
     };
-    Err(StepFailed {
-        command,
-        said,
-        hint,
-    }
-    .into())
+    Err(StepFailed::new(command, said, hint))
 }
 
 /// The command as a shell line (program and arguments, no environment).
