@@ -63,7 +63,7 @@ struct StepFailed {
 }
 
 impl StepFailed {
-    fn new(command: String, said: String, hint: &'static str) -> anyhow::Error {
+    fn error(command: String, said: String, hint: &'static str) -> anyhow::Error {
         Self {
             command,
             said,
@@ -120,7 +120,7 @@ fn run_or_hint(cmd: &mut Command, hint: &'static str) -> Result<()> {
         Ok(status) => status.to_string(),
         Err(e) => e.to_string(),
     };
-    Err(StepFailed::new(command, said, hint))
+    Err(StepFailed::error(command, said, hint))
 }
 
 /// Runs `cmd` and returns its stdout; on failure the error names the command
@@ -134,7 +134,7 @@ fn output_or_hint(cmd: &mut Command, hint: &'static str) -> Result<String> {
         Ok(out) => String::from_utf8_lossy(&out.stderr).trim().to_owned(),
         Err(e) => e.to_string(),
     };
-    Err(StepFailed::new(command, said, hint))
+    Err(StepFailed::error(command, said, hint))
 }
 
 /// The command as a shell line (program and arguments, no environment).
