@@ -1,23 +1,28 @@
 //! jitproxy: time-limited access to production APIs through a local proxy
 //! that the kernel forces connections through.
 //!
-//! The data path is in [`proxy`]; the kernel side in [`ebpf`]. See
-//! docs/architecture.md for the picture.
+//! Layers, each importing only from the ones below it (checked by
+//! `cargo xtask lint`); docs/architecture.md has the picture:
+//!
+//! - top: [`cmd`] (the command line), [`daemon`] (wiring), [`control`] (the
+//!   control API), [`bench`];
+//! - [`store`]: grant store backends;
+//! - [`proxy`]: the data path;
+//! - [`access`]: grants and who may do what;
+//! - [`audit`]: the tamper-evident log;
+//! - bottom: [`config`], [`host`] (the local system), [`kernel`] (eBPF),
+//!   [`time`].
 #![forbid(unsafe_code)]
 
 pub mod access;
 pub mod audit;
-pub mod cgroup;
-pub mod cli;
+pub mod bench;
+pub mod cmd;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod decision;
-pub mod ebpf;
-pub mod forward;
-pub mod grants;
-pub mod identity;
-pub mod limits;
+pub mod host;
+pub mod kernel;
 pub mod proxy;
-pub mod targets;
-pub mod users;
+pub mod store;
+pub mod time;

@@ -17,16 +17,13 @@ use std::{
 };
 
 use jitproxy::{
-    access::Access,
-    audit::{log::AuditLog, query, Record},
+    access::{Access, GrantStore as _, NewGrant, Principal, Subject},
+    audit::{query, AuditLog, AuditSettings, Record},
     config::Config,
-    decision::Policy,
-    grants::{
-        now_ms,
-        store::{NewGrant, Store},
-        Principal, Subject,
-    },
-    proxy::{OriginSource, Proxy, ProxySettings},
+    host::users::Users,
+    proxy::{OriginSource, Policy, Proxy, ProxySettings},
+    store::SqliteStore,
+    time::now_ms,
 };
 use proxy_common::{ConnectRecord, SockTuple};
 use tokio::{
@@ -400,8 +397,8 @@ async fn concurrent_connections_are_not_cross_wired() {
         .map(|events| {
             let closed = match events.as_slice() {
                 [allowed, closed]
-                    if allowed.kind == "connection.allowed"
-                        && closed.kind == "connection.closed" =>
+                    if allowed.kind.as_str() == "connection.allowed"
+                        && closed.kind.as_str() == "connection.closed" =>
                 {
                     closed
                 }
@@ -539,10 +536,10 @@ impl RunningProxy {
     async fn start_with(kernel: Arc<FakeKernel>, options: Options) -> Self {
         let state = tempfile::tempdir().expect("temp state dir");
         let config = Arc::new(test_config(&state));
-        let audit_settings = config.audit_settings();
+        let audit_settings = AuditSettings::for_config(&config);
         let audit_dir = audit_settings.dir.clone();
         let audit = AuditLog::open(audit_settings).expect("open the audit log");
-        let mut store = Store::in_memory().expect("in-memory grant store");
+        let mut store = SqliteStore::in_memory().expect("in-memory grant store");
         if options.grant {
             let now = now_ms();
             store
@@ -565,9 +562,10 @@ impl RunningProxy {
                 )
                 .expect("store the test grant");
         }
-        let access =
-            Access::from_store(Arc::clone(&config), store, audit.clone()).expect("access service");
-        let policy = Policy::for_config(access.index(), &config);
+        let users = Users::new();
+        let access = Access::new(Arc::clone(&config), store, audit.clone(), users.clone())
+            .expect("access service");
+        let policy = Policy::for_config(access.index(), users.clone(), &config);
         let settings = ProxySettings {
             connect_timeout: options.connect_timeout,
             max_connections: options.max_connections.unwrap_or(config.max_connections),
@@ -580,7 +578,7 @@ impl RunningProxy {
             .expect("bind proxy listener on 127.0.0.1:0");
         let addr = listener.local_addr().expect("proxy listener address");
         let shutdown = CancellationToken::new();
-        let proxy = Proxy::new(kernel, policy, access, settings, shutdown.clone());
+        let proxy = Proxy::new(kernel, policy, access, users, settings, shutdown.clone());
         let served = tokio::spawn(proxy.serve(vec![listener]));
         Self {
             addr,

@@ -38,7 +38,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::oneshot;
 
-use super::{kind, Event, Record};
+use super::{emit, Event, EventKind, Record};
+use crate::config::Config;
 
 /// The hash before the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -60,6 +61,23 @@ pub struct AuditSettings {
     pub checkpoint_interval: Duration,
     /// Syslog collector (`host:port`) for a copy of every record.
     pub syslog: Option<String>,
+}
+
+impl AuditSettings {
+    /// The settings of `config`: log in `[audit] dir` (else
+    /// `<state_dir>/audit`), key and checkpoints in `state_dir`, apart from
+    /// the log.
+    pub fn for_config(config: &Config) -> Self {
+        Self {
+            dir: config.audit_dir(),
+            key: config.state_dir.join("audit-signing.key"),
+            checkpoints: config.state_dir.join("checkpoints.jsonl"),
+            rotate_bytes: config.audit.rotate_bytes,
+            retention: config.audit.retention,
+            checkpoint_interval: config.audit.checkpoint_interval,
+            syslog: config.audit.syslog.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -295,7 +313,7 @@ impl Writer {
             syslog,
         };
         if let Some((name, cut)) = recovered {
-            let mut event = Event::new(kind::LOG_RECOVERED);
+            let mut event = Event::new(EventKind::LogRecovered);
             event.detail = Some(serde_json::json!({
                 "file": name,
                 "torn_bytes_removed": cut,
@@ -400,7 +418,6 @@ impl Writer {
                 let written = seq - self.seq;
                 self.seq = seq;
                 self.head = head;
-                self.pending.clear();
                 self.health.written.fetch_add(written, Ordering::Relaxed);
                 if let Some(syslog) = &self.syslog {
                     for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -409,8 +426,18 @@ impl Writer {
                 }
                 self.recovered();
                 let first_durable = durable_seqs.len() - acks.len();
-                for ((_, _, ack), seq) in acks.into_iter().zip(&durable_seqs[first_durable..]) {
+                let mut durable = Vec::with_capacity(acks.len());
+                for ((event, _, ack), seq) in acks.into_iter().zip(&durable_seqs[first_durable..]) {
                     let _ = ack.send(Ok(*seq));
+                    durable.push(event);
+                }
+                // The daemon log gets what is on disk, from the same values,
+                // once no connection waits for this batch any more.
+                for (event, _) in self.pending.drain(..) {
+                    emit::daemon_log(&event);
+                }
+                for event in &durable {
+                    emit::daemon_log(event);
                 }
             }
             Err(e) => {
@@ -489,7 +516,7 @@ impl Writer {
         self.file_len = len;
         self.file_name = name;
         self.file_day = today;
-        let mut event = Event::new(kind::LOG_ROTATED);
+        let mut event = Event::new(EventKind::LogRotated);
         event.detail = Some(serde_json::json!({ "previous_file": old }));
         self.pending.push_front((event, Timestamp::now()));
         self.remove_expired();
@@ -701,12 +728,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::open(settings(dir.path())).unwrap();
         let a = log
-            .record_durable(Event::new(kind::DAEMON_STARTED))
+            .record_durable(Event::new(EventKind::DaemonStarted))
             .await
             .unwrap();
-        log.record(Event::new(kind::CONFIG_LOADED));
+        log.record(Event::new(EventKind::ConfigLoaded));
         let b = log
-            .record_durable(Event::new(kind::CONNECTION_ALLOWED))
+            .record_durable(Event::new(EventKind::ConnectionAllowed))
             .await
             .unwrap();
         assert_eq!((a, b), (1, 3));
@@ -716,7 +743,7 @@ mod tests {
 
         let log = AuditLog::open(settings(dir.path())).unwrap();
         let c = log
-            .record_durable(Event::new(kind::DAEMON_STARTED))
+            .record_durable(Event::new(EventKind::DaemonStarted))
             .await
             .unwrap();
         assert_eq!(c, 4, "sequence continues after reopen");

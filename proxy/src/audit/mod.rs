@@ -1,48 +1,137 @@
 //! The audit trail: every access to a target and every grant change, as
 //! append-only JSON Lines with a SHA-256 hash chain and signed checkpoints.
 //!
-//! - [`record`]: the per-connection record builder used by the data path;
 //! - [`log`]: the writer (group commit, fsync, rotation, checkpoints);
+//! - [`emit`]: the daemon-log line of each event, derived from the same value;
 //! - [`verify`]: checks a log directory's chain and checkpoints;
 //! - [`query`]: filters and summaries for `jitproxy audit`;
 //! - [`syslog`]: a copy of every record to a remote collector.
 
-pub mod bench;
+mod emit;
 pub mod log;
 pub mod query;
-pub mod record;
 pub mod syslog;
 pub mod verify;
 
+use std::{fmt, str::FromStr};
+
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use record::ConnectionRecord;
+pub use log::{AuditError, AuditLog, AuditSettings};
 
-/// Stable event type codes.
-pub mod kind {
-    pub const GRANT_CREATED: &str = "grant.created";
-    pub const GRANT_REVOKED: &str = "grant.revoked";
-    pub const GRANT_DROPPED: &str = "grant.dropped";
-    pub const GRANT_EXPIRED: &str = "grant.expired";
-    pub const CONNECTION_ALLOWED: &str = "connection.allowed";
-    pub const CONNECTION_DENIED: &str = "connection.denied";
-    pub const CONNECTION_RATE_LIMITED: &str = "connection.rate_limited";
-    pub const CONNECTION_FAILED: &str = "connection.failed";
-    pub const CONNECTION_CLOSED: &str = "connection.closed";
-    pub const DAEMON_STARTED: &str = "daemon.started";
-    pub const DAEMON_STOPPED: &str = "daemon.stopped";
-    pub const CONFIG_LOADED: &str = "config.loaded";
-    pub const LOG_ROTATED: &str = "log.rotated";
-    pub const LOG_RECOVERED: &str = "log.recovered";
+/// What an event records. Stored as its stable code (`connection.allowed`);
+/// a code this version does not know (a newer daemon's) is kept as written.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    GrantCreated,
+    GrantRevoked,
+    GrantDropped,
+    GrantExpired,
+    ConnectionAllowed,
+    ConnectionDenied,
+    ConnectionRateLimited,
+    ConnectionFailed,
+    ConnectionClosed,
+    DaemonStarted,
+    DaemonStopped,
+    ConfigLoaded,
+    LogRotated,
+    LogRecovered,
+    /// Written by another version; never produced by this one.
+    Other(String),
+}
+
+impl EventKind {
+    /// Every kind this version writes, for parsing.
+    const KNOWN: [Self; 14] = [
+        Self::GrantCreated,
+        Self::GrantRevoked,
+        Self::GrantDropped,
+        Self::GrantExpired,
+        Self::ConnectionAllowed,
+        Self::ConnectionDenied,
+        Self::ConnectionRateLimited,
+        Self::ConnectionFailed,
+        Self::ConnectionClosed,
+        Self::DaemonStarted,
+        Self::DaemonStopped,
+        Self::ConfigLoaded,
+        Self::LogRotated,
+        Self::LogRecovered,
+    ];
+
+    /// The stable code, as stored.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::GrantCreated => "grant.created",
+            Self::GrantRevoked => "grant.revoked",
+            Self::GrantDropped => "grant.dropped",
+            Self::GrantExpired => "grant.expired",
+            Self::ConnectionAllowed => "connection.allowed",
+            Self::ConnectionDenied => "connection.denied",
+            Self::ConnectionRateLimited => "connection.rate_limited",
+            Self::ConnectionFailed => "connection.failed",
+            Self::ConnectionClosed => "connection.closed",
+            Self::DaemonStarted => "daemon.started",
+            Self::DaemonStopped => "daemon.stopped",
+            Self::ConfigLoaded => "config.loaded",
+            Self::LogRotated => "log.rotated",
+            Self::LogRecovered => "log.recovered",
+            Self::Other(code) => code,
+        }
+    }
+
+    /// Whether it records a connection (`connection.*`).
+    pub fn is_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::ConnectionAllowed
+                | Self::ConnectionDenied
+                | Self::ConnectionRateLimited
+                | Self::ConnectionFailed
+                | Self::ConnectionClosed
+        )
+    }
+}
+
+impl fmt::Display for EventKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for EventKind {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::KNOWN
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .unwrap_or_else(|| Self::Other(s.to_owned())))
+    }
+}
+
+impl Serialize for EventKind {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for EventKind {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        let Ok(kind) = code.parse();
+        Ok(kind)
+    }
 }
 
 /// One audit event. Fields that do not apply to an event type are absent.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
-    /// Event type, one of [`kind`].
+    /// What it records.
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: EventKind,
     /// Connection id (unique per daemon run), for connection events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conn: Option<u64>,
@@ -115,10 +204,43 @@ pub struct Record {
 }
 
 impl Event {
-    pub fn new(kind: &str) -> Self {
+    /// An event of `kind` with no other field set.
+    pub fn new(kind: EventKind) -> Self {
         Self {
-            kind: kind.to_owned(),
-            ..Self::default()
+            kind,
+            conn: None,
+            user: None,
+            process: None,
+            target: None,
+            dst: None,
+            client: None,
+            grant_id: None,
+            reason: None,
+            code: None,
+            bytes_up: None,
+            bytes_down: None,
+            duration_ms: None,
+            ended_by: None,
+            detail: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_round_trip_and_unknown_ones_are_kept() {
+        for kind in EventKind::KNOWN {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(serde_json::from_str::<EventKind>(&json).unwrap(), kind);
+        }
+        let newer: EventKind = serde_json::from_str("\"request.allowed\"").unwrap();
+        assert_eq!(newer, EventKind::Other("request.allowed".into()));
+        assert_eq!(
+            serde_json::to_string(&newer).unwrap(),
+            "\"request.allowed\""
+        );
     }
 }

@@ -11,7 +11,7 @@ use std::{
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use super::{kind, log::log_files, Record};
+use super::{log::log_files, EventKind, Record};
 
 /// Which records to return. Empty fields match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,18 +103,18 @@ pub fn summarize(records: &[Record]) -> Vec<UserSummary> {
             user: key,
             ..UserSummary::default()
         });
-        match e.kind.as_str() {
-            kind::GRANT_CREATED => s.grants += 1,
-            kind::CONNECTION_ALLOWED => s.connections += 1,
-            kind::CONNECTION_DENIED | kind::CONNECTION_RATE_LIMITED => s.denials += 1,
-            kind::CONNECTION_CLOSED => {
+        match e.kind {
+            EventKind::GrantCreated => s.grants += 1,
+            EventKind::ConnectionAllowed => s.connections += 1,
+            EventKind::ConnectionDenied | EventKind::ConnectionRateLimited => s.denials += 1,
+            EventKind::ConnectionClosed => {
                 s.bytes_up += e.bytes_up.unwrap_or(0);
                 s.bytes_down += e.bytes_down.unwrap_or(0);
             }
             _ => {}
         }
         if let Some(t) = &e.target {
-            if e.kind.starts_with("connection.") {
+            if e.kind.is_connection() {
                 s.targets.insert(t.clone());
             }
         }

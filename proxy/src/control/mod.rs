@@ -10,7 +10,7 @@ use std::fmt;
 
 use hyper::StatusCode;
 
-use crate::{grants::Principal, users};
+use crate::access::{AccessError, ErrorKind, Requester};
 
 /// The process on the other end of the control socket, from SO_PEERCRED.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,19 +23,11 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// The human behind the request: the login uid when set, else the uid.
-    /// The same rule as for connections, so `jitproxy drop` and `why` act on
-    /// the grants that the caller's connections are matched against.
-    pub fn human_uid(&self) -> u32 {
-        self.login_uid.unwrap_or(self.uid)
-    }
-
-    /// The peer as recorded on grants (granted by, ended by).
-    pub fn principal(&self) -> Principal {
-        Principal {
+    /// The peer as the grant service sees it.
+    pub fn requester(&self) -> Requester {
+        Requester {
             uid: self.uid,
-            name: users::user_name(self.uid),
-            login_uid: self.login_uid.filter(|&l| l != self.uid),
+            login_uid: self.login_uid,
         }
     }
 }
@@ -61,22 +53,20 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, error, hint)
     }
 
-    pub fn forbidden(error: impl Into<String>, hint: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, error, hint)
-    }
-
     pub fn not_found(error: impl Into<String>, hint: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, error, hint)
     }
+}
 
-    /// The daemon's fault; the details are logged, the caller sees them too
-    /// (nothing secret is in grant store errors).
-    pub fn internal(error: impl Into<String>) -> Self {
-        Self {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            error: error.into(),
-            hint: Some("this is a jitproxy bug or a disk problem; see the daemon's log".to_owned()),
-        }
+impl From<AccessError> for ApiError {
+    fn from(e: AccessError) -> Self {
+        let status = match e.kind {
+            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, e.message, e.hint)
     }
 }
 

@@ -4,7 +4,11 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::grants::{EndKind, Grant, GrantState, Principal, Subject, UnixMs};
+use crate::{
+    access::{self, EndKind, Grant, GrantAsk, GrantState, Principal, RevokeAsk, Subject, Why},
+    audit,
+    time::{timestamp, UnixMs},
+};
 
 /// Largest request body the daemon reads.
 pub const MAX_BODY: usize = 64 * 1024;
@@ -39,6 +43,29 @@ pub struct RevokeRequest {
     pub who: Option<String>,
     #[serde(default)]
     pub target: Option<String>,
+}
+
+impl From<GrantRequest> for GrantAsk {
+    fn from(r: GrantRequest) -> Self {
+        Self {
+            who: r.who,
+            target: r.target,
+            starts_at: r.starts_at.map(|t| t.as_millisecond()),
+            ends_at: r.ends_at.map(|t| t.as_millisecond()),
+            duration_secs: r.duration_secs,
+            reason: r.reason,
+        }
+    }
+}
+
+impl From<RevokeRequest> for RevokeAsk {
+    fn from(r: RevokeRequest) -> Self {
+        Self {
+            id: r.id,
+            who: r.who,
+            target: r.target,
+        }
+    }
 }
 
 /// `POST /v1/drop`: give the caller's own access back (on one target, or all).
@@ -84,13 +111,13 @@ impl GrantView {
             who,
             subject: grant.subject,
             target: grant.target.clone(),
-            starts_at: ts(grant.starts_at),
-            ends_at: ts(grant.ends_at),
+            starts_at: timestamp(grant.starts_at),
+            ends_at: timestamp(grant.ends_at),
             reason: grant.reason.clone(),
             granted_by: grant.granted_by.clone(),
-            created_at: ts(grant.created_at),
+            created_at: timestamp(grant.created_at),
             state: grant.state(now),
-            ended_at: grant.ended.as_ref().map(|e| ts(e.at)),
+            ended_at: grant.ended.as_ref().map(|e| timestamp(e.at)),
             ended_by: grant.ended.as_ref().map(|e| e.by.clone()),
             end_kind: grant.ended.as_ref().map(|e| e.kind),
         }
@@ -111,6 +138,15 @@ pub struct WhyView {
     pub approvers: Vec<String>,
 }
 
+impl From<Why> for WhyView {
+    fn from(why: Why) -> Self {
+        Self {
+            last_refusal: why.last_refusal.map(Refusal::from),
+            approvers: why.approvers,
+        }
+    }
+}
+
 /// One refused connection.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Refusal {
@@ -123,6 +159,21 @@ pub struct Refusal {
     pub reason: String,
     /// The refusal kind: `no_grant`, `rate_limited`, `too_many_connections`.
     pub code: String,
+}
+
+impl From<access::Refusal> for Refusal {
+    fn from(r: access::Refusal) -> Self {
+        Self {
+            at: timestamp(r.at),
+            uid: r.uid,
+            user: r.user,
+            target: r.target,
+            destination: r.destination,
+            process: r.process,
+            reason: r.reason,
+            code: r.code,
+        }
+    }
 }
 
 /// `GET /v1/status`.
@@ -138,6 +189,22 @@ pub struct StatusView {
     pub live: Vec<LiveConnections>,
     pub open_grants: usize,
     pub audit: AuditStatus,
+    /// What the kernel programs counted since they were loaded.
+    #[serde(default)]
+    pub kernel: KernelCounters,
+}
+
+/// The kernel programs' counters (summed over CPUs).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelCounters {
+    /// Connects to targets sent to the proxy.
+    pub redirected: u64,
+    /// UDP sends and connects to targets refused.
+    pub udp_refused: u64,
+    /// Connects refused because the record map was full.
+    pub map_full: u64,
+    /// The proxy's own upstream connects, let through by their mark.
+    pub exempt: u64,
 }
 
 /// The audit log's state.
@@ -157,12 +224,12 @@ pub struct AuditStatus {
 /// `POST /v1/audit/query` and `/v1/audit/summary` answer with these.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditRecords {
-    pub records: Vec<crate::audit::Record>,
+    pub records: Vec<audit::Record>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditSummary {
-    pub users: Vec<crate::audit::query::UserSummary>,
+    pub users: Vec<audit::query::UserSummary>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -187,13 +254,4 @@ pub struct ErrorBody {
     pub error: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<String>,
-}
-
-/// A [`UnixMs`] as a timestamp (clamped to the representable range).
-pub fn ts(ms: UnixMs) -> Timestamp {
-    Timestamp::from_millisecond(ms).unwrap_or(if ms < 0 {
-        Timestamp::MIN
-    } else {
-        Timestamp::MAX
-    })
 }

@@ -3,7 +3,8 @@
 //! connection affects only itself.
 
 use std::{
-    convert::Infallible, os::unix::fs::PermissionsExt as _, path::Path, sync::Arc, time::Duration,
+    convert::Infallible, future::Future, os::unix::fs::PermissionsExt as _, path::Path, pin::Pin,
+    sync::Arc, time::Duration,
 };
 
 use bytes::Bytes;
@@ -17,11 +18,16 @@ use tokio_util::sync::CancellationToken;
 use super::{
     proto::{
         AuditRecords, AuditSummary, DropRequest, ErrorBody, GrantList, GrantRequest, GrantView,
-        RevokeRequest, StatusView, MAX_BODY,
+        RevokeRequest, StatusView, WhyView, MAX_BODY,
     },
     ApiError, Peer,
 };
-use crate::{access::Access, audit::query::Filter, grants::now_ms};
+use crate::{
+    access::{Access, Grant},
+    audit::query::Filter,
+    host::proc::Process,
+    time::now_ms,
+};
 
 /// Every path the API serves (for 405 versus 404).
 const ENDPOINTS: &[&str] = &[
@@ -38,7 +44,7 @@ const ENDPOINTS: &[&str] = &[
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Produces the daemon's status on demand.
-pub type StatusFn = Arc<dyn Fn(&Access) -> StatusView + Send + Sync>;
+pub type StatusFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = StatusView> + Send>> + Send + Sync>;
 
 /// Binds the control socket at `path` (replacing a stale one), mode 0666:
 /// any local user may connect; each request is authorized by peer uid.
@@ -106,9 +112,9 @@ fn peer_of(stream: &UnixStream) -> Option<Peer> {
     let cred = stream.peer_cred().ok()?;
     let pid = cred.pid();
     let login_uid = pid
-        .and_then(|pid| std::fs::read_to_string(format!("/proc/{pid}/loginuid")).ok())
-        .and_then(|s| s.trim().parse::<u32>().ok())
-        .filter(|&uid| uid != u32::MAX);
+        .and_then(|pid| u32::try_from(pid).ok())
+        .and_then(Process::open)
+        .and_then(|p| p.login_uid());
     Some(Peer {
         uid: cred.uid(),
         gid: cred.gid(),
@@ -125,63 +131,7 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let query = req.uri().query().unwrap_or("").to_owned();
-    let result = match (&method, path.as_str()) {
-        (&Method::GET, "/v1/status") => Ok(json(StatusCode::OK, &status(access))),
-        (&Method::GET, "/v1/why") => Ok(json(StatusCode::OK, &access.why(peer))),
-        (&Method::GET, "/v1/grants") => {
-            let all = query.split('&').any(|kv| kv == "all=true" || kv == "all=1");
-            access
-                .list(peer, all)
-                .await
-                .map(|grants| list(StatusCode::OK, &grants))
-        }
-        (&Method::POST, "/v1/grants") => match body::<GrantRequest>(req).await {
-            Ok(r) => access
-                .grant(peer, r)
-                .await
-                .map(|g| json(StatusCode::CREATED, &GrantView::new(&g, now_ms()))),
-            Err(e) => Err(e),
-        },
-        (&Method::POST, "/v1/revoke") => match body::<RevokeRequest>(req).await {
-            Ok(r) => access
-                .revoke(peer, r)
-                .await
-                .map(|g| list(StatusCode::OK, &g)),
-            Err(e) => Err(e),
-        },
-        (&Method::POST, "/v1/drop") => match body::<DropRequest>(req).await {
-            Ok(r) => access
-                .drop_own(peer, r)
-                .await
-                .map(|g| list(StatusCode::OK, &g)),
-            Err(e) => Err(e),
-        },
-        (&Method::POST, "/v1/audit/query") => match body::<Filter>(req).await {
-            Ok(f) => access
-                .audit_query(peer, f)
-                .await
-                .map(|records| json(StatusCode::OK, &AuditRecords { records })),
-            Err(e) => Err(e),
-        },
-        (&Method::POST, "/v1/audit/summary") => match body::<Filter>(req).await {
-            Ok(f) => access
-                .audit_summary(peer, f)
-                .await
-                .map(|users| json(StatusCode::OK, &AuditSummary { users })),
-            Err(e) => Err(e),
-        },
-        (_, p) if ENDPOINTS.contains(&p) => Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            format!("{method} is not supported on {path}"),
-            "see docs/control-api.md",
-        )),
-        _ => Err(ApiError::not_found(
-            format!("no such endpoint {path}"),
-            "see docs/control-api.md",
-        )),
-    };
-    let response = result.unwrap_or_else(|e| {
+    let response = route(req, peer, access, status).await.unwrap_or_else(|e| {
         json(
             e.status,
             &ErrorBody {
@@ -192,6 +142,63 @@ async fn handle(
     });
     tracing::debug!(%method, %path, uid = peer.uid, status = response.status().as_u16(), "control request");
     response
+}
+
+/// One request to its endpoint; every error is an answer.
+async fn route(
+    req: Request<Incoming>,
+    peer: &Peer,
+    access: &Access,
+    status: &StatusFn,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let by = peer.requester();
+    Ok(match (&method, path.as_str()) {
+        (&Method::GET, "/v1/status") => json(StatusCode::OK, &status().await),
+        (&Method::GET, "/v1/why") => json(StatusCode::OK, &WhyView::from(access.why(&by))),
+        (&Method::GET, "/v1/grants") => {
+            let all = query.split('&').any(|kv| kv == "all=true" || kv == "all=1");
+            list(StatusCode::OK, &access.list(&by, all).await?)
+        }
+        (&Method::POST, "/v1/grants") => {
+            let ask = body::<GrantRequest>(req).await?.into();
+            let grant = access.grant(&by, ask).await?;
+            json(StatusCode::CREATED, &GrantView::new(&grant, now_ms()))
+        }
+        (&Method::POST, "/v1/revoke") => {
+            let ask = body::<RevokeRequest>(req).await?.into();
+            list(StatusCode::OK, &access.revoke(&by, ask).await?)
+        }
+        (&Method::POST, "/v1/drop") => {
+            let target = body::<DropRequest>(req).await?.target;
+            list(StatusCode::OK, &access.drop_own(&by, target).await?)
+        }
+        (&Method::POST, "/v1/audit/query") => {
+            let records = access.audit_query(&by, body::<Filter>(req).await?).await?;
+            json(StatusCode::OK, &AuditRecords { records })
+        }
+        (&Method::POST, "/v1/audit/summary") => {
+            let users = access
+                .audit_summary(&by, body::<Filter>(req).await?)
+                .await?;
+            json(StatusCode::OK, &AuditSummary { users })
+        }
+        (_, p) if ENDPOINTS.contains(&p) => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not supported on {path}"),
+                "see docs/control-api.md",
+            ))
+        }
+        _ => {
+            return Err(ApiError::not_found(
+                format!("no such endpoint {path}"),
+                "see docs/control-api.md",
+            ))
+        }
+    })
 }
 
 /// Reads and parses a JSON body of at most [`MAX_BODY`] bytes.
@@ -223,7 +230,7 @@ async fn body<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, ApiError
     })
 }
 
-fn list(status: StatusCode, grants: &[crate::grants::Grant]) -> Response<Full<Bytes>> {
+fn list(status: StatusCode, grants: &[Grant]) -> Response<Full<Bytes>> {
     let now = now_ms();
     json(
         status,

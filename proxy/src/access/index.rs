@@ -1,134 +1,14 @@
-//! Time-limited grants: who may reach which target, from when until when, and
-//! why. The store ([`store`]) keeps them durable; the [`GrantIndex`] answers
-//! "is this caller covered right now, and until when" in a hash lookup.
+//! The in-memory grant index: answers "is this caller covered right now,
+//! and until when" in a hash lookup. Built from the store on every change and
+//! swapped in whole.
 //!
 //! Overlapping grants combine as a union: a connection stays allowed until the
 //! last of the overlapping (or back-to-back) grants that cover it ends.
 
-pub mod bench;
-pub mod store;
+use std::{collections::HashMap, sync::Arc};
 
-use std::{collections::HashMap, fmt, sync::Arc};
-
-use serde::{Deserialize, Serialize};
-
-/// Milliseconds since the Unix epoch (UTC): the time unit of grants.
-pub type UnixMs = i64;
-
-/// The current wall-clock time in [`UnixMs`].
-pub fn now_ms() -> UnixMs {
-    jiff::Timestamp::now().as_millisecond()
-}
-
-/// Who a grant is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "id", rename_all = "lowercase")]
-pub enum Subject {
-    /// A user, by uid.
-    User(u32),
-    /// Every member of a group, by gid.
-    Group(u32),
-}
-
-/// A local identity as recorded on a grant: uid plus the name at the time.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Principal {
-    pub uid: u32,
-    pub name: Option<String>,
-    /// The login uid of the process, when set and different from `uid`
-    /// (someone behind `sudo`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub login_uid: Option<u32>,
-}
-
-/// How a grant ended before its window closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EndKind {
-    /// Ended by an approver.
-    Revoked,
-    /// Given back by its holder.
-    Dropped,
-}
-
-/// One grant, as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    pub id: i64,
-    pub subject: Subject,
-    /// The subject's name (user or group) when the grant was made.
-    pub subject_name: Option<String>,
-    /// Target name from the config.
-    pub target: String,
-    pub starts_at: UnixMs,
-    pub ends_at: UnixMs,
-    pub reason: String,
-    pub granted_by: Principal,
-    pub created_at: UnixMs,
-    /// Set when revoked or dropped.
-    pub ended: Option<Ending>,
-    /// Per-request scopes (HTTP methods and paths); not enforced yet.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub scopes: Vec<String>,
-}
-
-/// An early end: when, by whom, how.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Ending {
-    pub at: UnixMs,
-    pub by: Principal,
-    pub kind: EndKind,
-}
-
-impl Grant {
-    /// Whether the grant covers instant `now`.
-    pub fn is_live(&self, now: UnixMs) -> bool {
-        self.effective_end() > now && self.starts_at <= now
-    }
-
-    /// When access actually ends: the window's end, or an earlier revoke/drop.
-    pub fn effective_end(&self) -> UnixMs {
-        self.ended
-            .as_ref()
-            .map_or(self.ends_at, |e| e.at.min(self.ends_at))
-    }
-
-    /// The grant's state at `now`, for display.
-    pub fn state(&self, now: UnixMs) -> GrantState {
-        match &self.ended {
-            Some(e) if e.at <= now => match e.kind {
-                EndKind::Revoked => GrantState::Revoked,
-                EndKind::Dropped => GrantState::Dropped,
-            },
-            _ if self.ends_at <= now => GrantState::Expired,
-            _ if self.starts_at > now => GrantState::Pending,
-            _ => GrantState::Active,
-        }
-    }
-}
-
-/// Where a grant stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum GrantState {
-    Pending,
-    Active,
-    Expired,
-    Revoked,
-    Dropped,
-}
-
-impl fmt::Display for GrantState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Pending => "pending",
-            Self::Active => "active",
-            Self::Expired => "expired",
-            Self::Revoked => "revoked",
-            Self::Dropped => "dropped",
-        })
-    }
-}
+use super::model::{Grant, Subject};
+use crate::time::UnixMs;
 
 /// One window of the index.
 #[derive(Debug, Clone)]
@@ -273,6 +153,7 @@ impl GrantIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::model::{EndKind, Ending, Principal};
 
     fn grant(id: i64, subject: Subject, start: UnixMs, end: UnixMs) -> Grant {
         Grant {

@@ -1,6 +1,7 @@
-//! Connection limits per (user, target): new connections per second with a
-//! burst (a token bucket), and a cap on live connections. A connection that
-//! passes holds a [`LiveGuard`]; dropping it frees its slot.
+//! Connection limits per (user, target), as configured ([`Limit`]): new
+//! connections per second with a burst (a token bucket), and a cap on live
+//! connections. A connection that passes holds a [`LiveGuard`]; dropping it
+//! frees its slot.
 
 use std::{
     collections::HashMap,
@@ -8,29 +9,7 @@ use std::{
     time::Instant,
 };
 
-use serde::{Deserialize, Serialize};
-
-/// Limits for one target.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct Limit {
-    /// Sustained new connections per second.
-    pub connections_per_second: f64,
-    /// New connections allowed at once before the rate applies.
-    pub burst: u32,
-    /// Live connections at most.
-    pub max_concurrent: u32,
-}
-
-impl Default for Limit {
-    fn default() -> Self {
-        Self {
-            connections_per_second: 50.0,
-            burst: 100,
-            max_concurrent: 256,
-        }
-    }
-}
+use crate::config::Limit;
 
 /// Why a connection was over the limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,10 @@
 
 use std::{fmt, hint::black_box, time::Instant};
 
-use super::{now_ms, Grant, GrantIndex, Keys, Principal, Subject};
+use crate::{
+    access::{Grant, GrantIndex, Keys, Principal, Subject},
+    time::now_ms,
+};
 
 /// Targets the synthetic grants spread over.
 const TARGETS: u32 = 16;
@@ -31,7 +34,7 @@ impl fmt::Display for Report {
 
 /// Builds `grants` grants (one user each, spread over targets, some users
 /// with two overlapping grants) and times `lookups` lookups.
-pub fn decision(grants: u32, lookups: u32) -> Report {
+pub fn run(grants: u32, lookups: u32) -> Report {
     let now = now_ms();
     let all: Vec<Grant> = (0..grants)
         .map(|i| Grant {

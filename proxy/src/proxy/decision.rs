@@ -14,11 +14,15 @@ use std::{
 
 use tokio::sync::watch;
 
+use super::{
+    limits::{Exceeded, Limits, LiveGuard},
+    origin::Origin,
+};
 use crate::{
-    grants::{now_ms, Cover, GrantIndex, Keys},
-    identity::Origin,
-    limits::{Exceeded, Limit, Limits, LiveGuard},
-    users::Users,
+    access::{Cover, GrantIndex, Keys},
+    config::{Config, Limit},
+    host::users::Users,
+    time::now_ms,
 };
 
 /// How often a live connection re-checks its cover even when nothing
@@ -104,11 +108,12 @@ impl Policy {
     /// A policy over the grants in `index` and the targets of `config`.
     pub fn for_config(
         index: watch::Receiver<Arc<GrantIndex>>,
-        config: &crate::config::Config,
+        users: Users,
+        config: &Config,
     ) -> Self {
         Self::new(
             index,
-            Users::new(),
+            users,
             Limits::new(),
             config
                 .targets

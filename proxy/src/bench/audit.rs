@@ -5,11 +5,7 @@
 
 use std::{fmt, path::Path, sync::Arc, time::Instant};
 
-use super::{
-    kind,
-    log::{AuditLog, AuditSettings},
-    Event, ProcessInfo, UserInfo,
-};
+use crate::audit::{AuditLog, AuditSettings, Event, EventKind, ProcessInfo, UserInfo};
 
 /// What one run measured.
 #[derive(Debug, Clone, Copy)]
@@ -33,7 +29,7 @@ impl fmt::Display for Report {
 }
 
 fn sample_event() -> Event {
-    let mut e = Event::new(kind::CONNECTION_ALLOWED);
+    let mut e = Event::new(EventKind::ConnectionAllowed);
     e.conn = Some(1);
     e.user = Some(UserInfo {
         name: Some("alice".into()),

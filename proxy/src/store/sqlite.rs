@@ -1,15 +1,18 @@
-//! Durable grants in SQLite (WAL, `synchronous=FULL`): a grant that the
-//! control API acknowledged survives a crash or `kill -9` of the daemon.
-//! Only the daemon opens the database; the CLI goes through the control API.
+//! Grants in SQLite (WAL, `synchronous=FULL`): a grant that the control API
+//! acknowledged survives a crash or `kill -9` of the daemon. Only the daemon
+//! opens the database; the CLI goes through the control API.
 //!
-//! Calls block on disk; the daemon runs them on the blocking pool, never on
-//! the data path.
+//! Rows are read strictly: an unknown subject kind or end kind, or scopes
+//! that do not parse, make the row corrupt, and a corrupt row grants nothing.
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 
-use super::{EndKind, Ending, Grant, Principal, Subject, UnixMs};
+use crate::{
+    access::{EndKind, Ending, Grant, GrantStore, NewGrant, Principal, Scope, StoreError, Subject},
+    time::UnixMs,
+};
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number
 /// applied so far.
@@ -38,51 +41,24 @@ const MIGRATIONS: &[&str] = &[r"
     CREATE INDEX grants_subject ON grants (subject_kind, subject_id, target);
 "];
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot create state directory {path}: {source}")]
-    Dir {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("grant database {path}: {source}")]
-    Open {
-        path: String,
-        #[source]
-        source: rusqlite::Error,
-    },
-    #[error("grant database: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("grant database was written by a newer jitproxy (schema {found}, this one knows {known}); upgrade jitproxy")]
-    TooNew { found: i64, known: i64 },
-}
-
-/// A grant to be created.
-#[derive(Debug, Clone)]
-pub struct NewGrant {
-    pub subject: Subject,
-    pub subject_name: Option<String>,
-    pub target: String,
-    pub starts_at: UnixMs,
-    pub ends_at: UnixMs,
-    pub reason: String,
-    pub granted_by: Principal,
-    pub scopes: Vec<String>,
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Backend(Box::new(e))
+    }
 }
 
 /// The grant database.
 #[derive(Debug)]
-pub struct Store {
+pub struct SqliteStore {
     conn: Connection,
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: path.display().to_string(),
-            source,
+            source: Box::new(source),
         })?;
         // Grants name users and reasons: readable by root only.
         use std::os::unix::fs::PermissionsExt as _;
@@ -136,10 +112,13 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+}
 
+impl GrantStore for SqliteStore {
     /// Stores a new grant and returns it with its id.
-    pub fn insert(&mut self, new: &NewGrant, now: UnixMs) -> Result<Grant, StoreError> {
-        let (kind, id) = subject_parts(new.subject);
+    fn insert(&mut self, new: &NewGrant, now: UnixMs) -> Result<Grant, StoreError> {
+        let (kind, id) = new.subject.parts();
+        let scopes: Vec<String> = new.scopes.iter().map(ToString::to_string).collect();
         self.conn.execute(
             "INSERT INTO grants (subject_kind, subject_id, subject_name, target, starts_at, ends_at, reason,
                                  granted_by_uid, granted_by_name, granted_by_login_uid, created_at, scopes)
@@ -156,41 +135,42 @@ impl Store {
                 new.granted_by.name,
                 new.granted_by.login_uid,
                 now,
-                serde_json::to_string(&new.scopes).unwrap_or_else(|_| "[]".to_owned()),
+                serde_json::to_string(&scopes).unwrap_or_else(|_| "[]".to_owned()),
             ],
         )?;
         let id = self.conn.last_insert_rowid();
         self.get(id)?
-            .ok_or(StoreError::Sql(rusqlite::Error::QueryReturnedNoRows))
+            .ok_or_else(|| StoreError::from(rusqlite::Error::QueryReturnedNoRows))
     }
 
-    pub fn get(&self, id: i64) -> Result<Option<Grant>, StoreError> {
-        Ok(self
-            .conn
-            .query_row(&format!("{SELECT} WHERE id = ?1"), [id], grant_from_row)
-            .optional()?)
+    fn get(&self, id: i64) -> Result<Option<Grant>, StoreError> {
+        self.conn
+            .query_row(&format!("{SELECT} WHERE id = ?1"), [id], read_row)
+            .optional()?
+            .map(StoredRow::into_grant)
+            .transpose()
     }
 
     /// Grants whose window has not closed by `now` and that were not ended.
-    pub fn open_grants(&self, now: UnixMs) -> Result<Vec<Grant>, StoreError> {
+    fn open_grants(&self, now: UnixMs) -> Result<Vec<Grant>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "{SELECT} WHERE ended_at IS NULL AND ends_at > ?1 ORDER BY id"
         ))?;
-        let rows = stmt.query_map([now], grant_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = stmt.query_map([now], read_row)?;
+        usable(rows)
     }
 
     /// Every grant, newest first, at most `limit`.
-    pub fn all(&self, limit: usize) -> Result<Vec<Grant>, StoreError> {
+    fn all(&self, limit: usize) -> Result<Vec<Grant>, StoreError> {
         let mut stmt = self
             .conn
             .prepare_cached(&format!("{SELECT} ORDER BY id DESC LIMIT ?1"))?;
-        let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], grant_from_row)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], read_row)?;
+        usable(rows)
     }
 
     /// Ends the open grants with these ids at `now`; returns those ended.
-    pub fn end(
+    fn end(
         &mut self,
         ids: &[i64],
         by: &Principal,
@@ -198,10 +178,7 @@ impl Store {
         now: UnixMs,
     ) -> Result<Vec<Grant>, StoreError> {
         let tx = self.conn.transaction()?;
-        let kind_text = match kind {
-            EndKind::Revoked => "revoked",
-            EndKind::Dropped => "dropped",
-        };
+        let kind_text = kind.as_str();
         let mut ended = Vec::new();
         for &id in ids {
             let changed = tx.execute(
@@ -227,43 +204,37 @@ const SELECT: &str =
         granted_by_uid, granted_by_name, granted_by_login_uid, created_at,
         ended_at, ended_by_uid, ended_by_name, ended_by_login_uid, end_kind, scopes FROM grants";
 
-fn subject_parts(subject: Subject) -> (&'static str, u32) {
-    match subject {
-        Subject::User(uid) => ("user", uid),
-        Subject::Group(gid) => ("group", gid),
-    }
+/// A row as stored, before it is checked.
+struct StoredRow {
+    id: i64,
+    subject_kind: String,
+    subject_id: u32,
+    subject_name: Option<String>,
+    target: String,
+    starts_at: UnixMs,
+    ends_at: UnixMs,
+    reason: String,
+    granted_by: Principal,
+    created_at: UnixMs,
+    ended_at: Option<UnixMs>,
+    ended_by: Option<Principal>,
+    end_kind: Option<String>,
+    scopes: String,
 }
 
-fn grant_from_row(row: &Row<'_>) -> rusqlite::Result<Grant> {
-    let kind: String = row.get(1)?;
-    let subject_id: u32 = row.get(2)?;
-    let subject = if kind == "group" {
-        Subject::Group(subject_id)
-    } else {
-        Subject::User(subject_id)
-    };
-    let ended_at: Option<UnixMs> = row.get(12)?;
-    let end_kind: Option<String> = row.get(16)?;
-    let ended = match (ended_at, row.get::<_, Option<u32>>(13)?) {
-        (Some(at), Some(uid)) => Some(Ending {
-            at,
-            by: Principal {
-                uid,
-                name: row.get(14)?,
-                login_uid: row.get(15)?,
-            },
-            kind: if end_kind.as_deref() == Some("dropped") {
-                EndKind::Dropped
-            } else {
-                EndKind::Revoked
-            },
+fn read_row(row: &Row<'_>) -> rusqlite::Result<StoredRow> {
+    let ended_by = match row.get::<_, Option<u32>>(13)? {
+        Some(uid) => Some(Principal {
+            uid,
+            name: row.get(14)?,
+            login_uid: row.get(15)?,
         }),
-        _ => None,
+        None => None,
     };
-    let scopes: String = row.get(17)?;
-    Ok(Grant {
+    Ok(StoredRow {
         id: row.get(0)?,
-        subject,
+        subject_kind: row.get(1)?,
+        subject_id: row.get(2)?,
         subject_name: row.get(3)?,
         target: row.get(4)?,
         starts_at: row.get(5)?,
@@ -275,9 +246,63 @@ fn grant_from_row(row: &Row<'_>) -> rusqlite::Result<Grant> {
             login_uid: row.get(10)?,
         },
         created_at: row.get(11)?,
-        ended,
-        scopes: serde_json::from_str(&scopes).unwrap_or_default(),
+        ended_at: row.get(12)?,
+        ended_by,
+        end_kind: row.get(16)?,
+        scopes: row.get(17)?,
     })
+}
+
+impl StoredRow {
+    /// The grant, or why the row is not one.
+    fn into_grant(self) -> Result<Grant, StoreError> {
+        let corrupt = |why: String| StoreError::Corrupt { id: self.id, why };
+        let subject = Subject::from_parts(&self.subject_kind, self.subject_id).map_err(corrupt)?;
+        let scopes: Vec<String> = serde_json::from_str(&self.scopes)
+            .map_err(|e| corrupt(format!("scopes are not a JSON list of strings: {e}")))?;
+        let scopes = scopes
+            .iter()
+            .map(|s| s.parse::<Scope>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(corrupt)?;
+        let ended = match (self.ended_at, self.ended_by, self.end_kind) {
+            (None, None, None) => None,
+            (Some(at), Some(by), Some(kind)) => Some(Ending {
+                at,
+                by,
+                kind: kind.parse().map_err(corrupt)?,
+            }),
+            _ => return Err(corrupt("the end is partly recorded".to_owned())),
+        };
+        Ok(Grant {
+            id: self.id,
+            subject,
+            subject_name: self.subject_name,
+            target: self.target,
+            starts_at: self.starts_at,
+            ends_at: self.ends_at,
+            reason: self.reason,
+            granted_by: self.granted_by,
+            created_at: self.created_at,
+            ended,
+            scopes,
+        })
+    }
+}
+
+/// The grants among `rows`; corrupt ones are logged and left out, so they
+/// grant nothing.
+fn usable(
+    rows: impl Iterator<Item = rusqlite::Result<StoredRow>>,
+) -> Result<Vec<Grant>, StoreError> {
+    let mut grants = Vec::new();
+    for row in rows {
+        match row?.into_grant() {
+            Ok(grant) => grants.push(grant),
+            Err(e) => tracing::error!(error = %e, "skipping a corrupt grant"),
+        }
+    }
+    Ok(grants)
 }
 
 #[cfg(test)]
@@ -307,7 +332,7 @@ mod tests {
 
     #[test]
     fn insert_list_end() {
-        let mut store = Store::in_memory().unwrap();
+        let mut store = SqliteStore::in_memory().unwrap();
         let g = store.insert(&new_grant(1000, 0, 100), 0).unwrap();
         assert_eq!(g.subject, Subject::User(1000));
         assert_eq!(store.open_grants(50).unwrap().len(), 1);
@@ -331,12 +356,52 @@ mod tests {
     fn survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("grants.db");
-        let id = Store::open(&path)
+        let id = SqliteStore::open(&path)
             .unwrap()
             .insert(&new_grant(7, 0, 100), 0)
             .unwrap()
             .id;
-        let store = Store::open(&path).unwrap();
+        let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.get(id).unwrap().unwrap().subject, Subject::User(7));
+    }
+
+    #[test]
+    fn corrupt_rows_grant_nothing() {
+        let mut store = SqliteStore::in_memory().unwrap();
+        let scopes = store.insert(&new_grant(1000, 0, 100), 0).unwrap().id;
+        let kind = store.insert(&new_grant(1000, 0, 100), 0).unwrap().id;
+        let fine = store.insert(&new_grant(2000, 0, 100), 0).unwrap().id;
+        store
+            .conn
+            .execute(
+                "UPDATE grants SET scopes = 'GET /*' WHERE id = ?1",
+                [scopes],
+            )
+            .unwrap();
+        // Written by something that ignored the schema's CHECK.
+        store
+            .conn
+            .pragma_update(None, "ignore_check_constraints", true)
+            .unwrap();
+        store
+            .conn
+            .execute(
+                "UPDATE grants SET subject_kind = 'role' WHERE id = ?1",
+                [kind],
+            )
+            .unwrap();
+
+        let open = store.open_grants(50).unwrap();
+        assert_eq!(open.iter().map(|g| g.id).collect::<Vec<_>>(), [fine]);
+        assert!(matches!(store.get(scopes), Err(StoreError::Corrupt { id, .. }) if id == scopes));
+        assert!(matches!(store.get(kind), Err(StoreError::Corrupt { id, .. }) if id == kind));
+        // Neither reaches the index, so uid 1000 is refused, not widened.
+        let index = crate::access::GrantIndex::build(&open, 50, |_| Some(0));
+        let alice = crate::access::Keys {
+            uid: 1000,
+            gids: Vec::new(),
+        };
+        assert_eq!(index.cover(&alice, 0, 50), None);
+        assert_eq!(store.all(10).unwrap().len(), 1);
     }
 }

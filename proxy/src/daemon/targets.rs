@@ -1,16 +1,22 @@
 //! Turning the config's targets into kernel map entries: addresses and
 //! ranges as written, DNS names resolved at start and every
-//! `resolve_interval`. A name that stops resolving keeps its last addresses
-//! (the host stays watched); a name that never resolved is a warning.
+//! `resolve_interval` ([`keep_resolved`]). A name that stops resolving keeps
+//! its last addresses (the host stays watched); a name that never resolved is
+//! a warning.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::IpAddr,
+    sync::{Arc, RwLock},
 };
 
 use ipnet::IpNet;
+use tokio_util::sync::CancellationToken;
 
-use crate::config::{HostSpec, Target};
+use crate::{
+    config::{Config, HostSpec, Target},
+    kernel::Kernel,
+};
 
 /// Kernel map entries: (port, address range) -> target index.
 pub type Entries = BTreeMap<(u16, IpNet), u32>;
@@ -113,6 +119,54 @@ pub async fn resolve(
     (resolved, warnings)
 }
 
+/// Re-resolves the targets every `resolve_interval` until shutdown and
+/// keeps the kernel's target map and `shared` in step.
+pub async fn keep_resolved(
+    config: Arc<Config>,
+    kernel: Arc<Kernel>,
+    shared: Arc<RwLock<Resolved>>,
+    shutdown: CancellationToken,
+) {
+    let mut current = shared.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut ticker = tokio::time::interval(config.resolve_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let (resolved, warnings) = resolve(&SystemLookup, &config.targets, &current).await;
+        report(&warnings);
+        if resolved.entries != current.entries {
+            match kernel.set_targets(&resolved.entries) {
+                Ok(()) => tracing::info!(
+                    entries = resolved.entries.len(),
+                    "target addresses changed; kernel map updated"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot update the target map; keeping the old addresses")
+                }
+            }
+        }
+        current = resolved.clone();
+        *shared.write().unwrap_or_else(|p| p.into_inner()) = resolved;
+    }
+}
+
+/// Logs the names that did not resolve.
+pub fn report(warnings: &[ResolveWarning]) {
+    for w in warnings {
+        tracing::warn!(
+            target_name = %w.target,
+            host = %w.host,
+            error = %w.error,
+            kept_addresses = w.kept,
+            "cannot resolve host; it is not watched until it resolves (earlier addresses, if any, are kept)"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -123,7 +177,7 @@ mod tests {
             hosts: hosts.iter().map(|h| h.parse().unwrap()).collect(),
             ports: ports.to_vec(),
             max_grant: std::time::Duration::from_secs(3600),
-            limits: crate::limits::Limit::default(),
+            limits: crate::config::Limit::default(),
         }
     }
 

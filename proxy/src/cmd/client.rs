@@ -1,76 +1,56 @@
-//! The client commands of `jitproxy` (grant, revoke, grants, drop, why,
-//! status): parse human input, call the control API, print tables for people
-//! and JSON for scripts. Times are local in tables and RFC 3339 in JSON.
+//! The client commands (grant, revoke, grants, drop, why, status, audit):
+//! parse human input, call the control API, print tables for people and
+//! JSON for scripts. Times are local in tables and RFC 3339 in JSON.
 
-use std::{path::Path, process::ExitCode, time::Duration};
+use std::{path::Path, time::Duration};
 
 use jiff::{civil, tz::TimeZone, Timestamp, Zoned};
 
+use super::{
+    render::{print_json, print_table, print_table_opt},
+    CmdError, Exit,
+};
 use crate::{
-    audit::{query::Filter, Record},
+    access::GrantState,
+    audit::{query::Filter, EventKind, Record},
     control::{
-        client::{Client, ClientError},
+        client::Client,
         proto::{
             AuditRecords, AuditSummary, DropRequest, GrantList, GrantRequest, GrantView,
             RevokeRequest, StatusView, WhyView,
         },
     },
+    time::local_minute as local,
 };
 
-/// Exit codes of the client commands (also in README).
-pub mod exit {
-    /// The daemon refused the request (not allowed, unknown target, bad input).
-    pub const REFUSED: u8 = 4;
-    /// The daemon could not be reached.
-    pub const UNREACHABLE: u8 = 3;
-    /// Bad usage: a malformed duration or time.
-    pub const USAGE: u8 = 2;
-}
-
-/// A client command that failed, with its exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum CliError {
-    #[error("{0}")]
-    Usage(String),
-    #[error(transparent)]
-    Client(#[from] ClientError),
-}
-
-impl CliError {
-    pub fn exit_code(&self) -> ExitCode {
-        ExitCode::from(match self {
-            Self::Usage(_) => exit::USAGE,
-            Self::Client(ClientError::Connect { .. }) => exit::UNREACHABLE,
-            Self::Client(ClientError::Api { .. }) => exit::REFUSED,
-            Self::Client(ClientError::Protocol(_)) => 1,
-        })
-    }
-
-    /// What to do next, when the daemon said.
-    pub fn hint(&self) -> Option<&str> {
-        match self {
-            Self::Client(ClientError::Api { hint, .. }) => hint.as_deref(),
-            _ => None,
-        }
-    }
+/// Runs a client command on a small runtime of its own.
+pub(super) fn block_on(
+    command: impl std::future::Future<Output = Result<(), CmdError>>,
+) -> Result<Exit, CmdError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CmdError::failure(format!("cannot start the async runtime: {e}")))?
+        .block_on(command)
+        .map(|()| Exit::Success)
 }
 
 /// The window of a new grant, as typed on the command line.
 #[derive(Debug, Clone, Default)]
-pub struct WindowArgs {
+pub(super) struct WindowArgs {
     pub duration: Option<String>,
     pub until: Option<String>,
     pub from: Option<String>,
 }
 
-pub async fn grant(
+pub(super) async fn grant(
     socket: &Path,
     who: String,
     target: String,
     window: WindowArgs,
     reason: String,
     json: bool,
-) -> Result<(), CliError> {
+) -> Result<(), CmdError> {
     let tz = TimeZone::system();
     let now = Zoned::now().with_time_zone(tz.clone());
     let starts_at = window
@@ -82,7 +62,7 @@ pub async fn grant(
         (Some(d), None) => (None, Some(parse_duration(d)?.as_secs())),
         (None, Some(u)) => (Some(parse_time(u, &now)?), None),
         _ => {
-            return Err(CliError::Usage(
+            return Err(CmdError::usage(
                 "give the window with exactly one of --for DURATION (e.g. 2h) and --until TIME (e.g. 18:00)".to_owned(),
             ))
         }
@@ -112,13 +92,13 @@ pub async fn grant(
     Ok(())
 }
 
-pub async fn revoke(
+pub(super) async fn revoke(
     socket: &Path,
     id: Option<i64>,
     who: Option<String>,
     target: Option<String>,
     json: bool,
-) -> Result<(), CliError> {
+) -> Result<(), CmdError> {
     let list: GrantList = Client::new(socket)
         .post("/v1/revoke", &RevokeRequest { id, who, target })
         .await?;
@@ -126,11 +106,11 @@ pub async fn revoke(
     Ok(())
 }
 
-pub async fn drop_access(
+pub(super) async fn drop_access(
     socket: &Path,
     target: Option<String>,
     json: bool,
-) -> Result<(), CliError> {
+) -> Result<(), CmdError> {
     let list: GrantList = Client::new(socket)
         .post("/v1/drop", &DropRequest { target })
         .await?;
@@ -153,7 +133,7 @@ fn report_ended(list: &GrantList, verb: &str, json: bool) {
     }
 }
 
-pub async fn grants(socket: &Path, all: bool, json: bool) -> Result<(), CliError> {
+pub(super) async fn grants(socket: &Path, all: bool, json: bool) -> Result<(), CmdError> {
     let path = if all {
         "/v1/grants?all=true"
     } else {
@@ -211,7 +191,7 @@ pub async fn grants(socket: &Path, all: bool, json: bool) -> Result<(), CliError
     Ok(())
 }
 
-pub async fn why(socket: &Path, json: bool) -> Result<(), CliError> {
+pub(super) async fn why(socket: &Path, json: bool) -> Result<(), CmdError> {
     let why: WhyView = Client::new(socket).get("/v1/why").await?;
     if json {
         print_json(&why);
@@ -251,7 +231,7 @@ pub async fn why(socket: &Path, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn status(socket: &Path, json: bool) -> Result<(), CliError> {
+pub(super) async fn status(socket: &Path, json: bool) -> Result<(), CmdError> {
     let s: StatusView = Client::new(socket).get("/v1/status").await?;
     if json {
         print_json(&s);
@@ -311,14 +291,14 @@ pub async fn status(socket: &Path, json: bool) -> Result<(), CliError> {
 }
 
 /// `2h`, `90m`, `1h30m`.
-fn parse_duration(s: &str) -> Result<Duration, CliError> {
+fn parse_duration(s: &str) -> Result<Duration, CmdError> {
     let d = humantime::parse_duration(s).map_err(|e| {
-        CliError::Usage(format!(
+        CmdError::usage(format!(
             "`{s}` is not a duration ({e}); write e.g. 30m, 2h or 1h30m"
         ))
     })?;
     if d.is_zero() {
-        return Err(CliError::Usage(
+        return Err(CmdError::usage(
             "the duration must be longer than zero".to_owned(),
         ));
     }
@@ -326,12 +306,12 @@ fn parse_duration(s: &str) -> Result<Duration, CliError> {
 }
 
 /// `18:00` (today, local), `2026-11-28 18:00` (local), or RFC 3339.
-fn parse_time(s: &str, now: &Zoned) -> Result<Timestamp, CliError> {
+fn parse_time(s: &str, now: &Zoned) -> Result<Timestamp, CmdError> {
     if let Ok(ts) = s.parse::<Timestamp>() {
         return Ok(ts);
     }
     let usage = || {
-        CliError::Usage(format!(
+        CmdError::usage(format!(
             "`{s}` is not a time; write 18:00 (today), \"2026-11-28 18:00\" (local) or an RFC 3339 time"
         ))
     };
@@ -341,7 +321,7 @@ fn parse_time(s: &str, now: &Zoned) -> Result<Timestamp, CliError> {
         let time: civil::Time = s.parse().map_err(|_| usage())?;
         let dt = now.date().to_datetime(time);
         if dt < now.datetime() {
-            return Err(CliError::Usage(format!(
+            return Err(CmdError::usage(format!(
                 "{s} today has already passed; give a date, e.g. \"{} {s}\"",
                 now.date()
                     .tomorrow()
@@ -356,14 +336,7 @@ fn parse_time(s: &str, now: &Zoned) -> Result<Timestamp, CliError> {
         .map_err(|_| usage())
 }
 
-fn local(ts: Timestamp) -> String {
-    ts.to_zoned(TimeZone::system())
-        .strftime("%Y-%m-%d %H:%M")
-        .to_string()
-}
-
 fn time_left(g: &GrantView, now: Timestamp) -> String {
-    use crate::grants::GrantState;
     match g.state {
         GrantState::Active => {
             let secs = g.ends_at.as_second().saturating_sub(now.as_second()).max(0);
@@ -374,85 +347,9 @@ fn time_left(g: &GrantView, now: Timestamp) -> String {
     }
 }
 
-fn print_table<const N: usize>(headers: &[&str; N], rows: &[[String; N]]) {
-    print_table_opt(headers, rows, true);
-}
-
-fn print_table_opt<const N: usize>(headers: &[&str; N], rows: &[[String; N]], with_header: bool) {
-    let mut widths = headers.map(|h| h.chars().count());
-    for row in rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut out = String::new();
-        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
-            if i + 1 == N {
-                out.push_str(cell);
-            } else {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-        }
-        println!("{}", out.trim_end());
-    };
-    if with_header {
-        line(headers.to_vec());
-    }
-    for row in rows {
-        line(row.iter().map(String::as_str).collect());
-    }
-}
-
-fn print_json(value: &impl serde::Serialize) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn noon() -> Zoned {
-        "2026-11-28T12:00:00+00:00[UTC]".parse().unwrap()
-    }
-
-    #[test]
-    fn times_parse_as_local_or_absolute() {
-        let now = noon();
-        assert_eq!(
-            parse_time("18:00", &now).unwrap().to_string(),
-            "2026-11-28T18:00:00Z"
-        );
-        assert_eq!(
-            parse_time("2026-11-29 09:30", &now).unwrap().to_string(),
-            "2026-11-29T09:30:00Z"
-        );
-        assert_eq!(
-            parse_time("2026-11-29T09:30:00Z", &now)
-                .unwrap()
-                .to_string(),
-            "2026-11-29T09:30:00Z"
-        );
-        assert!(
-            matches!(parse_time("09:00", &now), Err(CliError::Usage(m)) if m.contains("already passed"))
-        );
-        assert!(parse_time("tomorrow-ish", &now).is_err());
-    }
-
-    #[test]
-    fn durations_are_humantime() {
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("2 fortnights").is_err());
-    }
-}
-
 /// Filters of `jitproxy audit`, as typed.
 #[derive(Debug, Clone, Default)]
-pub struct AuditArgs {
+pub(super) struct AuditArgs {
     pub user: Option<String>,
     pub target: Option<String>,
     pub grant: Option<i64>,
@@ -461,7 +358,7 @@ pub struct AuditArgs {
 }
 
 impl AuditArgs {
-    fn filter(&self) -> Result<Filter, CliError> {
+    fn filter(&self) -> Result<Filter, CmdError> {
         let now = Zoned::now();
         let since = self
             .since
@@ -486,13 +383,13 @@ impl AuditArgs {
 }
 
 /// `2h` (that long ago) or a time (as for --until).
-fn parse_since(s: &str, now: &Zoned) -> Result<Timestamp, CliError> {
+fn parse_since(s: &str, now: &Zoned) -> Result<Timestamp, CmdError> {
     if let Ok(d) = humantime::parse_duration(s) {
-        let back = jiff::SignedDuration::try_from(d).map_err(|e| CliError::Usage(e.to_string()))?;
+        let back = jiff::SignedDuration::try_from(d).map_err(|e| CmdError::usage(e.to_string()))?;
         return now
             .timestamp()
             .checked_sub(back)
-            .map_err(|e| CliError::Usage(format!("`{s}`: {e}")));
+            .map_err(|e| CmdError::usage(format!("`{s}`: {e}")));
     }
     if let Ok(ts) = s.parse::<Timestamp>() {
         return Ok(ts);
@@ -501,22 +398,22 @@ fn parse_since(s: &str, now: &Zoned) -> Result<Timestamp, CliError> {
         .parse::<civil::DateTime>()
         .or_else(|_| s.parse::<civil::Time>().map(|t| now.date().to_datetime(t)))
         .map_err(|_| {
-            CliError::Usage(format!(
+            CmdError::usage(format!(
                 "`{s}` is neither a duration (2h, 7d) nor a time (18:00, \"2026-11-28 09:00\")"
             ))
         })?;
     dt.to_zoned(now.time_zone().clone())
         .map(|z| z.timestamp())
-        .map_err(|e| CliError::Usage(e.to_string()))
+        .map_err(|e| CmdError::usage(e.to_string()))
 }
 
 /// `jitproxy audit`: records as a table or JSON Lines; `--follow` keeps going.
-pub async fn audit(
+pub(super) async fn audit(
     socket: &Path,
     args: AuditArgs,
     json: bool,
     follow: bool,
-) -> Result<(), CliError> {
+) -> Result<(), CmdError> {
     let client = Client::new(socket);
     let mut filter = args.filter()?;
     let mut header = !json;
@@ -560,9 +457,11 @@ fn audit_row(r: &Record) -> [String; 7] {
         .process
         .as_ref()
         .map_or_else(String::new, |p| format!("{} ({})", p.comm, p.pid));
-    let outcome = match e.kind.as_str() {
-        "connection.allowed" => format!("grant #{}", e.grant_id.unwrap_or_default()),
-        "connection.closed" => format!("ended by {}", e.ended_by.as_deref().unwrap_or("?")),
+    let outcome = match e.kind {
+        EventKind::ConnectionAllowed => format!("grant #{}", e.grant_id.unwrap_or_default()),
+        EventKind::ConnectionClosed => {
+            format!("ended by {}", e.ended_by.as_deref().unwrap_or("?"))
+        }
         _ => e
             .code
             .clone()
@@ -578,14 +477,18 @@ fn audit_row(r: &Record) -> [String; 7] {
         user,
         process,
         e.target.clone().unwrap_or_default(),
-        e.kind.clone(),
+        e.kind.to_string(),
         outcome,
         bytes,
     ]
 }
 
 /// `jitproxy audit summary`.
-pub async fn audit_summary(socket: &Path, args: AuditArgs, json: bool) -> Result<(), CliError> {
+pub(super) async fn audit_summary(
+    socket: &Path,
+    args: AuditArgs,
+    json: bool,
+) -> Result<(), CmdError> {
     let summary: AuditSummary = Client::new(socket)
         .post("/v1/audit/summary", &args.filter()?)
         .await?;
@@ -621,4 +524,43 @@ pub async fn audit_summary(socket: &Path, args: AuditArgs, json: bool) -> Result
         &rows,
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn noon() -> Zoned {
+        "2026-11-28T12:00:00+00:00[UTC]".parse().unwrap()
+    }
+
+    #[test]
+    fn times_parse_as_local_or_absolute() {
+        let now = noon();
+        assert_eq!(
+            parse_time("18:00", &now).unwrap().to_string(),
+            "2026-11-28T18:00:00Z"
+        );
+        assert_eq!(
+            parse_time("2026-11-29 09:30", &now).unwrap().to_string(),
+            "2026-11-29T09:30:00Z"
+        );
+        assert_eq!(
+            parse_time("2026-11-29T09:30:00Z", &now)
+                .unwrap()
+                .to_string(),
+            "2026-11-29T09:30:00Z"
+        );
+        assert!(
+            matches!(parse_time("09:00", &now), Err(e) if e.to_string().contains("already passed"))
+        );
+        assert!(parse_time("tomorrow-ish", &now).is_err());
+    }
+
+    #[test]
+    fn durations_are_humantime() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("2 fortnights").is_err());
+    }
 }

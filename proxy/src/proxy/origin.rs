@@ -1,18 +1,33 @@
 //! Who opened a redirected connection and where it was going: the kernel's
-//! record, completed from /proc (executable, login uid, cgroup path) and the
-//! user database (names).
+//! record ([`OriginSource`]), completed from /proc (executable, login uid,
+//! cgroup path) and the user database (names).
 
 use std::{
-    collections::HashMap,
     fmt,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{Arc, RwLock},
 };
 
 use proxy_common::ConnectRecord;
 
-use crate::ebpf::ip_from_words;
+use crate::{
+    host::{proc::Process, users::Users},
+    kernel::{ip_from_words, Kernel},
+};
+
+/// Where the proxy finds the kernel's record of a redirected connection.
+/// The daemon uses the eBPF maps; unprivileged tests give a fake.
+pub trait OriginSource: Send + Sync + 'static {
+    /// The record for the connection whose client end is `client` and which
+    /// arrived on the proxy's `local` address.
+    fn find(&self, client: SocketAddr, local: SocketAddr) -> Option<ConnectRecord>;
+}
+
+impl OriginSource for Kernel {
+    fn find(&self, client: SocketAddr, local: SocketAddr) -> Option<ConnectRecord> {
+        self.find_origin(client, local)
+    }
+}
 
 /// Where a redirected connection was going.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,15 +91,15 @@ impl fmt::Display for Caller {
     }
 }
 
-/// Turns kernel records into [`Origin`]s; caches user names.
-#[derive(Debug, Default, Clone)]
+/// Turns kernel records into [`Origin`]s.
+#[derive(Debug, Clone)]
 pub struct Identities {
-    names: Arc<RwLock<HashMap<u32, Option<String>>>>,
+    users: Users,
 }
 
 impl Identities {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(users: Users) -> Self {
+        Self { users }
     }
 
     /// Completes a kernel record with what /proc still knows about the caller.
@@ -97,7 +112,7 @@ impl Identities {
             (ip, _) => ip,
         };
         let proc_info = ProcInfo::read(record.tgid, record.boot_ns);
-        let user = self.user_name(record.uid).await;
+        let user = self.users.name(record.uid).await;
         Origin {
             dst: SocketAddr::new(ip, u16::from_be(record.orig_port_be)),
             target_id: record.target_id,
@@ -115,33 +130,6 @@ impl Identities {
             },
         }
     }
-
-    /// The user name of `uid`, from the cache or the user database.
-    pub async fn user_name(&self, uid: u32) -> Option<String> {
-        if let Some(name) = self
-            .names
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&uid)
-        {
-            return name.clone();
-        }
-        // getpwuid may read /etc/passwd or ask NSS: keep it off the runtime.
-        let name = tokio::task::spawn_blocking(move || {
-            nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-                .ok()
-                .flatten()
-                .map(|u| u.name)
-        })
-        .await
-        .ok()
-        .flatten();
-        self.names
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(uid, name.clone());
-        name
-    }
 }
 
 /// What /proc tells about a process, if it is still the caller.
@@ -156,43 +144,19 @@ impl ProcInfo {
     /// Reads /proc/PID; returns nothing if the pid now belongs to a process
     /// started after the connect (pid reuse), or is gone.
     fn read(pid: u32, connect_boot_ns: u64) -> Self {
-        let dir = PathBuf::from(format!("/proc/{pid}"));
-        match start_boot_ns(pid) {
+        let Some(process) = Process::open(pid) else {
+            return Self::default();
+        };
+        match process.start_boot_ns() {
             Some(start) if start <= connect_boot_ns => {}
             _ => return Self::default(),
         }
-        let login_uid = std::fs::read_to_string(dir.join("loginuid"))
-            .ok()
-            .and_then(|s| s.trim().parse::<u32>().ok())
-            .filter(|&uid| uid != u32::MAX);
-        let exe = std::fs::read_link(dir.join("exe")).ok();
-        let cgroup = std::fs::read_to_string(dir.join("cgroup"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("0::").map(str::to_owned))
-            });
         Self {
-            login_uid,
-            exe,
-            cgroup,
+            login_uid: process.login_uid(),
+            exe: process.exe(),
+            cgroup: process.cgroup(),
         }
     }
-}
-
-/// Start time of a process in ns since boot (field 22 of /proc/PID/stat).
-fn start_boot_ns(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces and parentheses: the
-    // fields after it start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let ticks: u64 = rest.split(' ').nth(19)?.parse().ok()?;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .and_then(|hz| u64::try_from(hz).ok())
-        .filter(|&hz| hz > 0)?;
-    Some(ticks.saturating_mul(1_000_000_000 / hz))
 }
 
 fn comm_string(comm: &[u8; 16]) -> String {
@@ -214,9 +178,7 @@ mod tests {
     #[test]
     fn own_process_started_before_now() {
         let pid = std::process::id();
-        let start = start_boot_ns(pid).expect("own /proc/PID/stat");
         let info = ProcInfo::read(pid, u64::MAX);
-        assert!(start > 0);
         assert!(info.exe.is_some());
         // A connect "before" our start cannot be ours: nothing is reported.
         assert!(ProcInfo::read(pid, 0).exe.is_none());

@@ -1,6 +1,7 @@
 //! The kernel side, from userspace: load the eBPF object, pin its maps and
 //! links in bpffs, attach the programs to the watched cgroup, and read and
-//! write the maps. Every aya call of the daemon is in this module.
+//! write the maps. Every aya call of the daemon is in this module; so would be
+//! any `unsafe` the kernel side ever needs (the crate forbids it elsewhere).
 //!
 //! Links are pinned so that the programs stay attached while the daemon is
 //! down: connections to targets are then refused (nothing listens on the
@@ -13,7 +14,6 @@ use std::{
     fs::File,
     io,
     net::{IpAddr, Ipv6Addr, SocketAddr},
-    os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     sync::Mutex,
     time::{SystemTime, UNIX_EPOCH},
@@ -31,6 +31,8 @@ use proxy_common::{
     globals, is_v4_mapped, maps, programs, ConnectRecord, Counters, SockTuple, TargetKey,
     TargetValue, MAP_LAYOUT_VERSION,
 };
+
+use crate::host;
 
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jitproxy-ebpf"));
@@ -360,14 +362,12 @@ pub fn is_installed(bpffs: &Path, cgroup: &Path) -> Result<bool, KernelError> {
         .is_empty())
 }
 
-/// The cgroup v2 id of a cgroup directory: its inode number.
-pub fn cgroup_id(cgroup: &Path) -> Result<u64, KernelError> {
-    std::fs::metadata(cgroup)
-        .map(|m| m.ino())
-        .map_err(|source| KernelError::Cgroup {
-            path: cgroup.to_owned(),
-            source,
-        })
+/// The cgroup v2 id of a cgroup directory.
+fn cgroup_id(cgroup: &Path) -> Result<u64, KernelError> {
+    host::cgroup::id(cgroup).map_err(|source| KernelError::Cgroup {
+        path: cgroup.to_owned(),
+        source,
+    })
 }
 
 fn attach(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> Result<FdLink, KernelError> {
@@ -452,13 +452,11 @@ where
 
 /// Mounts bpffs at `path` unless it is already mounted there.
 fn ensure_bpffs(path: &Path) -> Result<(), KernelError> {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    let mounted = mounts.lines().any(|line| {
-        let mut fields = line.split_whitespace();
-        let (_, point, fstype) = (fields.next(), fields.next(), fields.next());
-        point.map(Path::new) == Some(path) && fstype == Some("bpf")
-    });
-    if mounted {
+    let mounts = host::proc::mounts().map_err(|source| KernelError::PinDir {
+        path: path.to_owned(),
+        source,
+    })?;
+    if mounts.iter().any(|m| m.point == path && m.fstype == "bpf") {
         return Ok(());
     }
     std::fs::create_dir_all(path).map_err(|source| KernelError::PinDir {

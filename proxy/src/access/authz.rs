@@ -1,0 +1,70 @@
+//! Who may do what: root always; approvers grant, revoke and list
+//! everyone's grants; auditors read the audit log. Membership is by user
+//! name, uid, or group, from the user database.
+
+use super::{Access, AccessError, Requester};
+use crate::{
+    config::Approver,
+    host::users::{self, Users},
+};
+
+impl Access {
+    pub(super) async fn is_approver(&self, by: &Requester) -> bool {
+        is_member(by, &self.config.approvers, &self.users).await
+    }
+
+    pub(super) async fn require_approver(&self, by: &Requester) -> Result<(), AccessError> {
+        if self.is_approver(by).await {
+            return Ok(());
+        }
+        let approvers: Vec<String> = self
+            .config
+            .approvers
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        Err(AccessError::forbidden(
+            format!("uid {} may not grant or revoke access", by.uid),
+            if approvers.is_empty() {
+                "only root may; ask an administrator".to_owned()
+            } else {
+                format!("ask one of: root, {}", approvers.join(", "))
+            },
+        ))
+    }
+
+    pub(super) async fn require_auditor(&self, by: &Requester) -> Result<(), AccessError> {
+        if is_member(by, &self.config.audit.auditors, &self.users).await {
+            return Ok(());
+        }
+        Err(AccessError::forbidden(
+            format!("uid {} may not read the audit log", by.uid),
+            "only root and the configured auditors (`[audit] auditors`) may",
+        ))
+    }
+}
+
+/// Whether `by` is root or in `list` (by user name, uid, or group). Decided
+/// by the uid the kernel vouches for, never by the login uid.
+async fn is_member(by: &Requester, list: &[Approver], users: &Users) -> bool {
+    let uid = by.uid;
+    if uid == 0 {
+        return true;
+    }
+    if list.is_empty() {
+        return false;
+    }
+    let name = users.name(uid).await;
+    let groups = users.groups(uid).await;
+    let list = list.to_vec();
+    tokio::task::spawn_blocking(move || {
+        list.iter().any(|a| match a {
+            Approver::User(u) => name.as_deref() == Some(u) || u.parse::<u32>().ok() == Some(uid),
+            Approver::Group(g) => {
+                users::resolve_group(g).is_ok_and(|(gid, _)| groups.contains(&gid))
+            }
+        })
+    })
+    .await
+    .unwrap_or(false)
+}

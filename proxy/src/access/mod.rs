@@ -1,0 +1,498 @@
+//! Access: the grant service. It creates, ends and lists grants, checks who
+//! may do what ([`authz`]), keeps the in-memory [`GrantIndex`] in step with
+//! the [`GrantStore`], remembers refusals for `jitproxy why` ([`refusals`]),
+//! and records each grant's end ([`expiry`]).
+//!
+//! It knows nothing of HTTP: callers get an [`AccessError`] with a kind, a
+//! message and a hint, and map it to their own protocol.
+
+mod authz;
+mod expiry;
+pub mod index;
+pub mod model;
+mod refusals;
+pub mod store;
+
+use std::{
+    fmt,
+    sync::{Arc, Mutex},
+};
+
+use tokio::sync::watch;
+
+pub use index::{Cover, GrantIndex, Keys};
+pub use model::{EndKind, Ending, Grant, GrantState, Principal, Scope, Subject};
+pub use refusals::{Refusal, Why};
+pub use store::{GrantStore, NewGrant, StoreError};
+
+use crate::{
+    audit::{query, AuditLog, Event, EventKind, Record, UserInfo},
+    config::Config,
+    host::users::{self, Users},
+    time::{self, now_ms, UnixMs},
+};
+use refusals::Refusals;
+
+/// Who asks the grant service for something: the uid the kernel vouches for,
+/// and the login uid of the asking process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requester {
+    pub uid: u32,
+    pub login_uid: Option<u32>,
+}
+
+impl Requester {
+    /// The human behind the request: the login uid when set, else the uid.
+    /// The same rule as for connections, so `drop` and `why` act on the
+    /// grants that the caller's connections are matched against.
+    pub fn human_uid(&self) -> u32 {
+        self.login_uid.unwrap_or(self.uid)
+    }
+
+    /// The requester as recorded on grants (granted by, ended by).
+    async fn principal(&self, users: &Users) -> Principal {
+        Principal {
+            uid: self.uid,
+            name: users.name(self.uid).await,
+            login_uid: self.login_uid.filter(|&l| l != self.uid),
+        }
+    }
+}
+
+/// A new grant, as asked for.
+#[derive(Debug, Clone)]
+pub struct GrantAsk {
+    /// `alice`, `1001`, `user:alice`, `group:sre`, `group:1234`.
+    pub who: String,
+    pub target: String,
+    /// Default (and at the earliest) now.
+    pub starts_at: Option<UnixMs>,
+    /// Exactly one of `ends_at` and `duration_secs`.
+    pub ends_at: Option<UnixMs>,
+    pub duration_secs: Option<u64>,
+    pub reason: String,
+}
+
+/// Which grants to revoke: by id, or a user's (on a target).
+#[derive(Debug, Clone, Default)]
+pub struct RevokeAsk {
+    pub id: Option<i64>,
+    pub who: Option<String>,
+    pub target: Option<String>,
+}
+
+/// Why the grant service said no.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// The request is malformed or out of bounds (the caller's to fix).
+    Invalid,
+    /// The requester may not do this.
+    Forbidden,
+    /// It names a target, user, group or grant that does not exist.
+    NotFound,
+    /// The daemon's fault (a store or task failure).
+    Internal,
+}
+
+/// A refused or failed request: what went wrong and what to do next.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct AccessError {
+    pub kind: ErrorKind,
+    pub message: String,
+    pub hint: String,
+}
+
+impl AccessError {
+    fn new(kind: ErrorKind, message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            hint: hint.into(),
+        }
+    }
+
+    fn invalid(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Invalid, message, hint)
+    }
+
+    fn forbidden(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Forbidden, message, hint)
+    }
+
+    fn not_found(message: impl Into<String>, hint: impl Into<String>) -> Self {
+        Self::new(ErrorKind::NotFound, message, hint)
+    }
+
+    /// The daemon's fault; the caller sees the details too (nothing secret is
+    /// in grant store errors).
+    fn internal(message: impl fmt::Display) -> Self {
+        Self::new(
+            ErrorKind::Internal,
+            message.to_string(),
+            "this is a jitproxy bug or a disk problem; see the daemon's log",
+        )
+    }
+}
+
+impl From<StoreError> for AccessError {
+    fn from(e: StoreError) -> Self {
+        Self::internal(e)
+    }
+}
+
+/// Grants, their index, and recent refusals.
+pub struct Access {
+    config: Arc<Config>,
+    store: Arc<Mutex<Box<dyn GrantStore>>>,
+    index: watch::Sender<Arc<GrantIndex>>,
+    refusals: Refusals,
+    audit: AuditLog,
+    users: Users,
+}
+
+impl Access {
+    /// The grant service over `store`. The index is built from it; grants
+    /// that ended while the daemon was down are not indexed, so they are not
+    /// honoured.
+    pub fn new(
+        config: Arc<Config>,
+        store: impl GrantStore + 'static,
+        audit: AuditLog,
+        users: Users,
+    ) -> Result<Arc<Self>, StoreError> {
+        let now = now_ms();
+        let index = build_index(&config, &store.open_grants(now)?, now);
+        let (tx, _) = watch::channel(Arc::new(index));
+        Ok(Arc::new(Self {
+            config,
+            store: Arc::new(Mutex::new(Box::new(store))),
+            index: tx,
+            refusals: Refusals::default(),
+            audit,
+            users,
+        }))
+    }
+
+    /// The audit log every access and grant change is written to.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// A receiver of the current index, for the decision stage.
+    pub fn index(&self) -> watch::Receiver<Arc<GrantIndex>> {
+        self.index.subscribe()
+    }
+
+    /// Number of grants in the index (live or pending).
+    pub fn open_grants(&self) -> usize {
+        self.index.borrow().len()
+    }
+
+    /// Creates a grant (approvers only).
+    pub async fn grant(&self, by: &Requester, ask: GrantAsk) -> Result<Grant, AccessError> {
+        self.require_approver(by).await?;
+        let reason = ask.reason.trim().to_owned();
+        if reason.is_empty() {
+            return Err(AccessError::invalid(
+                "a reason is required",
+                "give a ticket or a sentence, e.g. --reason INC-1234",
+            ));
+        }
+        if reason.len() > 1024 {
+            return Err(AccessError::invalid(
+                "the reason is longer than 1024 bytes",
+                "shorten it",
+            ));
+        }
+        let Some(target) = self.config.targets.iter().find(|t| t.name == ask.target) else {
+            return Err(AccessError::not_found(
+                format!("no target named `{}`", ask.target),
+                format!("targets: {}", self.target_names()),
+            ));
+        };
+        let now = now_ms();
+        let starts_at = ask.starts_at.unwrap_or(now).max(now);
+        let ends_at = match (ask.ends_at, ask.duration_secs) {
+            (Some(end), None) => end,
+            (None, Some(secs)) => {
+                let ms = i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+                starts_at.saturating_add(ms)
+            }
+            _ => {
+                return Err(AccessError::invalid(
+                    "give exactly one of a duration and an end time",
+                    "use --for 2h or --until 18:00",
+                ))
+            }
+        };
+        if ends_at <= starts_at {
+            return Err(AccessError::invalid(
+                "the window ends before it starts (or is empty)",
+                "use an end time in the future, after --from",
+            ));
+        }
+        let max_ms = i64::try_from(target.max_grant.as_millis()).unwrap_or(i64::MAX);
+        if ends_at - starts_at > max_ms {
+            return Err(AccessError::invalid(
+                format!(
+                    "the window is longer than target `{}` allows ({})",
+                    target.name,
+                    humantime::format_duration(target.max_grant)
+                ),
+                "grant a shorter window; the maximum binds everyone, root included",
+            ));
+        }
+        let (subject, subject_name) = resolve_subject(&ask.who).await?;
+        let granted_by = by.principal(&self.users).await;
+        let new = NewGrant {
+            subject,
+            subject_name,
+            target: target.name.clone(),
+            starts_at,
+            ends_at,
+            reason,
+            granted_by: granted_by.clone(),
+            scopes: Vec::new(),
+        };
+        let grant = self
+            .with_store(move |store| store.insert(&new, now))
+            .await?;
+        self.audit
+            .record(grant_event(EventKind::GrantCreated, &grant, &granted_by));
+        self.rebuild().await?;
+        Ok(grant)
+    }
+
+    /// Approvers end anyone's grants.
+    pub async fn revoke(&self, by: &Requester, ask: RevokeAsk) -> Result<Vec<Grant>, AccessError> {
+        self.require_approver(by).await?;
+        let now = now_ms();
+        let open = self.with_store(move |s| s.open_grants(now)).await?;
+        let ids: Vec<i64> = match (&ask.id, &ask.who) {
+            (Some(id), None) => {
+                if !open.iter().any(|g| g.id == *id) {
+                    return Err(AccessError::not_found(
+                        format!("no open grant with id {id}"),
+                        "list them with `jitproxy grants --all`",
+                    ));
+                }
+                vec![*id]
+            }
+            (None, Some(who)) => {
+                let (subject, _) = resolve_subject(who).await?;
+                open.iter()
+                    .filter(|g| {
+                        g.subject == subject && ask.target.as_ref().is_none_or(|t| &g.target == t)
+                    })
+                    .map(|g| g.id)
+                    .collect()
+            }
+            _ => {
+                return Err(AccessError::invalid(
+                    "give a grant id, or a user (and optionally a target)",
+                    "jitproxy revoke 17, or jitproxy revoke --user alice --target payments-api",
+                ))
+            }
+        };
+        self.end(by, ids, EndKind::Revoked).await
+    }
+
+    /// Anyone gives back their own user grants (on one target, or all).
+    pub async fn drop_own(
+        &self,
+        by: &Requester,
+        target: Option<String>,
+    ) -> Result<Vec<Grant>, AccessError> {
+        let me = Subject::User(by.human_uid());
+        let now = now_ms();
+        let open = self.with_store(move |s| s.open_grants(now)).await?;
+        let ids = open
+            .iter()
+            .filter(|g| g.subject == me && target.as_ref().is_none_or(|t| &g.target == t))
+            .map(|g| g.id)
+            .collect();
+        self.end(by, ids, EndKind::Dropped).await
+    }
+
+    async fn end(
+        &self,
+        by: &Requester,
+        ids: Vec<i64>,
+        kind: EndKind,
+    ) -> Result<Vec<Grant>, AccessError> {
+        let principal = by.principal(&self.users).await;
+        let ended_by = principal.clone();
+        let now = now_ms();
+        let ended = self
+            .with_store(move |s| s.end(&ids, &ended_by, kind, now))
+            .await?;
+        let event_kind = match kind {
+            EndKind::Revoked => EventKind::GrantRevoked,
+            EndKind::Dropped => EventKind::GrantDropped,
+        };
+        for grant in &ended {
+            self.audit
+                .record(grant_event(event_kind.clone(), grant, &principal));
+        }
+        self.rebuild().await?;
+        Ok(ended)
+    }
+
+    /// Your own grants; everyone's with `all` for approvers.
+    pub async fn list(&self, by: &Requester, all: bool) -> Result<Vec<Grant>, AccessError> {
+        let approver = self.is_approver(by).await;
+        if all && !approver {
+            return Err(AccessError::forbidden(
+                "only root and approvers may list everyone's grants",
+                "run `jitproxy grants` without --all to see yours",
+            ));
+        }
+        let me = by.human_uid();
+        let my_groups = if approver {
+            Arc::from([])
+        } else {
+            self.users.groups(me).await
+        };
+        let grants = self.with_store(|s| s.all(10_000)).await?;
+        let now = now_ms();
+        Ok(grants
+            .into_iter()
+            .filter(|g| {
+                let visible = all
+                    || match g.subject {
+                        Subject::User(uid) => uid == me,
+                        Subject::Group(gid) => my_groups.contains(&gid),
+                    };
+                // Without --all, only grants that still matter.
+                visible && (all || g.effective_end() > now - 24 * 3600 * 1000)
+            })
+            .collect())
+    }
+
+    /// Remembers a refused connection for `jitproxy why`.
+    pub fn note_refusal(&self, refusal: Refusal) {
+        self.refusals.note(refusal);
+    }
+
+    /// The requester's last refused connection, and who can grant access.
+    pub fn why(&self, by: &Requester) -> Why {
+        Why {
+            last_refusal: self.refusals.last_of(&[by.human_uid(), by.uid]),
+            approvers: self
+                .config
+                .approvers
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        }
+    }
+
+    /// Root and auditors read the log.
+    pub async fn audit_query(
+        &self,
+        by: &Requester,
+        filter: query::Filter,
+    ) -> Result<Vec<Record>, AccessError> {
+        self.require_auditor(by).await?;
+        let dir = self.config.audit_dir();
+        tokio::task::spawn_blocking(move || query::read(&dir, &filter))
+            .await
+            .map_err(AccessError::internal)?
+            .map_err(|e| AccessError::internal(format!("cannot read the audit log: {e}")))
+    }
+
+    /// Per-user totals over the filtered records.
+    pub async fn audit_summary(
+        &self,
+        by: &Requester,
+        filter: query::Filter,
+    ) -> Result<Vec<query::UserSummary>, AccessError> {
+        let records = self.audit_query(by, filter).await?;
+        Ok(query::summarize(&records))
+    }
+
+    /// Rebuilds the index from the store and publishes it.
+    async fn rebuild(&self) -> Result<(), AccessError> {
+        let now = now_ms();
+        let open = self.with_store(move |s| s.open_grants(now)).await?;
+        let index = build_index(&self.config, &open, now);
+        self.index.send_replace(Arc::new(index));
+        Ok(())
+    }
+
+    /// Runs `f` on the store, off the runtime (store calls block on disk).
+    async fn with_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn GrantStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, AccessError> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || {
+            let mut store = store.lock().unwrap_or_else(|p| p.into_inner());
+            f(store.as_mut())
+        })
+        .await
+        .map_err(|e| AccessError::internal(format!("grant store task failed: {e}")))?
+        .map_err(AccessError::from)
+    }
+
+    fn target_names(&self) -> String {
+        self.config
+            .targets
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The audit event of a grant change made by `by`.
+fn grant_event(kind: EventKind, grant: &Grant, by: &Principal) -> Event {
+    let mut event = Event::new(kind);
+    event.grant_id = Some(grant.id);
+    event.target = Some(grant.target.clone());
+    event.reason = Some(grant.reason.clone());
+    event.user = subject_user(grant);
+    let (who, subject_id) = grant.subject.parts();
+    event.detail = Some(serde_json::json!({
+        "who": who,
+        "subject_id": subject_id,
+        "starts_at": time::timestamp(grant.starts_at),
+        "ends_at": time::timestamp(grant.ends_at),
+        "by": by,
+    }));
+    event
+}
+
+/// The user a grant is for (none for group grants).
+fn subject_user(grant: &Grant) -> Option<UserInfo> {
+    match grant.subject {
+        Subject::User(uid) => Some(UserInfo {
+            name: grant.subject_name.clone(),
+            uid,
+            login_uid: None,
+        }),
+        Subject::Group(_) => None,
+    }
+}
+
+fn build_index(config: &Config, grants: &[Grant], now: UnixMs) -> GrantIndex {
+    GrantIndex::build(grants, now, |name| config.target_id(name))
+}
+
+async fn resolve_subject(who: &str) -> Result<(Subject, Option<String>), AccessError> {
+    let who = who.to_owned();
+    tokio::task::spawn_blocking(move || match who.strip_prefix("group:") {
+        Some(group) => users::resolve_group(group).map(|(gid, name)| (Subject::Group(gid), name)),
+        None => users::resolve_user(who.strip_prefix("user:").unwrap_or(&who))
+            .map(|(uid, name)| (Subject::User(uid), name)),
+    })
+    .await
+    .map_err(AccessError::internal)?
+    .map_err(|e| {
+        AccessError::not_found(
+            e,
+            "check the name with `getent passwd NAME` or `getent group NAME`",
+        )
+    })
+}

@@ -1,0 +1,156 @@
+//! The commands that run on this host without the daemon's control API:
+//! the daemon itself, config checks, uninstall, audit verification, and the
+//! debugging aids.
+
+use std::path::{Path, PathBuf};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{CmdError, Exit};
+use crate::{
+    audit::{log::public_key_path, verify, AuditSettings},
+    bench,
+    config::{Config, DEFAULT_CONFIG},
+    daemon::{self, RunOptions},
+    host::cgroup,
+    kernel,
+};
+
+/// `jitproxy run`: the daemon, until SIGTERM or SIGINT.
+pub(super) fn run_daemon(config: Config, cgroup: Option<PathBuf>) -> Result<Exit, CmdError> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        builder.worker_threads(threads);
+    }
+    let runtime = builder
+        .enable_all()
+        .build()
+        .map_err(|e| CmdError::failure(format!("cannot start the async runtime: {e}")))?;
+    runtime
+        .block_on(async {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            daemon::run(config, RunOptions { cgroup }, shutdown).await
+        })
+        .map_err(CmdError::failure)?;
+    Ok(Exit::Success)
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the daemon with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received; stopping");
+    shutdown.cancel();
+}
+
+/// `jitproxy check-config`.
+pub(super) fn check_config(path: Option<&PathBuf>) -> Result<Exit, CmdError> {
+    let config = match path {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded_default()?,
+    };
+    let n = config.targets.len();
+    println!(
+        "{}: ok ({n} target{})",
+        config.source,
+        if n == 1 { "" } else { "s" }
+    );
+    Ok(Exit::Success)
+}
+
+/// `jitproxy config default`.
+pub(super) fn print_default_config() -> Result<Exit, CmdError> {
+    print!("{DEFAULT_CONFIG}");
+    Ok(Exit::Success)
+}
+
+/// The cgroup a command acts on: `--cgroup`, else the config's, else the root.
+fn watched_cgroup(config: &Config, arg: Option<PathBuf>) -> Result<PathBuf, CmdError> {
+    cgroup::resolve(arg.as_deref().or(config.cgroup.as_deref())).map_err(CmdError::failure)
+}
+
+/// `jitproxy uninstall`: detach the pinned programs of a cgroup.
+pub(super) fn uninstall(config: &Config, cgroup: Option<PathBuf>) -> Result<Exit, CmdError> {
+    let cgroup = watched_cgroup(config, cgroup)?;
+    // Holding the lock proves no daemon is running on this cgroup.
+    let lock = daemon::lock(&cgroup).map_err(CmdError::failure)?;
+    let done = kernel::uninstall(&config.bpffs, &cgroup).map_err(CmdError::failure)?;
+    lock.remove();
+    println!(
+        "detached {} program(s) from {} and removed {} pinned map(s); connections from it now go direct",
+        done.links,
+        cgroup.display(),
+        done.maps
+    );
+    Ok(Exit::Success)
+}
+
+/// `jitproxy audit verify`: exit 5 and the first bad place when the log
+/// was tampered with.
+pub(super) fn verify_audit(config: &Config, key: Option<PathBuf>) -> Result<Exit, CmdError> {
+    let settings = AuditSettings::for_config(config);
+    let key = key.unwrap_or_else(|| public_key_path(&settings.key));
+    let report = verify::verify(&settings.dir, &settings.checkpoints, Some(&key)).map_err(|e| {
+        CmdError::failure(format!(
+            "cannot read the audit log in {}: {e}",
+            settings.dir.display()
+        ))
+    })?;
+    for note in &report.notes {
+        println!("note: {note}");
+    }
+    if let Some(first) = report.problems.first() {
+        println!("FAILED: first bad place: {first}");
+        for p in &report.problems[1..] {
+            println!("  also: {p}");
+        }
+        return Ok(Exit::Tampered);
+    }
+    println!(
+        "ok: {} records (seq {}..{}) in {} file(s); chain intact; {} signed checkpoint(s) verified",
+        report.records,
+        report.first_seq.unwrap_or(0),
+        report.last_seq.unwrap_or(0),
+        report.files,
+        report.checkpoints
+    );
+    Ok(Exit::Success)
+}
+
+/// `jitproxy debug bench-audit`.
+pub(super) fn bench_audit(dir: &Path, events: u32, concurrency: u32) -> Result<Exit, CmdError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(CmdError::failure)?;
+    let report = runtime
+        .block_on(bench::audit::run(dir, events, concurrency))
+        .map_err(CmdError::failure)?;
+    println!("{report}");
+    Ok(Exit::Success)
+}
+
+/// `jitproxy debug bench-decision`.
+pub(super) fn bench_decision(grants: u32, lookups: u32) -> Result<Exit, CmdError> {
+    println!("{}", bench::decision::run(grants, lookups));
+    Ok(Exit::Success)
+}
+
+/// `jitproxy debug records`: entries in the pinned record maps.
+pub(super) fn print_records(config: &Config, cgroup: Option<PathBuf>) -> Result<Exit, CmdError> {
+    let cgroup = watched_cgroup(config, cgroup)?;
+    let (connects, tuples) =
+        kernel::pinned_record_counts(&config.bpffs, &cgroup).map_err(CmdError::failure)?;
+    println!("connects {connects} tuples {tuples}");
+    Ok(Exit::Success)
+}

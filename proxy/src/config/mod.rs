@@ -1,0 +1,255 @@
+//! The daemon's config: typed, parsed once ([`raw`]), validated once
+//! ([`validate`]), with errors that name the file, line and key.
+
+mod raw;
+mod validate;
+
+use std::{
+    fmt,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    str::FromStr,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+/// The embedded default: safe on any host (loopback targets only).
+pub const DEFAULT_CONFIG: &str = include_str!("../../../config/default.toml");
+/// The most live connections a config may ask for (each costs descriptors).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+
+/// The name under which the embedded default is reported in errors.
+pub const DEFAULT_CONFIG_NAME: &str = "<embedded default>";
+
+/// A validated config, ready to hand to the daemon.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where it came from (a path, or [`DEFAULT_CONFIG_NAME`]).
+    pub source: String,
+    pub listen_port: u16,
+    pub cgroup: Option<PathBuf>,
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+    pub resolve_interval: Duration,
+    pub connect_timeout: Duration,
+    pub max_connections: usize,
+    pub upstream_mark: u32,
+    /// Threads of the async runtime; `None`: one per CPU the daemon may use.
+    pub worker_threads: Option<usize>,
+    /// Unix socket of the control API.
+    pub control_socket: PathBuf,
+    /// Who may grant and revoke, besides root.
+    pub approvers: Vec<Approver>,
+    pub audit: AuditConfig,
+    pub targets: Vec<Target>,
+}
+
+/// The `[audit]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditConfig {
+    /// Directory of the log files, if set; see [`Config::audit_dir`].
+    pub dir: Option<PathBuf>,
+    /// A file is rotated when it reaches this size...
+    pub rotate_bytes: u64,
+    /// ...or when the UTC day changes. Files older than this are removed.
+    pub retention: Duration,
+    /// A signed checkpoint at least this often while records are written.
+    pub checkpoint_interval: Duration,
+    /// Who may read the log through the control API, besides root.
+    pub auditors: Vec<Approver>,
+    /// A syslog collector (`host:port`, RFC 5424 over TCP) that gets a copy
+    /// of every record, so that the chain's head also lives off the host.
+    pub syslog: Option<String>,
+}
+
+impl Config {
+    /// The audit log's directory: `[audit] dir`, else `<state_dir>/audit`.
+    pub fn audit_dir(&self) -> PathBuf {
+        self.audit
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("audit"))
+    }
+}
+
+/// An entry of `approvers`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approver {
+    User(String),
+    Group(String),
+}
+
+/// A production API: the addresses and ports that are redirected.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub name: String,
+    pub hosts: Vec<HostSpec>,
+    pub ports: Vec<u16>,
+    /// Longest grant allowed on this target; binds everyone, root included.
+    pub max_grant: Duration,
+    /// Connection limits per (user, target).
+    pub limits: Limit,
+}
+
+/// Connection limits of a target, per (user, target): new connections per
+/// second with a burst (a token bucket), and live connections at most.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limit {
+    /// Sustained new connections per second.
+    pub connections_per_second: f64,
+    /// New connections allowed at once before the rate applies.
+    pub burst: u32,
+    /// Live connections at most.
+    pub max_concurrent: u32,
+}
+
+impl Default for Limit {
+    fn default() -> Self {
+        Self {
+            connections_per_second: 50.0,
+            burst: 100,
+            max_concurrent: 256,
+        }
+    }
+}
+
+/// One entry of a target's `hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostSpec {
+    /// An address or CIDR range, matched as is.
+    Net(IpNet),
+    /// A DNS name, resolved at start and every `resolve_interval`.
+    Name(String),
+}
+
+/// A config that could not be read or is not valid.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        file: String,
+        line: usize,
+        column: usize,
+        /// Dotted path of the offending key, e.g. `target[1].ports[0]`.
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default config.
+    pub fn embedded_default() -> Result<Self, ConfigError> {
+        Self::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
+    }
+
+    /// Parses and validates config text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let raw = raw::parse(text, file)?;
+        validate::validate(raw, text, file)
+    }
+
+    /// Target by its index (the `target_id` the kernel records).
+    pub fn target(&self, id: u32) -> Option<&Target> {
+        self.targets.get(usize::try_from(id).ok()?)
+    }
+
+    /// Index of the target named `name`.
+    pub fn target_id(&self, name: &str) -> Option<u32> {
+        self.targets
+            .iter()
+            .position(|t| t.name == name)
+            .and_then(|i| u32::try_from(i).ok())
+    }
+}
+
+impl fmt::Display for Approver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::User(name) => write!(f, "user:{name}"),
+            Self::Group(name) => write!(f, "group:{name}"),
+        }
+    }
+}
+
+impl fmt::Display for HostSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Net(net) if net.prefix_len() == net.max_prefix_len() => net.addr().fmt(f),
+            Self::Net(net) => net.fmt(f),
+            Self::Name(name) => name.fmt(f),
+        }
+    }
+}
+
+impl FromStr for HostSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Self::Net(canonical(IpNet::from(ip))));
+        }
+        if s.contains('/') {
+            let net: IpNet = s
+                .parse()
+                .map_err(|_| format!("`{s}` is not a valid CIDR range (e.g. 10.0.0.0/24)"))?;
+            if net.trunc() != net {
+                return Err(format!(
+                    "`{s}` has host bits set; did you mean `{}`?",
+                    net.trunc()
+                ));
+            }
+            return Ok(Self::Net(canonical(net)));
+        }
+        if is_dns_name(s) {
+            return Ok(Self::Name(s.to_ascii_lowercase()));
+        }
+        Err(format!(
+            "`{s}` is neither an IP address, a CIDR range nor a DNS name"
+        ))
+    }
+}
+
+/// IPv4-mapped ranges (`::ffff:a.b.c.d/104`) as the IPv4 ranges they are:
+/// the kernel matches both forms with one key, so checks must see one form.
+fn canonical(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).map_or(net, IpNet::V4),
+            None => net,
+        },
+        _ => net,
+    }
+}
+
+/// RFC 1123 host name: dot-separated labels of letters, digits and hyphens.
+fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.trim_end_matches('.').split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}

@@ -1,0 +1,337 @@
+//! From the raw config to a [`Config`]: every value checked once, section by
+//! section (daemon settings, `[audit]`, each `[[target]]`), each error naming
+//! the file, line and key.
+
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+    time::Duration,
+};
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::{
+    raw::{line_col, RawAudit, RawConfig, RawTarget},
+    Approver, AuditConfig, Config, ConfigError, HostSpec, Limit, Target, MAX_CONNECTIONS_LIMIT,
+};
+
+/// Validates a parsed config; `text` and `file` locate errors.
+pub(super) fn validate(raw: RawConfig, text: &str, file: &str) -> Result<Config, ConfigError> {
+    let errors = Errors { text, file };
+    if *raw.listen_port.get_ref() == 0 {
+        return Err(errors.at(
+            &raw.listen_port,
+            "listen_port",
+            "must be a port from 1 to 65535",
+        ));
+    }
+    if !(1..=MAX_CONNECTIONS_LIMIT).contains(raw.max_connections.get_ref()) {
+        return Err(errors.at(
+            &raw.max_connections,
+            "max_connections",
+            format!("must be from 1 to {MAX_CONNECTIONS_LIMIT}"),
+        ));
+    }
+    if *raw.upstream_mark.get_ref() == 0 {
+        return Err(errors.at(
+            &raw.upstream_mark,
+            "upstream_mark",
+            "must not be 0 (0 means no mark)",
+        ));
+    }
+    let resolve_interval = errors.duration(&raw.resolve_interval, "resolve_interval")?;
+    let connect_timeout = errors.duration(&raw.connect_timeout, "connect_timeout")?;
+    let defaults = TargetDefaults {
+        max_grant: errors.duration(&raw.max_grant, "max_grant")?,
+        limits: match &raw.limits {
+            Some(l) => errors.limit(l, "limits")?,
+            None => Limit::default(),
+        },
+        listen_port: *raw.listen_port.get_ref(),
+    };
+    if let Some(threads) = &raw.worker_threads {
+        if !(1..=256).contains(threads.get_ref()) {
+            return Err(errors.at(threads, "worker_threads", "must be from 1 to 256"));
+        }
+    }
+    let approvers = errors.principals(&raw.approvers, "approvers")?;
+    let audit = audit(&errors, &raw.audit)?;
+    let targets = targets(&errors, raw.targets, &defaults)?;
+    Ok(Config {
+        source: file.to_owned(),
+        listen_port: raw.listen_port.into_inner(),
+        cgroup: raw.cgroup,
+        state_dir: raw.state_dir,
+        bpffs: raw.bpffs,
+        resolve_interval,
+        connect_timeout,
+        max_connections: raw.max_connections.into_inner(),
+        upstream_mark: raw.upstream_mark.into_inner(),
+        worker_threads: raw.worker_threads.map(Spanned::into_inner),
+        control_socket: raw.control_socket,
+        approvers,
+        audit,
+        targets,
+    })
+}
+
+/// The `[audit]` table.
+fn audit(errors: &Errors<'_>, raw: &RawAudit) -> Result<AuditConfig, ConfigError> {
+    let rotate_bytes = match &raw.rotate_bytes {
+        Some(b) if *b.get_ref() < 4096 => {
+            return Err(errors.at(b, "audit.rotate_bytes", "must be at least 4096"))
+        }
+        Some(b) => *b.get_ref(),
+        None => 64 << 20,
+    };
+    let retention = match &raw.retention {
+        Some(d) => errors.duration(d, "audit.retention")?,
+        None => Duration::from_secs(90 * 24 * 3600),
+    };
+    let checkpoint_interval = match &raw.checkpoint_interval {
+        Some(d) => errors.duration(d, "audit.checkpoint_interval")?,
+        None => Duration::from_secs(60),
+    };
+    let auditors = errors.principals(&raw.auditors, "audit.auditors")?;
+    let syslog = match &raw.syslog {
+        Some(addr) if is_host_port(addr.get_ref()) => Some(addr.get_ref().clone()),
+        Some(addr) => {
+            return Err(errors.at(
+                addr,
+                "audit.syslog",
+                format!("`{}` is not HOST:PORT", addr.get_ref()),
+            ))
+        }
+        None => None,
+    };
+    Ok(AuditConfig {
+        dir: raw.dir.clone(),
+        rotate_bytes,
+        retention,
+        checkpoint_interval,
+        auditors,
+        syslog,
+    })
+}
+
+/// `host:port` with a non-empty host and a port from 1 to 65535.
+fn is_host_port(addr: &str) -> bool {
+    addr.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0))
+}
+
+/// What a target takes from the top level unless it says otherwise.
+struct TargetDefaults {
+    max_grant: Duration,
+    limits: Limit,
+    listen_port: u16,
+}
+
+/// Every `[[target]]`, in order.
+fn targets(
+    errors: &Errors<'_>,
+    raw: Vec<RawTarget>,
+    defaults: &TargetDefaults,
+) -> Result<Vec<Target>, ConfigError> {
+    let mut seen = Seen::default();
+    raw.iter()
+        .enumerate()
+        .map(|(i, raw)| target(errors, i, raw, defaults, &mut seen))
+        .collect()
+}
+
+/// What earlier targets took: names must be unique, and a literal address
+/// and port may be in one target only.
+#[derive(Default)]
+struct Seen {
+    names: HashSet<String>,
+    literal: HashMap<(IpNet, u16), String>,
+}
+
+/// One `[[target]]` (index `i`).
+fn target(
+    errors: &Errors<'_>,
+    i: usize,
+    raw: &RawTarget,
+    defaults: &TargetDefaults,
+    seen: &mut Seen,
+) -> Result<Target, ConfigError> {
+    let name = raw.name.get_ref();
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        return Err(errors.at(
+            &raw.name,
+            format!("target[{i}].name"),
+            format!("`{name}` is not a valid target name; use letters, digits, '-', '_' or '.'"),
+        ));
+    }
+    if !seen.names.insert(name.clone()) {
+        return Err(errors.at(
+            &raw.name,
+            format!("target[{i}].name"),
+            format!("duplicate target name `{name}`"),
+        ));
+    }
+    if raw.hosts.get_ref().is_empty() {
+        return Err(errors.at(
+            &raw.hosts,
+            format!("target[{i}].hosts"),
+            "needs at least one host",
+        ));
+    }
+    if raw.ports.get_ref().is_empty() {
+        return Err(errors.at(
+            &raw.ports,
+            format!("target[{i}].ports"),
+            "needs at least one port",
+        ));
+    }
+    let mut ports = Vec::new();
+    for (j, port) in raw.ports.get_ref().iter().enumerate() {
+        let key = format!("target[{i}].ports[{j}]");
+        if *port.get_ref() == 0 {
+            return Err(errors.at(port, key, "must be a port from 1 to 65535"));
+        }
+        if ports.contains(port.get_ref()) {
+            return Err(errors.at(
+                port,
+                key,
+                format!("port {} is listed twice", port.get_ref()),
+            ));
+        }
+        ports.push(*port.get_ref());
+    }
+    let mut hosts = Vec::new();
+    for (j, host) in raw.hosts.get_ref().iter().enumerate() {
+        let key = format!("target[{i}].hosts[{j}]");
+        let spec: HostSpec = host
+            .get_ref()
+            .parse()
+            .map_err(|m: String| errors.at(host, &key, m))?;
+        if let HostSpec::Net(net) = spec {
+            if covers_listener(&net) && ports.contains(&defaults.listen_port) {
+                return Err(errors.at(host, &key, format!(
+                    "covers the proxy's own listener (127.0.0.1 or [::1] port {}); change listen_port or the target",
+                    defaults.listen_port
+                )));
+            }
+            for port in &ports {
+                if let Some(other) = seen.literal.insert((net, *port), name.clone()) {
+                    return Err(errors.at(
+                        host,
+                        &key,
+                        format!("{net} port {port} is already in target `{other}`"),
+                    ));
+                }
+            }
+        }
+        hosts.push(spec);
+    }
+    let max_grant = match &raw.max_grant {
+        Some(d) => errors.duration(d, &format!("target[{i}].max_grant"))?,
+        None => defaults.max_grant,
+    };
+    let limits = match &raw.limits {
+        Some(l) => errors.limit(l, &format!("target[{i}].limits"))?,
+        None => defaults.limits,
+    };
+    Ok(Target {
+        name: name.clone(),
+        hosts,
+        ports,
+        max_grant,
+        limits,
+    })
+}
+
+/// Whether `net` covers one of the proxy's own listener addresses
+/// (127.0.0.1 or ::1; IPv4-mapped ranges are already IPv4 here).
+fn covers_listener(net: &IpNet) -> bool {
+    net.contains(&IpAddr::from([127, 0, 0, 1]))
+        || net.contains(&IpAddr::from(std::net::Ipv6Addr::LOCALHOST))
+}
+
+/// Builds errors located in one config text, and the value checks that
+/// several sections share.
+struct Errors<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Errors<'_> {
+    fn at<T>(
+        &self,
+        spanned: &Spanned<T>,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        let (line, column) = line_col(self.text, spanned.span().start);
+        ConfigError::Invalid {
+            file: self.file.to_owned(),
+            line,
+            column,
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+
+    /// A duration greater than zero (`30s`, `5m`).
+    fn duration(&self, value: &Spanned<String>, key: &str) -> Result<Duration, ConfigError> {
+        let duration = humantime::parse_duration(value.get_ref()).map_err(|e| {
+            self.at(
+                value,
+                key,
+                format!(
+                    "`{}` is not a duration ({e}); write e.g. \"30s\" or \"5m\"",
+                    value.get_ref()
+                ),
+            )
+        })?;
+        if duration.is_zero() {
+            return Err(self.at(value, key, "must be greater than zero"));
+        }
+        Ok(duration)
+    }
+
+    /// `user:NAME` / `group:NAME` entries (approvers, auditors).
+    fn principals(
+        &self,
+        list: &[Spanned<String>],
+        key: &str,
+    ) -> Result<Vec<Approver>, ConfigError> {
+        list.iter()
+            .enumerate()
+            .map(|(i, a)| match a.get_ref().split_once(':') {
+                Some(("user", name)) if !name.is_empty() => Ok(Approver::User(name.to_owned())),
+                Some(("group", name)) if !name.is_empty() => Ok(Approver::Group(name.to_owned())),
+                _ => Err(self.at(
+                    a,
+                    format!("{key}[{i}]"),
+                    format!("`{}` must be `user:NAME` or `group:NAME`", a.get_ref()),
+                )),
+            })
+            .collect()
+    }
+
+    fn limit(&self, limit: &Spanned<Limit>, key: &str) -> Result<Limit, ConfigError> {
+        let l = limit.get_ref();
+        if !(l.connections_per_second.is_finite() && l.connections_per_second > 0.0) {
+            return Err(self.at(
+                limit,
+                format!("{key}.connections_per_second"),
+                "must be a number greater than 0",
+            ));
+        }
+        if l.burst == 0 {
+            return Err(self.at(limit, format!("{key}.burst"), "must be at least 1"));
+        }
+        if l.max_concurrent == 0 {
+            return Err(self.at(limit, format!("{key}.max_concurrent"), "must be at least 1"));
+        }
+        Ok(*l)
+    }
+}

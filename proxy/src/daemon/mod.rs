@@ -1,0 +1,237 @@
+//! `jitproxy run`: wires the parts together and runs until told to stop.
+//!
+//! Order matters for failing closed: the audit log opens first (nothing may
+//! pass without its record), the listeners are bound before the programs are
+//! (re)attached, and on exit the pinned programs stay attached, so targets
+//! are unreachable (not direct) while the daemon is down.
+
+pub mod lock;
+mod status;
+pub mod targets;
+
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::unix::fs::DirBuilderExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, RwLock},
+};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use lock::{lock, DaemonLock, LockError};
+
+use crate::{
+    access::{Access, StoreError},
+    audit::{AuditLog, AuditSettings, Event, EventKind},
+    config::Config,
+    control,
+    host::{
+        cgroup::{self, CgroupError},
+        socket,
+        users::Users,
+    },
+    kernel::{Kernel, KernelError, LoadOptions},
+    proxy::{OriginSource, Policy, Proxy, ProxySettings},
+    store::SqliteStore,
+    time::now_ms,
+};
+use status::Status;
+use targets::{Resolved, SystemLookup};
+
+/// Backlog of each proxy listener.
+const LISTEN_BACKLOG: u32 = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot open the audit log in {path}: {source}")]
+    Audit {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot bind the control socket {path}: {source}")]
+    Control {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot listen on {addr}: {source}; is another daemon using listen_port?")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Options from the command line that override the config.
+#[derive(Debug, Default, Clone)]
+pub struct RunOptions {
+    pub cgroup: Option<PathBuf>,
+}
+
+/// Runs the daemon until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    options: RunOptions,
+    shutdown: CancellationToken,
+) -> Result<(), DaemonError> {
+    cgroup::check_no_v1_net_controllers()?;
+    let cgroup = cgroup::resolve(options.cgroup.as_deref().or(config.cgroup.as_deref()))?;
+    let _lock = lock(&cgroup)?;
+    let config = Arc::new(config);
+    let started_at = now_ms();
+
+    // The audit log first: nothing may pass without its record. Then grants:
+    // the proxy must know them before the first connection.
+    let audit = AuditLog::open(AuditSettings::for_config(&config)).map_err(|source| {
+        DaemonError::Audit {
+            path: config.audit_dir(),
+            source,
+        }
+    })?;
+    audit.record(started_event(&cgroup));
+    audit.record(config_event(&config));
+    let users = Users::new();
+    let access = Access::new(
+        Arc::clone(&config),
+        open_store(&config.state_dir)?,
+        audit.clone(),
+        users.clone(),
+    )?;
+    let control_listener =
+        control::server::bind(&config.control_socket).map_err(|source| DaemonError::Control {
+            path: config.control_socket.clone(),
+            source,
+        })?;
+    let listeners = bind(config.listen_port)?;
+    let kernel = Arc::new(Kernel::install(&LoadOptions {
+        cgroup: &cgroup,
+        bpffs: &config.bpffs,
+        proxy_port: config.listen_port,
+        upstream_mark: config.upstream_mark,
+    })?);
+    let (resolved, warnings) =
+        targets::resolve(&SystemLookup, &config.targets, &Resolved::default()).await;
+    targets::report(&warnings);
+    kernel.set_targets(&resolved.entries)?;
+    for (id, target) in config.targets.iter().enumerate() {
+        let addrs: Vec<String> = resolved
+            .addresses(u32::try_from(id).unwrap_or(u32::MAX))
+            .iter()
+            .map(|(port, net)| format!("{net} port {port}"))
+            .collect();
+        tracing::info!(target_name = %target.name, addresses = %addrs.join(", "), "watching target");
+    }
+    let resolved = Arc::new(RwLock::new(resolved));
+
+    let policy = Policy::for_config(access.index(), users.clone(), &config);
+    let status = Status {
+        config: Arc::clone(&config),
+        cgroup: cgroup.clone(),
+        kernel: Arc::clone(&kernel),
+        resolved: Arc::clone(&resolved),
+        policy: policy.clone(),
+        access: Arc::clone(&access),
+        users: users.clone(),
+        started_at,
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(control::server::serve(
+        control_listener,
+        Arc::clone(&access),
+        status.into_fn(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(Arc::clone(&access).run_expiry(shutdown.clone()));
+    tasks.spawn(targets::keep_resolved(
+        Arc::clone(&config),
+        Arc::clone(&kernel),
+        resolved,
+        shutdown.clone(),
+    ));
+    tracing::info!(
+        cgroup = %cgroup.display(),
+        config = %config.source,
+        listen_port = config.listen_port,
+        control_socket = %config.control_socket.display(),
+        open_grants = access.open_grants(),
+        pins = %kernel.pins().root().display(),
+        "jitproxy is running"
+    );
+
+    let proxy = Proxy::new(
+        Arc::clone(&kernel) as Arc<dyn OriginSource>,
+        policy,
+        Arc::clone(&access),
+        users,
+        ProxySettings::from_config(&config),
+        shutdown.clone(),
+    );
+    proxy.serve(listeners).await;
+    tasks.shutdown().await;
+    audit.record(Event::new(EventKind::DaemonStopped));
+    // Writes what is queued and a final checkpoint.
+    let _ = tokio::task::spawn_blocking(move || audit.close()).await;
+    let _ = std::fs::remove_file(&config.control_socket);
+    tracing::info!(
+        cgroup = %cgroup.display(),
+        "jitproxy stopped; targets stay closed until it runs again (or `jitproxy uninstall`)"
+    );
+    Ok(())
+}
+
+fn started_event(cgroup: &Path) -> Event {
+    let mut event = Event::new(EventKind::DaemonStarted);
+    event.detail = Some(serde_json::json!({
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "cgroup": cgroup.display().to_string(),
+    }));
+    event
+}
+
+fn config_event(config: &Config) -> Event {
+    let mut event = Event::new(EventKind::ConfigLoaded);
+    event.detail = Some(serde_json::json!({
+        "source": config.source,
+        "targets": config.targets.iter().map(|t| t.name.clone()).collect::<Vec<_>>(),
+        "approvers": config.approvers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    }));
+    event
+}
+
+/// The grant database in `state_dir` (created 0700: grants name users).
+fn open_store(state_dir: &Path) -> Result<SqliteStore, StoreError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)
+        .map_err(|source| StoreError::Dir {
+            path: state_dir.display().to_string(),
+            source,
+        })?;
+    SqliteStore::open(&state_dir.join("grants.db"))
+}
+
+/// Binds the loopback listeners, IPv4 and IPv6.
+fn bind(port: u16) -> Result<Vec<TcpListener>, DaemonError> {
+    [
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+        SocketAddr::from((Ipv6Addr::LOCALHOST, port)),
+    ]
+    .into_iter()
+    .map(|addr| {
+        socket::listen(addr, LISTEN_BACKLOG).map_err(|source| DaemonError::Listen { addr, source })
+    })
+    .collect()
+}

@@ -1,0 +1,8 @@
+//! The local system as the daemon reads it: processes and mounts (`/proc`),
+//! cgroups, the user database (one cache), and TCP sockets. Nothing here
+//! knows about grants, targets or the audit log.
+
+pub mod cgroup;
+pub mod proc;
+pub mod socket;
+pub mod users;

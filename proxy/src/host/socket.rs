@@ -1,0 +1,52 @@
+//! TCP sockets the way the daemon needs them: loopback listeners, upstream
+//! connections from a marked socket, and closing with a reset.
+
+use std::{io, net::SocketAddr, time::Duration};
+
+use nix::sys::socket::{setsockopt, sockopt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// A socket of `addr`'s family.
+fn socket_for(addr: SocketAddr) -> io::Result<TcpSocket> {
+    if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    }
+}
+
+/// Listens on `addr` (SO_REUSEADDR, so a restart can bind at once).
+pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let socket = socket_for(addr)?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(backlog)
+}
+
+/// Connects to `addr` from a socket carrying `mark` (SO_MARK, needs
+/// CAP_NET_ADMIN), with TCP_NODELAY, giving up after `timeout`.
+pub async fn connect_marked(
+    addr: SocketAddr,
+    mark: Option<u32>,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let socket = socket_for(addr)?;
+    if let Some(mark) = mark {
+        setsockopt(&socket, sockopt::Mark, &mark).map_err(io::Error::from)?;
+    }
+    socket.set_nodelay(true)?;
+    tokio::time::timeout(timeout, socket.connect(addr))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))?
+}
+
+/// Closes a socket with a reset (SO_LINGER 0), so the peer sees the refusal
+/// at once instead of a clean end of stream.
+pub fn reset(stream: TcpStream) {
+    let linger = nix::libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    let _ = setsockopt(&stream, sockopt::Linger, &linger);
+    drop(stream);
+}
