@@ -37,13 +37,11 @@ pub fn jitproxy_bin() -> PathBuf {
 
 /// The cgroup2 mount point, from /proc/mounts.
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts")?;
-    mounts
-        .lines()
-        .find_map(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-        })
+    procfs::mounts()
+        .context("cannot read /proc/mounts")?
+        .into_iter()
+        .find(|m| m.fs_vfstype == "cgroup2")
+        .map(|m| PathBuf::from(m.fs_file))
         .context("no cgroup2 filesystem is mounted")
 }
 
@@ -384,6 +382,15 @@ impl Daemon {
             .into_iter()
             .filter(|e| e["event"] == kind)
             .collect()
+    }
+
+    /// The `detail` of a daemon-log event (the audit record's details, which
+    /// the daemon log carries as JSON text); `Null` when it has none.
+    pub fn detail(event: &Value) -> Value {
+        event["detail"]
+            .as_str()
+            .and_then(|d| serde_json::from_str(d).ok())
+            .unwrap_or(Value::Null)
     }
 
     /// Waits until an event matching `pred` is logged.

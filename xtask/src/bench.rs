@@ -88,7 +88,10 @@ pub fn run(options: &Options) -> Result<()> {
 
     // Before anything is installed or started: jitproxy needs cgroup v2.
     jitproxy_e2e::cgroup2_mount()?;
-    setup::run(setup::Needs { bench: true })?;
+    setup::run(setup::Needs {
+        bench: true,
+        ..setup::Needs::default()
+    })?;
     let bin = util::build_jitproxy()?;
     std::env::set_var("JITPROXY_BIN", &bin);
     check()?;
@@ -231,10 +234,10 @@ pub fn run(options: &Options) -> Result<()> {
 
 /// The decision's grant lookup with 100k grants, and durable audit appends
 /// on the disk under /var/tmp (where a state directory would live).
-fn micro_benchmarks(bin: &std::path::Path) -> Result<()> {
+fn micro_benchmarks(bin: &Path) -> Result<()> {
     println!("\nmicro-benchmarks (jitproxy debug ...)");
     let run = |args: &[&str]| -> Result<()> {
-        let out = std::process::Command::new(bin)
+        let out = Command::new(bin)
             .args(args)
             .output()
             .with_context(|| format!("cannot run jitproxy {args:?}"))?;

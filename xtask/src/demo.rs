@@ -21,7 +21,7 @@ pub fn run() -> Result<()> {
     let interrupted = util::on_ctrl_c()?;
     let check = || interrupted.check();
 
-    setup::run(setup::Needs { bench: false })?;
+    setup::run(setup::Needs::default())?;
     let bin = util::build_jitproxy()?;
     std::env::set_var("JITPROXY_BIN", &bin);
     check()?;

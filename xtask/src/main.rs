@@ -4,6 +4,7 @@
 
 mod bench;
 mod demo;
+mod layers;
 mod setup;
 mod util;
 
@@ -24,6 +25,9 @@ enum Command {
         /// Also install what the benchmark needs (wrk, haproxy).
         #[arg(long)]
         bench: bool,
+        /// Also install what `lint` needs (cargo-deny).
+        #[arg(long)]
+        lint: bool,
     },
     /// Build jitproxy and show a redirected request with the caller's identity.
     Demo,
@@ -38,26 +42,35 @@ enum Command {
     },
     /// Compare jitproxy with a direct connection and HAProxy; print ratios.
     Bench(bench::Options),
-    /// rustfmt --check and clippy -D warnings.
+    /// The crate's layering, rustfmt --check and clippy -D warnings.
     Lint,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Setup { bench } => setup::run(setup::Needs { bench }),
+        Command::Setup { bench, lint } => setup::run(setup::Needs { bench, lint }),
         Command::Demo => demo::run(),
         Command::Test {
             no_lint,
             e2e_filter,
         } => test(!no_lint, e2e_filter.as_deref()),
         Command::Bench(options) => bench::run(&options),
-        Command::Lint => lint(),
+        Command::Lint => {
+            setup::run(setup::Needs {
+                lint: true,
+                ..setup::Needs::default()
+            })?;
+            lint()
+        }
     }
 }
 
 fn test(with_lint: bool, e2e_filter: Option<&str>) -> Result<()> {
     util::require_root("the end-to-end tests load eBPF programs and create cgroups")?;
-    setup::run(setup::Needs { bench: false })?;
+    setup::run(setup::Needs {
+        lint: with_lint,
+        ..setup::Needs::default()
+    })?;
     if with_lint {
         lint()?;
     }
@@ -84,8 +97,12 @@ fn test(with_lint: bool, e2e_filter: Option<&str>) -> Result<()> {
 }
 
 fn lint() -> Result<()> {
+    util::step("layering of the jitproxy crate");
+    layers::enforce(&util::workspace_root().join("proxy/src"))?;
     util::step("rustfmt --check");
     util::cargo(&["fmt", "--all", "--", "--check"])?;
+    util::step("cargo deny: licences, bans, sources (advisories need GitHub, unreachable here)");
+    util::cargo(&["deny", "--locked", "check", "licenses", "bans", "sources"])?;
     util::step("clippy -D warnings");
     util::cargo(&[
         "clippy",

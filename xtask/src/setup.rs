@@ -3,7 +3,8 @@
 //!
 //! - the nightly toolchain's `rust-src` (the eBPF crate builds `core`);
 //! - `bpf-linker`, built against the nightly's own LLVM (no system LLVM);
-//! - Debian packages the tests and the benchmark drive.
+//! - Debian packages the tests and the benchmark drive;
+//! - for `test` (which lints): cargo-deny, which checks licences and sources.
 //!
 //! Each step says what it did and how long it took; a failed step names the
 //! command that failed and what to do next.
@@ -20,6 +21,8 @@ use anyhow::{Context as _, Result};
 use crate::util::{self, step};
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The newest cargo-deny that builds on the stable toolchain here.
+const CARGO_DENY_VERSION: &str = "0.20.2";
 
 /// Where `setup` keeps the links to the nightly's LLVM that bpf-linker loads
 /// at run time (its library path): under Cargo's home, so it stays.
@@ -27,10 +30,12 @@ fn llvm_prefix() -> PathBuf {
     util::cargo_home().join("jitproxy-llvm")
 }
 
-/// Which optional groups to install.
-#[derive(Debug, Clone, Copy)]
+/// Which optional groups to install (none by default).
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Needs {
     pub bench: bool,
+    /// cargo-deny, for `cargo xtask lint`.
+    pub lint: bool,
 }
 
 /// Debian packages and a command that proves each is there.
@@ -90,6 +95,9 @@ pub fn run(needs: Needs) -> Result<()> {
     let started = Instant::now();
     timed("rust-src (nightly)", rust_src)?;
     timed("bpf-linker", bpf_linker)?;
+    if needs.lint {
+        timed("cargo-deny", cargo_deny)?;
+    }
     let mut packages: Vec<(&str, &str)> = TEST_PACKAGES.to_vec();
     if needs.bench {
         packages.extend_from_slice(BENCH_PACKAGES);
@@ -226,9 +234,39 @@ fn bpf_linker() -> Result<Outcome> {
     Ok(Outcome::Installed(version))
 }
 
+fn cargo_deny() -> Result<Outcome> {
+    if let Some(version) = tool_version("cargo-deny") {
+        return Ok(Outcome::Present(version));
+    }
+    eprintln!("  building cargo-deny {CARGO_DENY_VERSION} (about five minutes, once)");
+    run_or_hint(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-deny",
+                "--locked",
+                "--version",
+                CARGO_DENY_VERSION,
+                "--root",
+            ])
+            .arg(util::cargo_home())
+            .env("PATH", util::path_with_cargo_bin()),
+        "building cargo-deny failed; read the compiler output above, then run \
+         `cargo xtask setup` again",
+    )?;
+    let version =
+        tool_version("cargo-deny").context("cargo-deny was installed but does not run")?;
+    Ok(Outcome::Installed(version))
+}
+
 /// `bpf-linker --version` when it runs.
 fn bpf_linker_version() -> Option<String> {
-    let out = Command::new("bpf-linker")
+    tool_version("bpf-linker")
+}
+
+/// `TOOL --version` when it runs (with Cargo's bin directory on PATH).
+fn tool_version(tool: &str) -> Option<String> {
+    let out = Command::new(tool)
         .arg("--version")
         .env("PATH", util::path_with_cargo_bin())
         .output()

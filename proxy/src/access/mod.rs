@@ -18,6 +18,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use index::{Cover, GrantIndex, Keys};
@@ -73,11 +74,16 @@ pub struct GrantAsk {
     pub reason: String,
 }
 
-/// Which grants to revoke: by id, or a user's (on a target).
-#[derive(Debug, Clone, Default)]
+/// Which grants to revoke: by id, or a user's (on a target). Also the
+/// control API's `POST /v1/revoke` body.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RevokeAsk {
+    #[serde(default)]
     pub id: Option<i64>,
+    #[serde(default)]
     pub who: Option<String>,
+    #[serde(default)]
     pub target: Option<String>,
 }
 
@@ -321,19 +327,20 @@ impl Access {
         ids: Vec<i64>,
         kind: EndKind,
     ) -> Result<Vec<Grant>, AccessError> {
-        let principal = by.principal(&self.users).await;
-        let ended_by = principal.clone();
-        let now = now_ms();
-        let ended = self
-            .with_store(move |s| s.end(&ids, &ended_by, kind, now))
-            .await?;
+        let ending = Ending {
+            at: now_ms(),
+            by: by.principal(&self.users).await,
+            kind,
+        };
+        let by = ending.by.clone();
+        let ended = self.with_store(move |s| s.end(&ids, &ending)).await?;
         let event_kind = match kind {
             EndKind::Revoked => EventKind::GrantRevoked,
             EndKind::Dropped => EventKind::GrantDropped,
         };
         for grant in &ended {
             self.audit
-                .record(grant_event(event_kind.clone(), grant, &principal));
+                .record(grant_event(event_kind.clone(), grant, &by));
         }
         self.rebuild().await?;
         Ok(ended)

@@ -3,12 +3,14 @@
 
 use std::{collections::HashMap, sync::Mutex};
 
-use crate::time::UnixMs;
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
 
-/// One refused connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One refused connection, as `jitproxy why` shows it (the control API sends
+/// it as is).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refusal {
-    pub at: UnixMs,
+    pub at: Timestamp,
     /// The uid grants were matched against.
     pub uid: u32,
     pub user: Option<String>,
@@ -21,8 +23,8 @@ pub struct Refusal {
     pub code: String,
 }
 
-/// What `why` tells a requester.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What `why` tells a requester (the control API's `GET /v1/why` answer).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Why {
     pub last_refusal: Option<Refusal>,
     /// Who can grant access (from the config), for the hint.

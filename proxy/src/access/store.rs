@@ -5,7 +5,7 @@
 
 use std::error::Error as StdError;
 
-use super::model::{EndKind, Grant, Principal, Scope, Subject};
+use super::model::{Ending, Grant, Principal, Scope, Subject};
 use crate::time::UnixMs;
 
 /// A backend's own error, boxed.
@@ -67,12 +67,7 @@ pub trait GrantStore: Send {
     /// Every grant, newest first, at most `limit`.
     fn all(&self, limit: usize) -> Result<Vec<Grant>, StoreError>;
 
-    /// Ends the open grants with these ids at `now`; returns those ended.
-    fn end(
-        &mut self,
-        ids: &[i64],
-        by: &Principal,
-        kind: EndKind,
-        now: UnixMs,
-    ) -> Result<Vec<Grant>, StoreError>;
+    /// Ends the open grants with these ids as `ending` says; returns those
+    /// ended.
+    fn end(&mut self, ids: &[i64], ending: &Ending) -> Result<Vec<Grant>, StoreError>;
 }

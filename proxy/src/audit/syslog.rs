@@ -62,6 +62,10 @@ pub fn frame(record: &[u8], hostname: &str, pid: u32) -> Vec<u8> {
     out
 }
 
+#[expect(
+    clippy::disallowed_methods,
+    reason = "the forwarder's own thread, never a runtime worker: blocking is its job"
+)]
 fn run(addr: &str, rx: &mpsc::Receiver<Vec<u8>>) {
     let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())

@@ -274,6 +274,11 @@ pub(super) async fn status(socket: &Path, json: bool) -> Result<(), CmdError> {
         ),
         Some(why) => println!("AUDIT LOG FAILING: {why}\n  connections to targets are refused until it can be written"),
     }
+    let k = &s.kernel;
+    println!(
+        "kernel: {} redirected, {} UDP refused, {} refused with the record map full, {} exempt (the proxy's own)",
+        k.redirected, k.udp_refused, k.map_full, k.exempt
+    );
     println!("\nlive connections:");
     if s.live.is_empty() {
         println!("  none");

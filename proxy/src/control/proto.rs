@@ -4,8 +4,13 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
+/// `POST /v1/revoke`: by id, or every open grant of a user (on a target).
+pub use crate::access::RevokeAsk as RevokeRequest;
+/// `GET /v1/why`: the caller's last refused connection, and who can grant.
+pub use crate::access::{Refusal, Why as WhyView};
+
 use crate::{
-    access::{self, EndKind, Grant, GrantAsk, GrantState, Principal, RevokeAsk, Subject, Why},
+    access::{EndKind, Grant, GrantAsk, GrantState, Principal, Subject},
     audit,
     time::{timestamp, UnixMs},
 };
@@ -33,18 +38,6 @@ pub struct GrantRequest {
     pub reason: String,
 }
 
-/// `POST /v1/revoke`: by id, or every open grant of a user (on a target).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RevokeRequest {
-    #[serde(default)]
-    pub id: Option<i64>,
-    #[serde(default)]
-    pub who: Option<String>,
-    #[serde(default)]
-    pub target: Option<String>,
-}
-
 impl From<GrantRequest> for GrantAsk {
     fn from(r: GrantRequest) -> Self {
         Self {
@@ -54,16 +47,6 @@ impl From<GrantRequest> for GrantAsk {
             ends_at: r.ends_at.map(|t| t.as_millisecond()),
             duration_secs: r.duration_secs,
             reason: r.reason,
-        }
-    }
-}
-
-impl From<RevokeRequest> for RevokeAsk {
-    fn from(r: RevokeRequest) -> Self {
-        Self {
-            id: r.id,
-            who: r.who,
-            target: r.target,
         }
     }
 }
@@ -128,52 +111,6 @@ impl GrantView {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GrantList {
     pub grants: Vec<GrantView>,
-}
-
-/// `GET /v1/why`: the caller's last refused connection, and what to do.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WhyView {
-    pub last_refusal: Option<Refusal>,
-    /// Who can grant access (from the config), for the hint.
-    pub approvers: Vec<String>,
-}
-
-impl From<Why> for WhyView {
-    fn from(why: Why) -> Self {
-        Self {
-            last_refusal: why.last_refusal.map(Refusal::from),
-            approvers: why.approvers,
-        }
-    }
-}
-
-/// One refused connection.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Refusal {
-    pub at: Timestamp,
-    pub uid: u32,
-    pub user: Option<String>,
-    pub target: String,
-    pub destination: String,
-    pub process: String,
-    pub reason: String,
-    /// The refusal kind: `no_grant`, `rate_limited`, `too_many_connections`.
-    pub code: String,
-}
-
-impl From<access::Refusal> for Refusal {
-    fn from(r: access::Refusal) -> Self {
-        Self {
-            at: timestamp(r.at),
-            uid: r.uid,
-            user: r.user,
-            target: r.target,
-            destination: r.destination,
-            process: r.process,
-            reason: r.reason,
-            code: r.code,
-        }
-    }
 }
 
 /// `GET /v1/status`.

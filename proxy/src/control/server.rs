@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     proto::{
         AuditRecords, AuditSummary, DropRequest, ErrorBody, GrantList, GrantRequest, GrantView,
-        RevokeRequest, StatusView, WhyView, MAX_BODY,
+        RevokeRequest, StatusView, MAX_BODY,
     },
     ApiError, Peer,
 };
@@ -157,7 +157,7 @@ async fn route(
     let by = peer.requester();
     Ok(match (&method, path.as_str()) {
         (&Method::GET, "/v1/status") => json(StatusCode::OK, &status().await),
-        (&Method::GET, "/v1/why") => json(StatusCode::OK, &WhyView::from(access.why(&by))),
+        (&Method::GET, "/v1/why") => json(StatusCode::OK, &access.why(&by)),
         (&Method::GET, "/v1/grants") => {
             let all = query.split('&').any(|kv| kv == "all=true" || kv == "all=1");
             list(StatusCode::OK, &access.list(&by, all).await?)
@@ -168,7 +168,7 @@ async fn route(
             json(StatusCode::CREATED, &GrantView::new(&grant, now_ms()))
         }
         (&Method::POST, "/v1/revoke") => {
-            let ask = body::<RevokeRequest>(req).await?.into();
+            let ask = body::<RevokeRequest>(req).await?;
             list(StatusCode::OK, &access.revoke(&by, ask).await?)
         }
         (&Method::POST, "/v1/drop") => {

@@ -11,18 +11,12 @@ use std::{
 
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::host;
+use crate::host::cgroup::{self, CgroupError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error(
-        "cannot open cgroup {path}: {source}; pass an existing cgroup v2 directory with --cgroup"
-    )]
-    Cgroup {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
     #[error("cannot create {path}: {source}; jitproxy needs root")]
     Io {
         path: PathBuf,
@@ -67,10 +61,7 @@ pub fn lock(cgroup: &Path) -> Result<DaemonLock, LockError> {
             path: run_dir.to_owned(),
             source,
         })?;
-    let id = host::cgroup::id(cgroup).map_err(|source| LockError::Cgroup {
-        path: cgroup.to_owned(),
-        source,
-    })?;
+    let id = cgroup::id(cgroup)?;
     let path = run_dir.join(format!("cgroup-{id}.lock"));
     let file = std::fs::OpenOptions::new()
         .read(true)

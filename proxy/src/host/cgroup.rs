@@ -3,6 +3,7 @@
 //! cgroup v2 socket programs off.
 
 use std::{
+    fs::File,
     io,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -12,6 +13,14 @@ use super::proc::{self, Mount};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
+    #[error(
+        "cannot open cgroup {path}: {source}; pass an existing cgroup v2 directory with --cgroup"
+    )]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot read the mount table: {0}; jitproxy refuses to start without it")]
     Mounts(#[source] io::Error),
     #[error("no cgroup2 filesystem is mounted (see /proc/mounts); jitproxy needs cgroup v2")]
@@ -47,7 +56,7 @@ fn find_cgroup2(mounts: &[Mount]) -> Result<PathBuf, CgroupError> {
 pub fn resolve(arg: Option<&Path>) -> Result<PathBuf, CgroupError> {
     let mount = cgroup2_mount()?;
     let path = match arg {
-        None => mount.clone(),
+        None => return Ok(mount),
         Some(p) if p.starts_with(&mount) => p.to_owned(),
         Some(p) if p.is_absolute() && p.exists() && p != Path::new("/") => {
             return Err(CgroupError::Outside(p.to_owned(), mount));
@@ -79,8 +88,22 @@ fn v1_net_controller(mounts: &[Mount]) -> Option<String> {
 }
 
 /// The cgroup v2 id of a cgroup directory: its inode number.
-pub fn id(cgroup: &Path) -> io::Result<u64> {
-    std::fs::metadata(cgroup).map(|m| m.ino())
+pub fn id(cgroup: &Path) -> Result<u64, CgroupError> {
+    std::fs::metadata(cgroup)
+        .map(|m| m.ino())
+        .map_err(|source| open_error(cgroup, source))
+}
+
+/// The cgroup directory, open (to attach programs to it).
+pub fn open(cgroup: &Path) -> Result<File, CgroupError> {
+    File::open(cgroup).map_err(|source| open_error(cgroup, source))
+}
+
+fn open_error(cgroup: &Path, source: io::Error) -> CgroupError {
+    CgroupError::Open {
+        path: cgroup.to_owned(),
+        source,
+    }
 }
 
 #[cfg(test)]

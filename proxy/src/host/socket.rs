@@ -43,7 +43,7 @@ pub async fn connect_marked(
 /// Closes a socket with a reset (SO_LINGER 0), so the peer sees the refusal
 /// at once instead of a clean end of stream.
 pub fn reset(stream: TcpStream) {
-    let linger = nix::libc::linger {
+    let linger = libc::linger {
         l_onoff: 1,
         l_linger: 0,
     };

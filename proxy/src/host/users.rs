@@ -3,6 +3,10 @@
 //! Lookups may read files or ask NSS, so they block. Code on the runtime uses
 //! [`Users`], one cache of names and groups whose misses run on the blocking
 //! pool; the free functions are for code already off the runtime.
+#![expect(
+    clippy::disallowed_methods,
+    reason = "the user database's own module: callers on the runtime use Users"
+)]
 
 use std::{
     collections::HashMap,

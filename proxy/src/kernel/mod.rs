@@ -56,14 +56,8 @@ const PROGRAMS: [&str; 8] = [
 /// (permissions, kernel features); the message says how.
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error(
-        "cannot open cgroup {path}: {source}; pass an existing cgroup v2 directory with --cgroup"
-    )]
-    Cgroup {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Cgroup(#[from] host::cgroup::CgroupError),
     #[error("cannot mount bpffs at {path}: {source}; jitproxy needs root (CAP_SYS_ADMIN)")]
     MountBpffs {
         path: PathBuf,
@@ -161,11 +155,8 @@ impl Kernel {
     /// Loads the programs, reusing pinned maps, and attaches them to the
     /// cgroup, replacing links left by an earlier daemon.
     pub fn install(opts: &LoadOptions<'_>) -> Result<Self, KernelError> {
-        let cgroup_file = File::open(opts.cgroup).map_err(|source| KernelError::Cgroup {
-            path: opts.cgroup.to_owned(),
-            source,
-        })?;
-        let cgroup_id = cgroup_id(opts.cgroup)?;
+        let cgroup_file = host::cgroup::open(opts.cgroup)?;
+        let cgroup_id = host::cgroup::id(opts.cgroup)?;
         ensure_bpffs(opts.bpffs)?;
         let pins = PinDir::new(opts.bpffs, cgroup_id);
         for dir in [pins.maps(), pins.links()] {
@@ -294,7 +285,7 @@ pub struct Uninstalled {
 /// Detaches the pinned programs of a cgroup and removes its pins: afterwards
 /// connections from the cgroup go direct. The daemon must not be running.
 pub fn uninstall(bpffs: &Path, cgroup: &Path) -> Result<Uninstalled, KernelError> {
-    let pins = PinDir::new(bpffs, cgroup_id(cgroup)?);
+    let pins = PinDir::new(bpffs, host::cgroup::id(cgroup)?);
     let mut done = Uninstalled::default();
     for path in pins.pinned_links().map_err(|source| KernelError::PinDir {
         path: pins.links(),
@@ -328,7 +319,7 @@ pub fn uninstall(bpffs: &Path, cgroup: &Path) -> Result<Uninstalled, KernelError
 
 /// Entries in the pinned record maps of a cgroup, read without a daemon.
 pub fn pinned_record_counts(bpffs: &Path, cgroup: &Path) -> Result<(usize, usize), KernelError> {
-    let pins = PinDir::new(bpffs, cgroup_id(cgroup)?);
+    let pins = PinDir::new(bpffs, host::cgroup::id(cgroup)?);
     let open = |name: &'static str| {
         MapData::from_pin(pins.maps().join(name))
             .map_err(|source| KernelError::Map { name, source })
@@ -352,7 +343,7 @@ pub fn pinned_record_counts(bpffs: &Path, cgroup: &Path) -> Result<(usize, usize
 
 /// Whether a cgroup has pinned links (i.e. is watched, daemon up or not).
 pub fn is_installed(bpffs: &Path, cgroup: &Path) -> Result<bool, KernelError> {
-    let pins = PinDir::new(bpffs, cgroup_id(cgroup)?);
+    let pins = PinDir::new(bpffs, host::cgroup::id(cgroup)?);
     Ok(!pins
         .pinned_links()
         .map_err(|source| KernelError::PinDir {
@@ -360,14 +351,6 @@ pub fn is_installed(bpffs: &Path, cgroup: &Path) -> Result<bool, KernelError> {
             source,
         })?
         .is_empty())
-}
-
-/// The cgroup v2 id of a cgroup directory.
-fn cgroup_id(cgroup: &Path) -> Result<u64, KernelError> {
-    host::cgroup::id(cgroup).map_err(|source| KernelError::Cgroup {
-        path: cgroup.to_owned(),
-        source,
-    })
 }
 
 fn attach(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> Result<FdLink, KernelError> {

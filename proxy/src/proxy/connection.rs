@@ -15,7 +15,6 @@ use super::{
 use crate::{
     access::Refusal,
     host::socket::{connect_marked, reset},
-    time::now_ms,
 };
 
 impl Proxy {
@@ -122,7 +121,7 @@ impl Proxy {
 fn refusal(origin: &Origin, target: &str, reason: &DenyReason) -> Refusal {
     let caller = &origin.caller;
     Refusal {
-        at: now_ms(),
+        at: jiff::Timestamp::now(),
         uid: caller.principal_uid(),
         user: caller.user.clone(),
         target: target.to_owned(),

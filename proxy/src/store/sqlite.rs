@@ -10,7 +10,7 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 
 use crate::{
-    access::{EndKind, Ending, Grant, GrantStore, NewGrant, Principal, Scope, StoreError, Subject},
+    access::{Ending, Grant, GrantStore, NewGrant, Principal, Scope, StoreError, Subject},
     time::UnixMs,
 };
 
@@ -170,22 +170,16 @@ impl GrantStore for SqliteStore {
     }
 
     /// Ends the open grants with these ids at `now`; returns those ended.
-    fn end(
-        &mut self,
-        ids: &[i64],
-        by: &Principal,
-        kind: EndKind,
-        now: UnixMs,
-    ) -> Result<Vec<Grant>, StoreError> {
+    fn end(&mut self, ids: &[i64], ending: &Ending) -> Result<Vec<Grant>, StoreError> {
+        let Ending { at, by, kind } = ending;
         let tx = self.conn.transaction()?;
-        let kind_text = kind.as_str();
         let mut ended = Vec::new();
         for &id in ids {
             let changed = tx.execute(
                 "UPDATE grants SET ended_at = ?2, ended_by_uid = ?3, ended_by_name = ?4,
                         ended_by_login_uid = ?5, end_kind = ?6
                  WHERE id = ?1 AND ended_at IS NULL AND ends_at > ?2",
-                params![id, now, by.uid, by.name, by.login_uid, kind_text],
+                params![id, at, by.uid, by.name, by.login_uid, kind.as_str()],
             )?;
             if changed == 1 {
                 ended.push(id);
@@ -308,12 +302,21 @@ fn usable(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::EndKind;
 
     fn root() -> Principal {
         Principal {
             uid: 0,
             name: Some("root".into()),
             login_uid: None,
+        }
+    }
+
+    fn ending(kind: EndKind, at: UnixMs) -> Ending {
+        Ending {
+            at,
+            by: root(),
+            kind,
         }
     }
 
@@ -341,13 +344,13 @@ mod tests {
             0,
             "expired at its end"
         );
-        let ended = store.end(&[g.id], &root(), EndKind::Revoked, 60).unwrap();
+        let ended = store.end(&[g.id], &ending(EndKind::Revoked, 60)).unwrap();
         assert_eq!(ended.len(), 1);
         assert_eq!(ended[0].ended.as_ref().unwrap().kind, EndKind::Revoked);
         assert!(store.open_grants(61).unwrap().is_empty());
         // Ending twice changes nothing.
         assert!(store
-            .end(&[g.id], &root(), EndKind::Dropped, 70)
+            .end(&[g.id], &ending(EndKind::Dropped, 70))
             .unwrap()
             .is_empty());
     }
