@@ -299,6 +299,11 @@ impl Daemon {
         self.dir.path().join("state")
     }
 
+    /// The jitproxy binary this daemon runs.
+    pub fn bin(&self) -> &Path {
+        &self.bin
+    }
+
     /// The daemon's control socket.
     pub fn socket(&self) -> PathBuf {
         self.dir.path().join("control.sock")

@@ -335,6 +335,65 @@ fn a_caller_under_sudo_is_matched_by_login_uid() {
     assert_eq!(Daemon::detail(&allowed)["matched_uid"], 4243, "{allowed}");
 }
 
+/// `sh -c SCRIPT` in the cgroup as `nobody` whose login uid starts unset,
+/// as for a service or a job started outside a PAM login.
+fn as_nobody_without_login_uid(w: &World, script: &str) -> Command {
+    let mut cmd = w.cgroup.command("sh");
+    cmd.args([
+        "-c",
+        r#"echo 4294967295 > /proc/self/loginuid; exec setpriv --reuid=65534 --regid=65534 --clear-groups -- sh -c "$0""#,
+        script,
+    ]);
+    cmd
+}
+
+#[test]
+fn a_forged_login_uid_gets_the_forgers_own_identity() {
+    let w = World::new(12, "forge", Behaviour::Http, "");
+    let victim = w.grant("4243", "1h");
+    // nobody sets its unset login uid to the victim's, which the kernel
+    // allows once without privilege, then uses the victim's target.
+    let forged = format!(
+        "echo 4243 > /proc/self/loginuid && test \"$(cat /proc/self/loginuid)\" = 4243 && exec curl -sS -m 5 {}",
+        w.url()
+    );
+    let (ok, out, err) = output(&mut as_nobody_without_login_uid(&w, &forged));
+    assert!(!ok, "a forged login uid reached the API: {out}");
+    assert!(
+        !err.contains("Permission denied"),
+        "the forger could not set its login uid, so nothing was tried: {err}"
+    );
+    assert_eq!(w.api.accepted(), 0, "something reached the API");
+    let denied = w.daemon.wait_event("denied forger", |e| {
+        e["event"] == "connection.denied" && e["uid"] == NOBODY
+    });
+    assert_eq!(denied["code"], "no_grant", "{denied}");
+    assert_eq!(denied["login_uid"], 4243, "the claim is recorded: {denied}");
+    assert!(
+        denied["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(&format!("uid {NOBODY}"))),
+        "refused as the forger: {denied}"
+    );
+
+    // Through the control API, the same claim drops nothing of the victim's.
+    let drop = format!(
+        "echo 4243 > /proc/self/loginuid && exec {} drop --socket {}",
+        w.daemon.bin().display(),
+        w.daemon.socket().display()
+    );
+    let (ok, out, err) = output(&mut as_nobody_without_login_uid(&w, &drop));
+    assert!(ok, "{err}");
+    assert!(out.contains("nothing dropped"), "{out}");
+    let grants = w.daemon.client(&["grants", "--all", "--json"]);
+    let still: Value = grants
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|g| g["id"] == victim)
+        .expect("the victim's grant");
+    assert_eq!(still["state"], "active", "{still}");
+}
+
 #[test]
 fn grants_survive_restart_and_kill9_but_expired_ones_are_not_honoured() {
     let mut w = World::new(7, "restart", Behaviour::Http, "");

@@ -34,6 +34,20 @@ use crate::{
 };
 use refusals::Refusals;
 
+/// The uid that grants are matched against, for a process of `uid` with
+/// `login_uid`: the one rule for connections and control requests.
+///
+/// The login uid counts only for root (after `sudo` or `su`, the human who
+/// logged in). A non-root process whose login uid is unset may set it once,
+/// to any value, without privilege, so for it the login uid is a claim, not
+/// an identity: it is recorded, never trusted.
+pub fn principal_uid(uid: u32, login_uid: Option<u32>) -> u32 {
+    match (uid, login_uid) {
+        (0, Some(login)) => login,
+        _ => uid,
+    }
+}
+
 /// Who asks the grant service for something: the uid the kernel vouches for,
 /// and the login uid of the asking process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,11 +57,11 @@ pub struct Requester {
 }
 
 impl Requester {
-    /// The human behind the request: the login uid when set, else the uid.
-    /// The same rule as for connections, so `drop` and `why` act on the
-    /// grants that the caller's connections are matched against.
+    /// The human behind the request ([`principal_uid`]): the same rule as
+    /// for connections, so `drop` and `why` act on the grants that the
+    /// caller's connections are matched against.
     pub fn human_uid(&self) -> u32 {
-        self.login_uid.unwrap_or(self.uid)
+        principal_uid(self.uid, self.login_uid)
     }
 
     /// The requester as recorded on grants (granted by, ended by).
@@ -502,4 +516,19 @@ async fn resolve_subject(who: &str) -> Result<(Subject, Option<String>), AccessE
             "check the name with `getent passwd NAME` or `getent group NAME`",
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_root_is_matched_by_its_login_uid() {
+        // alice behind sudo: her own grant, not root's.
+        assert_eq!(principal_uid(0, Some(1001)), 1001);
+        assert_eq!(principal_uid(0, None), 0);
+        // A non-root process may have set its own login uid: never trusted.
+        assert_eq!(principal_uid(65534, Some(1001)), 65534);
+        assert_eq!(principal_uid(1001, None), 1001);
+    }
 }

@@ -11,6 +11,7 @@ use std::{
 use proxy_common::ConnectRecord;
 
 use crate::{
+    access::principal_uid,
     host::{proc::Process, users::Users},
     kernel::{ip_from_words, Kernel},
 };
@@ -72,12 +73,12 @@ pub struct Caller {
 }
 
 impl Caller {
-    /// The uid grants are matched against: the login uid when it is set (the
-    /// human who logged in, also behind `sudo` or `su`), else the uid. So
-    /// `sudo curl` by alice needs alice's grant, and root's grant does not
-    /// lend access to every sudoer.
+    /// The uid grants are matched against ([`principal_uid`]): for root the
+    /// login uid when set (so `sudo curl` by alice needs alice's grant, and
+    /// root's grant does not lend access to every sudoer); for everyone else
+    /// the uid, whatever login uid the process claims.
     pub fn principal_uid(&self) -> u32 {
-        self.login_uid.unwrap_or(self.uid)
+        principal_uid(self.uid, self.login_uid)
     }
 }
 
