@@ -12,7 +12,7 @@
 #![no_std]
 
 /// Part of every pin path: a daemon only reuses pinned maps of its own layout.
-pub const MAP_LAYOUT_VERSION: u32 = 1;
+pub const MAP_LAYOUT_VERSION: u32 = 2;
 
 /// Socket mark the daemon sets on its upstream sockets; connect4/6 let sockets
 /// carrying it through untouched. Setting a mark needs CAP_NET_ADMIN, so an
@@ -29,6 +29,9 @@ pub mod maps {
     pub const TUPLES: &str = "TUPLES";
     /// Per-CPU array of [`Counters`](super::Counters), one slot.
     pub const COUNTERS: &str = "COUNTERS";
+    /// Hash: uid (`u32`) -> live records of that uid (`u64`, counted
+    /// atomically: BPF atomics are 64-bit).
+    pub const UID_RECORDS: &str = "UID_RECORDS";
 }
 
 /// Program names, as the eBPF object declares them.
@@ -49,12 +52,18 @@ pub mod globals {
     pub const PROXY_PORT: &str = "PROXY_PORT_BE";
     /// `u32`: the mark of the daemon's own upstream sockets.
     pub const UPSTREAM_MARK: &str = "UPSTREAM_MARK";
+    /// `u32`: live records one uid may hold.
+    pub const RECORDS_PER_UID: &str = "RECORDS_PER_UID";
 }
 
 /// Capacities. CONNECTS and TUPLES are plain hashes, not LRU: when full, a new
 /// connection to a target is refused rather than evicting a live record.
 pub const MAX_TARGET_ENTRIES: u32 = 16_384;
 pub const MAX_CONNECTIONS: u32 = 65_536;
+/// Live records one uid may hold by default (`max_records_per_uid`), so that
+/// one user cannot fill the record maps for everyone: connects beyond it get
+/// EPERM.
+pub const DEFAULT_RECORDS_PER_UID: u32 = 4_096;
 
 /// `htonl(0x0000_ffff)`: the third word of an IPv4-mapped IPv6 address.
 pub const V4_MAPPED_WORD: u32 = u32::to_be(0x0000_ffff);
@@ -161,6 +170,11 @@ pub struct Counters {
     pub map_full: u64,
     /// Connects carrying the daemon's mark, passed through.
     pub exempt: u64,
+    /// Connects refused because their uid holds [`MAX_RECORDS_PER_UID`].
+    pub uid_full: u64,
+    /// Connects and sends to an unspecified address (`0.0.0.0`, `::`)
+    /// matched as the address the kernel would use.
+    pub unspecified: u64,
 }
 
 #[cfg(feature = "user")]
@@ -188,7 +202,7 @@ mod tests {
             size_of::<ConnectRecord>(),
             16 + 2 + 2 + 4 * 5 + 8 + 8 + 16 + 36 + 4
         );
-        assert_eq!(size_of::<Counters>(), 32);
+        assert_eq!(size_of::<Counters>(), 48);
     }
 
     #[test]

@@ -1,12 +1,23 @@
 //! The cgroup programs. Each entry point is a thin wrapper; the decisions are
 //! in small functions that read the context once and return a value.
 //!
+//! A record lives exactly as long as its connection: sockops turns on state
+//! callbacks for every recorded socket and forgets it when the connection
+//! reaches TCP_CLOSE (or the socket is released, or connects again), and a
+//! tuple is removed only by the socket it belongs to. MPTCP needs nothing
+//! else: the hooks see its subflows as TCP sockets (redirected and recorded
+//! like any), and their state changes end their records, though the release
+//! hook never runs for them.
+//!
 //! Verifier notes (see ../shared/EBPF.md): context fields are read with
 //! volatile loads, IPv6 addresses as four `u32` loads, and both the IPv4 and
 //! IPv6 fields are read unconditionally before choosing between the values;
 //! a context offset chosen by a branch is refused.
 
-use core::ptr::{read_volatile, write_volatile};
+use core::{
+    arch::asm,
+    ptr::{read_volatile, write_volatile},
+};
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr, bpf_sock_ops},
@@ -30,7 +41,13 @@ const REFUSE: i32 = 0;
 
 const SOCK_STREAM: u32 = 1;
 const AF_INET: u32 = 2;
+const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const BPF_SOCK_OPS_STATE_CB: u32 = 10;
+const BPF_SOCK_OPS_STATE_CB_FLAG: u32 = 4;
+const TCP_CLOSE: u32 = 7;
+/// `127.0.0.1`, as the kernel loads addresses.
+const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
 
 /// The proxy's listening port (network order); set by the daemon at load.
 #[unsafe(no_mangle)]
@@ -38,6 +55,9 @@ static PROXY_PORT_BE: u16 = 0;
 /// Mark of the daemon's upstream sockets; set by the daemon at load.
 #[unsafe(no_mangle)]
 static UPSTREAM_MARK: u32 = 0;
+/// Live records one uid may hold; set by the daemon at load.
+#[unsafe(no_mangle)]
+static RECORDS_PER_UID: u32 = 0;
 
 #[map(name = "TARGETS")]
 static TARGETS: LpmTrie<TargetKey, TargetValue> = LpmTrie::with_max_entries(MAX_TARGET_ENTRIES, 0);
@@ -50,6 +70,9 @@ static TUPLES: HashMap<SockTuple, u64> = HashMap::with_max_entries(MAX_CONNECTIO
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+#[map(name = "UID_RECORDS")]
+static UID_RECORDS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 /// `::ffff:127.0.0.1` and `::1`: where redirected connections go.
 const PROXY_V4_MAPPED: [u32; 4] = v4_mapped(u32::from_ne_bytes([127, 0, 0, 1]));
@@ -75,7 +98,13 @@ pub fn jp_connect4(ctx: SockAddrContext) -> i32 {
             read_volatile(&(*sa).user_port),
         )
     };
-    match connect(&ctx, v4_mapped(ip4), port as u16, 4) {
+    let dst = if ip4 == 0 {
+        count(|c| c.unspecified += 1);
+        v4_mapped(unspecified_v4(sa))
+    } else {
+        v4_mapped(ip4)
+    };
+    match connect(&ctx, dst, port as u16, 4) {
         Action::Pass => ALLOW,
         Action::Refuse => REFUSE,
         Action::Redirect => {
@@ -94,6 +123,7 @@ pub fn jp_connect6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands a valid bpf_sock_addr for the program's lifetime.
     let (dst, port) = unsafe { (read_ip6(&(*sa).user_ip6), read_volatile(&(*sa).user_port)) };
+    let dst = unspecified_v6(sa, dst);
     match connect(&ctx, dst, port as u16, 6) {
         Action::Pass => ALLOW,
         Action::Refuse => REFUSE,
@@ -158,9 +188,16 @@ fn connect(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16, family: u16) -> A
         tuple: SockTuple::default(),
         established: 0,
     };
+    // A socket that connects again (after AF_UNSPEC) starts a new record.
+    forget(cookie);
+    if !take_uid_slot(record.uid) {
+        count(|c| c.uid_full += 1);
+        return Action::Refuse;
+    }
     // No room means no record, and a connection without its record must never
     // reach the target: refuse it here rather than have the proxy drop it.
     if CONNECTS.insert(&cookie, &record, 0).is_err() {
+        give_uid_slot(record.uid);
         count(|c| c.map_full += 1);
         return Action::Refuse;
     }
@@ -168,17 +205,75 @@ fn connect(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16, family: u16) -> A
     Action::Redirect
 }
 
+/// What a connect to `0.0.0.0` really reaches: the socket's bound source
+/// address, else loopback (as `ip_route_connect` decides).
+#[inline(always)]
+fn unspecified_v4(sa: *mut bpf_sock_addr) -> u32 {
+    // SAFETY: `sk` of a sock_addr context is a valid socket pointer, and
+    // `src_ip4` is a readable field of it.
+    let src = unsafe {
+        let sk = (*sa).__bindgen_anon_1.sk;
+        read_volatile(&(*sk).src_ip4)
+    };
+    if src == 0 {
+        LOOPBACK4
+    } else {
+        src
+    }
+}
+
+/// What a connect6 destination really reaches: `::` is loopback (`::1`, or
+/// `::ffff:127.0.0.1` for a socket bound to an IPv4-mapped address), and
+/// `::ffff:0.0.0.0` is an IPv4 connect to `0.0.0.0`.
+#[inline(always)]
+fn unspecified_v6(sa: *mut bpf_sock_addr, dst: [u32; 4]) -> [u32; 4] {
+    let unspecified_v4 = is_v4_mapped(&dst) && dst[3] == 0;
+    if dst != [0; 4] && !unspecified_v4 {
+        return dst;
+    }
+    count(|c| c.unspecified += 1);
+    // SAFETY: `sk` of a sock_addr context is a valid socket pointer, and
+    // `src_ip6` is a readable field of it.
+    let src6 = unsafe {
+        let sk = (*sa).__bindgen_anon_1.sk;
+        read_ip6(&(*sk).src_ip6)
+    };
+    if unspecified_v4 {
+        let src4 = if is_v4_mapped(&src6) { src6[3] } else { 0 };
+        v4_mapped(if src4 == 0 { LOOPBACK4 } else { src4 })
+    } else if is_v4_mapped(&src6) {
+        v4_mapped(LOOPBACK4)
+    } else {
+        PROXY_V6
+    }
+}
+
 #[cgroup_sock_addr(sendmsg4)]
 pub fn jp_sendmsg4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: valid context pointer, read-only fields.
-    let (ip4, port) = unsafe {
+    let (ip4, port, msg_src) = unsafe {
         (
             read_volatile(&(*sa).user_ip4),
             read_volatile(&(*sa).user_port),
+            read_volatile(&(*sa).msg_src_ip4),
         )
     };
-    refuse_udp_to_target(v4_mapped(ip4), port as u16)
+    let port = port as u16;
+    if ip4 != 0 {
+        return refuse_udp_to_target(v4_mapped(ip4), port);
+    }
+    // To `0.0.0.0`: the datagram goes to its source address (the one given
+    // with IP_PKTINFO, else the bound one), else to loopback. Refuse if any
+    // of them is a target.
+    count(|c| c.unspecified += 1);
+    let src = unspecified_v4(sa);
+    if (msg_src != 0 && refuse_udp_to_target(v4_mapped(msg_src), port) == REFUSE)
+        || refuse_udp_to_target(v4_mapped(src), port) == REFUSE
+    {
+        return REFUSE;
+    }
+    refuse_udp_to_target(v4_mapped(LOOPBACK4), port)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
@@ -186,6 +281,13 @@ pub fn jp_sendmsg6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: valid context pointer, read-only fields.
     let (dst, port) = unsafe { (read_ip6(&(*sa).user_ip6), read_volatile(&(*sa).user_port)) };
+    // `::` is loopback for a datagram too (udpv6_sendmsg).
+    let dst = if dst == [0; 4] {
+        count(|c| c.unspecified += 1);
+        PROXY_V6
+    } else {
+        dst
+    };
     refuse_udp_to_target(dst, port as u16)
 }
 
@@ -237,13 +339,33 @@ pub fn jp_getpeername6(ctx: SockAddrContext) -> i32 {
 
 /// Once a redirected connection is established, index its record by the
 /// client's 4-tuple: that is what the proxy sees from `accept()`. This runs
-/// before the connection reaches the proxy's accept queue.
+/// before the connection reaches the proxy's accept queue. State callbacks,
+/// turned on when a recorded socket starts to connect, forget the record
+/// when the connection closes.
 #[sock_ops]
 pub fn jp_sockops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        established(&ctx);
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => watch_state(&ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(&ctx),
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
+            // SAFETY: valid context pointer; the helper takes the context.
+            forget(unsafe { bpf_get_socket_cookie(ctx.ops.cast()) });
+        }
+        _ => {}
     }
     0
+}
+
+/// Asks for state callbacks on a recorded socket, so its record goes when
+/// the connection ends (also when it never establishes).
+#[inline(always)]
+fn watch_state(ctx: &SockOpsContext) {
+    // SAFETY: valid context pointer; the helper takes the context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    // SAFETY: only whether a record exists is read.
+    if unsafe { CONNECTS.get(&cookie) }.is_some() {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    }
 }
 
 #[inline(always)]
@@ -251,9 +373,6 @@ fn established(ctx: &SockOpsContext) {
     let ops: *mut bpf_sock_ops = ctx.ops;
     // SAFETY: valid context pointer; the helper takes the context.
     let cookie = unsafe { bpf_get_socket_cookie(ops.cast()) };
-    let Some(record) = CONNECTS.get_ptr_mut(&cookie) else {
-        return;
-    };
     // SAFETY: valid context pointer; every field is read unconditionally.
     let (family, l4, r4, l6, r6, lport, rport) = unsafe {
         (
@@ -277,6 +396,16 @@ fn established(ctx: &SockOpsContext) {
         client_port: lport as u16,
         proxy_port: remote_port_host(rport),
     };
+    let Some(record) = CONNECTS.get_ptr_mut(&cookie) else {
+        // Not redirected. If its 4-tuple is still indexed, that entry is
+        // another socket's, which is gone: this socket must never be taken
+        // for it.
+        // SAFETY: the value is copied out at once.
+        if unsafe { TUPLES.get(&tuple) }.is_some_and(|&owner| owner != cookie) {
+            let _ = TUPLES.remove(&tuple);
+        }
+        return;
+    };
     if TUPLES.insert(&tuple, &cookie, 0).is_ok() {
         // SAFETY: `record` points into the map value, valid for this program run.
         unsafe {
@@ -284,6 +413,7 @@ fn established(ctx: &SockOpsContext) {
             (*record).established = 1;
         }
     }
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
 }
 
 /// sockops' `remote_port` is network order; kernels place it in the high
@@ -302,16 +432,73 @@ fn remote_port_host(raw: u32) -> u16 {
 pub fn jp_sock_release(ctx: SockContext) -> i32 {
     let sk: *mut bpf_sock = ctx.sock;
     // SAFETY: valid context; the helper takes the socket.
-    let cookie = unsafe { bpf_get_socket_cookie(sk.cast()) };
+    forget(unsafe { bpf_get_socket_cookie(sk.cast()) });
+    1
+}
+
+/// Removes the record of `cookie`, its tuple if the tuple is still its own,
+/// and gives back its uid's slot (once: only the remover does).
+#[inline(always)]
+fn forget(cookie: u64) {
     // SAFETY: the value is copied out before the entry is removed.
-    if let Some(record) = unsafe { CONNECTS.get(&cookie) } {
-        if record.established != 0 {
-            let tuple = record.tuple;
+    let Some(record) = (unsafe { CONNECTS.get(&cookie) }).copied() else {
+        return;
+    };
+    if record.established != 0 {
+        let tuple = record.tuple;
+        // SAFETY: the value is copied out at once.
+        if unsafe { TUPLES.get(&tuple) }.is_some_and(|&owner| owner == cookie) {
             let _ = TUPLES.remove(&tuple);
         }
-        let _ = CONNECTS.remove(&cookie);
     }
-    1
+    if CONNECTS.remove(&cookie).is_ok() {
+        give_uid_slot(record.uid);
+    }
+}
+
+/// Takes one of `uid`'s record slots; false when it holds them all.
+#[inline(always)]
+fn take_uid_slot(uid: u32) -> bool {
+    let _ = UID_RECORDS.insert(&uid, &0, 1 /* BPF_NOEXIST */);
+    let Some(count) = UID_RECORDS.get_ptr_mut(&uid) else {
+        return false;
+    };
+    // SAFETY: `count` points into the map value, valid for this program run.
+    // Concurrent takes may pass the cap by a few; the count stays exact.
+    // SAFETY: a plain read of a global that only the loader writes.
+    let cap = u64::from(unsafe { read_volatile(&RECORDS_PER_UID) });
+    if unsafe { read_volatile(count) } >= cap {
+        return false;
+    }
+    // SAFETY: as above; the add is atomic.
+    unsafe { atomic_add(count, 1) };
+    true
+}
+
+/// Gives back one of `uid`'s record slots.
+#[inline(always)]
+fn give_uid_slot(uid: u32) {
+    if let Some(count) = UID_RECORDS.get_ptr_mut(&uid) {
+        // SAFETY: as in `take_uid_slot`; adding 2^64 - 1 subtracts one.
+        unsafe {
+            if read_volatile(count) > 0 {
+                atomic_add(count, u64::MAX);
+            }
+        }
+    }
+}
+
+/// `*p += v`, atomically (BPF `lock` add; the old value is not fetched, so
+/// any BPF CPU version has it).
+///
+/// # Safety
+/// `p` must point into a map value, valid for this program run.
+#[inline(always)]
+unsafe fn atomic_add(p: *mut u64, v: u64) {
+    // SAFETY: the caller guarantees `p`; the instruction touches only `*p`.
+    unsafe {
+        asm!("lock *(u64 *)({p} + 0) += {v}", p = in(reg) p, v = in(reg) v, options(nostack));
+    }
 }
 
 #[inline(always)]

@@ -62,12 +62,23 @@ impl World {
     }
 
     fn with_config(index: u8, name: &str, behaviour: Behaviour, config: &str) -> Self {
+        // These tests are about the redirect: every test user has a grant.
+        Self::with_grants(index, name, behaviour, config, &["root", "nobody", "4242"])
+    }
+
+    /// A world where only `grantees` have grants (on both targets).
+    fn with_grants(
+        index: u8,
+        name: &str,
+        behaviour: Behaviour,
+        config: &str,
+        grantees: &[&str],
+    ) -> Self {
         let api = Upstream::start(api_addr(index), behaviour).expect("stand-in API");
         let api6 = Upstream::start(api6_addr(index), behaviour).ok();
         let cgroup = Cgroup::create(name).expect("test cgroup");
         let daemon = Daemon::start(&cgroup, Some(config)).expect("daemon starts");
-        // These tests are about the redirect: every test user has a grant.
-        for who in ["root", "nobody", "4242"] {
+        for &who in grantees {
             for target in [format!("api-{index}"), format!("api6-{index}")] {
                 daemon.client(&["grant", who, &target, "--for", "1h", "--reason", "e2e"]);
             }
@@ -655,4 +666,344 @@ fn dns_names_are_resolved_into_targets() {
     });
     assert_eq!(event["target_name"], "by-name");
     assert_eq!(api.accepted(), 1);
+}
+
+/// Python that disconnects socket `s` with `connect(AF_UNSPEC)`: the
+/// connection is reset and ends, but the descriptor stays open.
+const DISCONNECT_PY: &str = r#"
+import ctypes
+_libc = ctypes.CDLL(None, use_errno=True)
+def disconnect(s):
+    unspec = (ctypes.c_ubyte * 16)()
+    if _libc.connect(s.fileno(), unspec, 16) != 0:
+        raise OSError(ctypes.get_errno(), "connect(AF_UNSPEC)")
+"#;
+
+/// The daemon's `status --json`.
+fn status(w: &World) -> Value {
+    serde_json::from_str(&w.daemon.client(&["status", "--json"])).expect("status JSON")
+}
+
+/// (records, tuples) in the kernel maps, as `status` reports them.
+fn status_records(w: &World) -> (u64, u64) {
+    let kernel = &status(w)["kernel"];
+    (
+        kernel["records"].as_u64().unwrap_or(u64::MAX),
+        kernel["tuples"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+#[test]
+fn unspecified_destinations_are_matched_as_the_address_they_reach() {
+    let w = World::with_grants(16, "unspec", Behaviour::Http, &config(16, &[]), &[]);
+    let api = w.api.addr();
+    let api6 = w.api6.as_ref().expect("IPv6 stand-in API on ::1").addr();
+    // 0.0.0.0 from a socket bound to the target's address reaches the target.
+    let (ok, body, _) = curl(
+        w.cgroup
+            .command_as(NOBODY, NOBODY, "curl")
+            .args(["--interface", &api.ip().to_string()]),
+        &format!("http://0.0.0.0:{}/v4-any", api.port()),
+    );
+    assert!(!ok, "0.0.0.0 reached the target without a grant: {body}");
+    // `::` is ::1.
+    let (ok, body, _) = curl(
+        &mut w.cgroup.command_as(NOBODY, NOBODY, "curl"),
+        &format!("http://[::]:{}/v6-any", api6.port()),
+    );
+    assert!(!ok, "[::] reached the target without a grant: {body}");
+    // `::ffff:0.0.0.0` from an IPv6 socket bound to the target's mapped address.
+    let script = format!(
+        r#"
+import socket
+s = socket.socket(socket.AF_INET6)
+s.bind(("::ffff:{ip}", 0))
+s.settimeout(5)
+try:
+    s.connect(("::ffff:0.0.0.0", {port}))
+    s.sendall(b"GET /mapped-any HTTP/1.1\r\nHost: x\r\n\r\n")
+    print("got", len(s.recv(4096)))
+except ConnectionResetError:
+    print("reset")
+"#,
+        ip = api.ip(),
+        port = api.port()
+    );
+    let (_, out, err) = output(w.cgroup.command_as(NOBODY, NOBODY, PYTHON).args(["-c", &script]));
+    assert!(out.contains("reset") || out.contains("got 0"), "{out}{err}");
+
+    assert_eq!(w.api.accepted(), 0, "the IPv4 target was reached: {:?}", w.api.paths());
+    assert_eq!(
+        w.api6.as_ref().map(Upstream::accepted),
+        Some(0),
+        "the IPv6 target was reached"
+    );
+    // Each went to the proxy, and was refused as the address it would have reached.
+    for dst in [
+        api.to_string(),
+        api6.to_string(),
+        format!("[::ffff:{}]:{}", api.ip(), api.port()),
+    ] {
+        let denied = w.daemon.wait_event(&format!("denied to {dst}"), |e| {
+            e["event"] == "connection.denied" && e["dst"] == dst.as_str()
+        });
+        assert_eq!(denied["code"], "no_grant", "{denied}");
+        assert_eq!(denied["uid"], NOBODY, "{denied}");
+    }
+    assert!(status(&w)["kernel"]["unspecified"].as_u64() >= Some(3));
+}
+
+#[test]
+fn udp_to_unspecified_addresses_is_refused() {
+    let w = World::with_grants(17, "unspecudp", Behaviour::Http, &config(17, &[]), &[]);
+    let api = w.api.addr();
+    let port6 = api6_addr(17).port();
+    let script = format!(
+        r#"
+import socket
+ip, port, port6 = "{ip}", {port}, {port6}
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind((ip, port))
+rx6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+rx6.bind(("::1", port6))
+results = []
+def attempt(name, f):
+    try:
+        f()
+        results.append(name + " sent")
+    except PermissionError:
+        results.append(name + " EPERM")
+    except OSError as e:
+        results.append(name + " " + str(e))
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((ip, 0))
+attempt("sendto-0.0.0.0-bound", lambda: s.sendto(b"x", ("0.0.0.0", port)))
+s6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+attempt("sendto-::", lambda: s6.sendto(b"x", ("::", port6)))
+c6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+attempt("connect-::", lambda: (c6.connect(("::", port6)), c6.send(b"x")))
+m = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+m.bind(("::ffff:" + ip, 0))
+attempt("sendto-mapped-0.0.0.0-bound", lambda: m.sendto(b"x", ("::ffff:0.0.0.0", port)))
+got = 0
+for r in (rx, rx6):
+    r.settimeout(0.5)
+    try:
+        while True:
+            r.recv(10)
+            got += 1
+    except socket.timeout:
+        pass
+print(" | ".join(results))
+print("received", got)
+"#,
+        ip = api.ip(),
+        port = api.port(),
+    );
+    let (ok, out, err) = output(w.cgroup.command_as(NOBODY, NOBODY, PYTHON).args(["-c", &script]));
+    assert!(ok, "{err}");
+    let mut lines = out.lines();
+    let results = lines.next().unwrap_or_default();
+    for attempt in results.split(" | ") {
+        assert!(attempt.ends_with(" EPERM"), "not refused: {attempt} (all: {results})");
+    }
+    assert_eq!(results.split(" | ").count(), 4, "{results}");
+    assert_eq!(lines.next(), Some("received 0"), "a datagram reached a target");
+}
+
+#[test]
+fn a_replayed_tuple_is_refused_and_recorded_also_after_a_restart() {
+    let mut w = World::with_grants(18, "replay", Behaviour::Http, &config(18, &[]), &["root"]);
+    let api = w.api.addr();
+    // The victim (root, granted) connects, gets its answer, then disconnects
+    // with AF_UNSPEC: its connection is gone, its descriptor stays open.
+    let victim = format!(
+        r#"{DISCONNECT_PY}
+import socket, sys, time
+s = socket.socket()
+s.connect(("{ip}", {port}))
+s.sendall(b"GET /victim HTTP/1.1\r\nHost: x\r\n\r\n")
+s.recv(4096)
+print(s.getsockname()[1], flush=True)
+disconnect(s)
+print("disconnected", flush=True)
+sys.stdin.read()
+"#,
+        ip = api.ip(),
+        port = api.port()
+    );
+    let mut victim = w
+        .cgroup
+        .command(PYTHON)
+        .args(["-c", &victim])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the victim");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
+        victim.stdout.take().expect("victim stdout"),
+    ));
+    let victim_port: u16 = lines
+        .next()
+        .and_then(Result::ok)
+        .and_then(|l| l.trim().parse().ok())
+        .expect("the victim's local port");
+    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("disconnected"));
+    assert_eq!(w.api.paths(), ["/victim"]);
+
+    // nobody (no grant) connects straight to the proxy from the victim's
+    // 4-tuple: the proxy must not take it for the victim's connection.
+    let replay = |w: &World, path: &str| {
+        let script = format!(
+            r#"
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", {victim_port}))
+s.settimeout(5)
+try:
+    s.connect(("127.0.0.1", {listen}))
+    s.sendall(b"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
+    print("got", len(s.recv(4096)))
+except ConnectionResetError:
+    print("reset")
+"#,
+            listen = listen_port(18)
+        );
+        let (_, out, err) =
+            output(w.cgroup.command_as(NOBODY, NOBODY, PYTHON).args(["-c", &script]));
+        assert!(out.contains("reset") || out.contains("got 0"), "{out}{err}");
+        let denied = w.daemon.wait_event("the replay refused", |e| {
+            e["event"] == "connection.denied" && client_port(e) == victim_port
+        });
+        assert_eq!(denied["code"], "no_record", "{denied}");
+        assert!(denied["uid"].is_null(), "no identity is lent: {denied}");
+    };
+    replay(&w, "/replay");
+    w.daemon.stop().expect("clean stop");
+    w.daemon.restart().expect("restart");
+    replay(&w, "/replay-after-restart");
+    assert_eq!(w.api.paths(), ["/victim"], "a replay reached the target");
+    drop(victim.stdin.take());
+    let _ = victim.wait();
+}
+
+#[test]
+fn records_stay_exact_over_reconnects_and_mptcp() {
+    let w = World::with_grants(19, "exact", Behaviour::Close, &config(19, &[]), &["root"]);
+    let api = w.api.addr();
+    let before = status_records(&w);
+    let script = format!(
+        r#"{DISCONNECT_PY}
+import socket, sys
+s = socket.socket()
+for _ in range(300):
+    s.connect(("{ip}", {port}))
+    disconnect(s)
+# MPTCP: its subflows are kernel sockets that the release hook never sees.
+mptcp = 0
+for _ in range(300):
+    m = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
+    m.connect(("{ip}", {port}))
+    mptcp += 1
+    m.close()
+print("mptcp", mptcp, flush=True)
+sys.stdin.read()
+"#,
+        ip = api.ip(),
+        port = api.port()
+    );
+    let mut client = w
+        .cgroup
+        .command(PYTHON)
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the client");
+    let line = std::io::BufRead::lines(std::io::BufReader::new(
+        client.stdout.take().expect("client stdout"),
+    ))
+    .next()
+    .and_then(Result::ok)
+    .unwrap_or_default();
+    assert_eq!(line, "mptcp 300");
+    // The reconnecting socket is still open and the MPTCP ones never had the
+    // release hook: only exact bookkeeping can have removed the 600 records.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while status_records(&w) != before {
+        assert!(
+            Instant::now() < deadline,
+            "records {:?} != {before:?} before",
+            status_records(&w)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    // Each was redirected into the proxy, MPTCP included: no way around it.
+    let kernel = status(&w)["kernel"].clone();
+    assert!(kernel["redirected"].as_u64() >= Some(600), "{kernel}");
+    drop(client.stdin.take());
+    let _ = client.wait();
+}
+
+#[test]
+fn one_uid_cannot_fill_the_record_maps_for_everyone() {
+    let config = format!("max_records_per_uid = 20
+{}", config(20, &[]));
+    let w = World::with_grants(20, "uidcap", Behaviour::Stream, &config, &["root", "nobody"]);
+    let api = w.api.addr();
+    let flood = format!(
+        r#"
+import socket, sys
+held, refused = [], 0
+for _ in range(30):
+    s = socket.socket()
+    try:
+        s.connect(("{ip}", {port}))
+        held.append(s)
+    except PermissionError:
+        refused += 1
+print(len(held), refused, flush=True)
+sys.stdin.read()
+"#,
+        ip = api.ip(),
+        port = api.port()
+    );
+    let mut flooder = w
+        .cgroup
+        .command_as(NOBODY, NOBODY, PYTHON)
+        .args(["-c", &flood])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the flood");
+    let line = std::io::BufRead::lines(std::io::BufReader::new(
+        flooder.stdout.take().expect("flood stdout"),
+    ))
+    .next()
+    .and_then(Result::ok)
+    .unwrap_or_default();
+    assert_eq!(line, "20 10", "nobody must hold 20 records at most");
+    // Another user still gets through.
+    let other = format!(
+        r#"
+import socket
+s = socket.create_connection(("{ip}", {port}), timeout=5)
+print("ok", len(s.recv(16)) > 0)
+"#,
+        ip = api.ip(),
+        port = api.port()
+    );
+    let (ok, out, err) = output(w.cgroup.command(PYTHON).args(["-c", &other]));
+    assert!(ok && out.contains("ok True"), "root was shut out: {out}{err}");
+    let kernel = status(&w)["kernel"].clone();
+    assert!(kernel["uid_full"].as_u64() >= Some(10), "{kernel}");
+    assert!(
+        kernel["records_by_uid"]
+            .as_array()
+            .is_some_and(|by| by.iter().any(|e| e[0] == NOBODY && e[1] == 20)),
+        "{kernel}"
+    );
+    drop(flooder.stdin.take());
+    let _ = flooder.wait();
 }

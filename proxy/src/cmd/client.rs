@@ -276,8 +276,24 @@ pub(super) async fn status(socket: &Path, json: bool) -> Result<(), CmdError> {
     }
     let k = &s.kernel;
     println!(
-        "kernel: {} redirected, {} UDP refused, {} refused with the record map full, {} exempt (the proxy's own)",
-        k.redirected, k.udp_refused, k.map_full, k.exempt
+        "kernel: {} redirected, {} UDP refused, {} refused with the record map full, \
+         {} refused at the per-uid cap ({}), {} to an unspecified address, {} exempt (the proxy's own)",
+        k.redirected,
+        k.udp_refused,
+        k.map_full,
+        k.uid_full,
+        k.max_records_per_uid,
+        k.unspecified,
+        k.exempt
+    );
+    println!(
+        "records: {} connection(s), {} tuple(s){}",
+        k.records,
+        k.tuples,
+        k.records_by_uid
+            .iter()
+            .map(|(uid, n)| format!("; uid {uid}: {n}"))
+            .collect::<String>()
     );
     println!("\nlive connections:");
     if s.live.is_empty() {

@@ -35,6 +35,9 @@ pub struct Config {
     pub resolve_interval: Duration,
     pub connect_timeout: Duration,
     pub max_connections: usize,
+    /// Live connection records one uid may hold in the kernel (connects
+    /// beyond it get EPERM), so one user cannot fill the maps for everyone.
+    pub max_records_per_uid: u32,
     pub upstream_mark: u32,
     /// Threads of the async runtime; `None`: one per CPU the daemon may use.
     pub worker_threads: Option<usize>,

@@ -25,6 +25,8 @@ pub(super) struct RawConfig {
     pub(super) connect_timeout: Spanned<String>,
     #[serde(default = "defaults::max_connections")]
     pub(super) max_connections: Spanned<usize>,
+    #[serde(default = "defaults::max_records_per_uid")]
+    pub(super) max_records_per_uid: Spanned<u32>,
     #[serde(default = "defaults::upstream_mark")]
     pub(super) upstream_mark: Spanned<u32>,
     #[serde(default)]
@@ -97,6 +99,9 @@ mod defaults {
     }
     pub(super) fn max_connections() -> Spanned<usize> {
         unspanned(10_000)
+    }
+    pub(super) fn max_records_per_uid() -> Spanned<u32> {
+        unspanned(proxy_common::DEFAULT_RECORDS_PER_UID)
     }
     pub(super) fn upstream_mark() -> Spanned<u32> {
         unspanned(proxy_common::DEFAULT_UPSTREAM_MARK)

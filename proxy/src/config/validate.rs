@@ -33,6 +33,13 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &str) -> Result<Config,
             format!("must be from 1 to {MAX_CONNECTIONS_LIMIT}"),
         ));
     }
+    if !(1..=proxy_common::MAX_CONNECTIONS).contains(raw.max_records_per_uid.get_ref()) {
+        return Err(errors.at(
+            &raw.max_records_per_uid,
+            "max_records_per_uid",
+            format!("must be from 1 to {}", proxy_common::MAX_CONNECTIONS),
+        ));
+    }
     if *raw.upstream_mark.get_ref() == 0 {
         return Err(errors.at(
             &raw.upstream_mark,
@@ -67,6 +74,7 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &str) -> Result<Config,
         resolve_interval,
         connect_timeout,
         max_connections: raw.max_connections.into_inner(),
+        max_records_per_uid: raw.max_records_per_uid.into_inner(),
         upstream_mark: raw.upstream_mark.into_inner(),
         worker_threads: raw.worker_threads.map(Spanned::into_inner),
         control_socket: raw.control_socket,

@@ -142,6 +142,24 @@ pub struct KernelCounters {
     pub map_full: u64,
     /// The proxy's own upstream connects, let through by their mark.
     pub exempt: u64,
+    /// Connects refused because their uid held its most live records.
+    #[serde(default)]
+    pub uid_full: u64,
+    /// Connects and sends to `0.0.0.0` or `::`, matched as the address the
+    /// kernel would use.
+    #[serde(default)]
+    pub unspecified: u64,
+    /// Entries in the record maps now: connections, and their 4-tuples.
+    #[serde(default)]
+    pub records: u64,
+    #[serde(default)]
+    pub tuples: u64,
+    /// Live records per uid, `[uid, records]` (each uid may hold at most
+    /// `max_records_per_uid`).
+    #[serde(default)]
+    pub records_by_uid: Vec<(u32, u64)>,
+    #[serde(default)]
+    pub max_records_per_uid: u32,
 }
 
 /// The audit log's state.

@@ -119,6 +119,7 @@ pub async fn run(
         bpffs: &config.bpffs,
         proxy_port: config.listen_port,
         upstream_mark: config.upstream_mark,
+        records_per_uid: config.max_records_per_uid,
     })?);
     let (resolved, warnings) =
         targets::resolve(&SystemLookup, &config.targets, &Resolved::default()).await;

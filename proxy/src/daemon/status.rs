@@ -74,6 +74,7 @@ impl Status {
         }
         let audit = self.access.audit();
         let counters = self.kernel.counters();
+        let (records, tuples) = self.kernel.record_counts();
         StatusView {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
@@ -96,6 +97,12 @@ impl Status {
                 udp_refused: counters.udp_refused,
                 map_full: counters.map_full,
                 exempt: counters.exempt,
+                uid_full: counters.uid_full,
+                unspecified: counters.unspecified,
+                records: records as u64,
+                tuples: tuples as u64,
+                records_by_uid: self.kernel.records_by_uid(),
+                max_records_per_uid: config.max_records_per_uid,
             },
         }
     }

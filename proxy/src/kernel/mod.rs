@@ -37,7 +37,13 @@ use crate::host;
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jitproxy-ebpf"));
 
-const PINNED_MAPS: [&str; 4] = [maps::TARGETS, maps::CONNECTS, maps::TUPLES, maps::COUNTERS];
+const PINNED_MAPS: [&str; 5] = [
+    maps::TARGETS,
+    maps::CONNECTS,
+    maps::TUPLES,
+    maps::COUNTERS,
+    maps::UID_RECORDS,
+];
 
 /// Programs in attach order: bookkeeping first, the redirect last, so that a
 /// redirected connection always finds sockops and sock_release in place.
@@ -135,6 +141,8 @@ pub struct LoadOptions<'a> {
     pub bpffs: &'a Path,
     pub proxy_port: u16,
     pub upstream_mark: u32,
+    /// Live records one uid may hold.
+    pub records_per_uid: u32,
 }
 
 /// The attached programs and the maps the daemon reads and writes.
@@ -143,6 +151,7 @@ pub struct Kernel {
     connects: HashMap<MapData, u64, ConnectRecord>,
     tuples: HashMap<MapData, SockTuple, u64>,
     counters: PerCpuArray<MapData, Counters>,
+    uid_records: HashMap<MapData, u32, u64>,
     targets: Mutex<LpmTrie<MapData, TargetKey, TargetValue>>,
     /// Holds the loaded programs; the pinned links keep them attached.
     _ebpf: Ebpf,
@@ -175,7 +184,8 @@ impl Kernel {
         let port_be = opts.proxy_port.to_be();
         loader
             .override_global(globals::PROXY_PORT, &port_be, true)
-            .override_global(globals::UPSTREAM_MARK, &opts.upstream_mark, true);
+            .override_global(globals::UPSTREAM_MARK, &opts.upstream_mark, true)
+            .override_global(globals::RECORDS_PER_UID, &opts.records_per_uid, true);
         let mut ebpf = loader.load(EBPF_OBJECT).map_err(KernelError::Load)?;
 
         let stale = pins.pinned_links().map_err(|source| KernelError::PinDir {
@@ -203,6 +213,7 @@ impl Kernel {
             connects: take_map(&mut ebpf, maps::CONNECTS)?,
             tuples: take_map(&mut ebpf, maps::TUPLES)?,
             counters: take_map(&mut ebpf, maps::COUNTERS)?,
+            uid_records: take_map(&mut ebpf, maps::UID_RECORDS)?,
             targets: Mutex::new(take_map(&mut ebpf, maps::TARGETS)?),
             pins,
             _ebpf: ebpf,
@@ -264,6 +275,8 @@ impl Kernel {
                 sum.udp_refused += c.udp_refused;
                 sum.map_full += c.map_full;
                 sum.exempt += c.exempt;
+                sum.uid_full += c.uid_full;
+                sum.unspecified += c.unspecified;
             }
         }
         sum
@@ -272,6 +285,18 @@ impl Kernel {
     /// Entries in the connection record maps (CONNECTS, TUPLES).
     pub fn record_counts(&self) -> (usize, usize) {
         (self.connects.keys().count(), self.tuples.keys().count())
+    }
+
+    /// Live records per uid (uids holding none left out).
+    pub fn records_by_uid(&self) -> Vec<(u32, u64)> {
+        let mut by_uid: Vec<(u32, u64)> = self
+            .uid_records
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|&(_, n)| n > 0)
+            .collect();
+        by_uid.sort_unstable();
+        by_uid
     }
 }
 
