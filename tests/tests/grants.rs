@@ -395,6 +395,70 @@ fn a_forged_login_uid_gets_the_forgers_own_identity() {
 }
 
 #[test]
+fn a_control_socket_flood_leaves_root_and_the_data_path_working() {
+    let w = World::new(13, "ctlflood", Behaviour::Http, "");
+    w.grant("root", "1h");
+    // nobody opens 2,000 control connections, sends nothing, and holds them.
+    let flood = format!(
+        r#"
+import socket, sys, time
+socks = []
+for _ in range(2000):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(2)
+    try:
+        s.connect("{socket}")
+        socks.append(s)
+    except OSError:
+        s.close()
+time.sleep(0.5)
+held = 0
+for s in socks:
+    s.setblocking(False)
+    try:
+        if s.recv(1) == b"":
+            continue
+    except BlockingIOError:
+        held += 1
+    except OSError:
+        pass
+print(len(socks), held, flush=True)
+sys.stdin.read()
+"#,
+        socket = w.daemon.socket().display()
+    );
+    let mut flooder = w
+        .cgroup
+        .command_as(NOBODY, NOBODY, PYTHON)
+        .args(["-c", &flood])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the flood");
+    let line = std::io::BufRead::lines(std::io::BufReader::new(
+        flooder.stdout.take().expect("flood stdout"),
+    ))
+    .next()
+    .and_then(Result::ok)
+    .unwrap_or_default();
+    let (opened, held): (usize, usize) = line
+        .split_once(' ')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .unwrap_or_else(|| panic!("flood output: {line:?}"));
+    assert!(opened > 100, "the flood did not get going: {line}");
+    assert!(held <= 8, "one uid holds {held} control connections: {line}");
+
+    // While the flood's connections are still open, root is answered and a
+    // granted connection to the target works.
+    let started = Instant::now();
+    assert!(w.daemon.client(&["status"]).contains("running"));
+    eprintln!("status during a control-socket flood: {:?}", started.elapsed());
+    assert!(w.curl_as(0), "a granted connection failed during the flood");
+    drop(flooder.stdin.take());
+    let _ = flooder.wait();
+}
+
+#[test]
 fn grants_survive_restart_and_kill9_but_expired_ones_are_not_honoured() {
     let mut w = World::new(7, "restart", Behaviour::Http, "");
     w.grant("nobody", "1h");

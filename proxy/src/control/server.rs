@@ -3,14 +3,20 @@
 //! connection affects only itself.
 
 use std::{
-    convert::Infallible, future::Future, os::unix::fs::PermissionsExt as _, path::Path, pin::Pin,
-    sync::Arc, time::Duration,
+    collections::HashMap,
+    convert::Infallible,
+    future::Future,
+    os::unix::fs::PermissionsExt as _,
+    path::Path,
+    pin::Pin,
+    sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
@@ -41,7 +47,16 @@ const ENDPOINTS: &[&str] = &[
 ];
 
 /// A connection may take this long in all (slow clients cannot pin tasks).
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection may take this long to send a request's headers, the first
+/// or the next: idle connections are closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// Control connections one non-root uid may hold at once.
+const PER_UID: usize = 8;
+/// Control connections of all non-root uids together. Root is never
+/// counted, so a flood cannot lock out the administrator, and this bounds
+/// the descriptors the control socket can take from the proxy.
+pub const NON_ROOT_TOTAL: usize = 256;
 
 /// Produces the daemon's status on demand.
 pub type StatusFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = StatusView> + Send>> + Send + Sync>;
@@ -69,6 +84,7 @@ pub async fn serve(
     status: StatusFn,
     shutdown: CancellationToken,
 ) {
+    let slots = Arc::new(Slots::default());
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -84,8 +100,15 @@ pub async fn serve(
         let Some(peer) = peer_of(&stream) else {
             continue;
         };
+        // Over its share, the connection is closed at once: the caller sees
+        // the end of stream and nothing else changes.
+        let Some(slot) = Slots::take(&slots, peer.uid) else {
+            tracing::debug!(uid = peer.uid, "control connection refused: too many from this uid");
+            continue;
+        };
         let (access, status) = (Arc::clone(&access), Arc::clone(&status));
         tokio::spawn(async move {
+            let _slot = slot;
             let service = hyper::service::service_fn(move |req| {
                 let (access, status, peer) =
                     (Arc::clone(&access), Arc::clone(&status), peer.clone());
@@ -95,6 +118,8 @@ pub async fn serve(
             // still gets its answer.
             let conn = hyper::server::conn::http1::Builder::new()
                 .half_close(true)
+                .timer(TokioTimer::new())
+                .header_read_timeout(IDLE_TIMEOUT)
                 .max_buf_size(MAX_BODY.max(8192))
                 .serve_connection(TokioIo::new(stream), service);
             match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
@@ -103,6 +128,58 @@ pub async fn serve(
                 Err(_) => tracing::debug!("control connection timed out"),
             }
         });
+    }
+}
+
+/// Live control connections, per non-root uid and in all.
+#[derive(Debug, Default)]
+struct Slots(Mutex<SlotCounts>);
+
+#[derive(Debug, Default)]
+struct SlotCounts {
+    by_uid: HashMap<u32, usize>,
+    total: usize,
+}
+
+/// One live control connection; freed on drop.
+struct Slot {
+    slots: Arc<Slots>,
+    uid: u32,
+}
+
+impl Slots {
+    /// A slot for a connection from `uid`, unless it or all non-root uids
+    /// together hold too many. Root always gets one.
+    fn take(slots: &Arc<Self>, uid: u32) -> Option<Slot> {
+        if uid != 0 {
+            let mut counts = slots.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mine = counts.by_uid.get(&uid).copied().unwrap_or(0);
+            if mine >= PER_UID || counts.total >= NON_ROOT_TOTAL {
+                return None;
+            }
+            counts.by_uid.insert(uid, mine + 1);
+            counts.total += 1;
+        }
+        Some(Slot {
+            slots: Arc::clone(slots),
+            uid,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.uid == 0 {
+            return;
+        }
+        let mut counts = self.slots.0.lock().unwrap_or_else(|p| p.into_inner());
+        counts.total = counts.total.saturating_sub(1);
+        if let Some(mine) = counts.by_uid.get_mut(&self.uid) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                counts.by_uid.remove(&self.uid);
+            }
+        }
     }
 }
 
@@ -250,4 +327,25 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
         header::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_non_root_uid_gets_its_share_and_root_always_gets_in() {
+        let slots = Arc::new(Slots::default());
+        let mine: Vec<Slot> = (0..PER_UID)
+            .map(|_| Slots::take(&slots, 1001).expect("within the share"))
+            .collect();
+        assert!(Slots::take(&slots, 1001).is_none(), "over the share");
+        assert!(Slots::take(&slots, 1002).is_some(), "another uid has its own");
+        let roots: Vec<Slot> = (0..NON_ROOT_TOTAL * 2)
+            .map(|_| Slots::take(&slots, 0).expect("root is never refused"))
+            .collect();
+        drop(mine);
+        assert!(Slots::take(&slots, 1001).is_some(), "freed on drop");
+        drop(roots);
+    }
 }

@@ -29,7 +29,7 @@ use crate::{
     control,
     host::{
         cgroup::{self, CgroupError},
-        socket,
+        rlimit, socket,
         users::Users,
     },
     kernel::{Kernel, KernelError, LoadOptions},
@@ -42,6 +42,9 @@ use targets::{Resolved, SystemLookup};
 
 /// Backlog of each proxy listener.
 const LISTEN_BACKLOG: u32 = 4096;
+/// Descriptors kept out of the proxy's share: root's control connections,
+/// the audit log, the grant database, the listeners and the kernel maps.
+const RESERVED_FDS: u64 = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -175,7 +178,7 @@ pub async fn run(
         policy,
         Arc::clone(&access),
         users,
-        ProxySettings::from_config(&config),
+        proxy_settings(&config),
         shutdown.clone(),
     );
     proxy.serve(listeners).await;
@@ -209,6 +212,32 @@ fn config_event(config: &Config) -> Event {
         "approvers": config.approvers.iter().map(ToString::to_string).collect::<Vec<_>>(),
     }));
     event
+}
+
+/// The proxy's settings, with live connections bounded by the descriptors
+/// the process may open: each takes two, and the control socket and the
+/// daemon's own files keep a reserve, so neither can starve the other.
+fn proxy_settings(config: &Config) -> ProxySettings {
+    let mut settings = ProxySettings::from_config(config);
+    let open_files = match rlimit::raise_open_files() {
+        Ok(limit) => limit,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-file limit; assuming 1024");
+            1024
+        }
+    };
+    let reserve = RESERVED_FDS + control::server::NON_ROOT_TOTAL as u64;
+    let fit = usize::try_from(open_files.saturating_sub(reserve) / 2).unwrap_or(usize::MAX);
+    if fit < settings.max_connections {
+        tracing::warn!(
+            max_connections = settings.max_connections,
+            open_files,
+            using = fit,
+            "max_connections does not fit the open-file limit; raise the limit (LimitNOFILE) to use it"
+        );
+        settings.max_connections = fit.max(1);
+    }
+    settings
 }
 
 /// The grant database in `state_dir` (created 0700: grants name users).

@@ -1,8 +1,10 @@
 //! The local system as the daemon reads it: processes and mounts (`/proc`),
-//! cgroups, the user database (one cache), and TCP sockets. Nothing here
+//! cgroups, the user database (one cache), TCP sockets, and the descriptor
+//! limit. Nothing here
 //! knows about grants, targets or the audit log.
 
 pub mod cgroup;
 pub mod proc;
+pub mod rlimit;
 pub mod socket;
 pub mod users;
