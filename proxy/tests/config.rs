@@ -409,3 +409,28 @@ fn assert_all_refused<T: AsRef<str>>(cases: &[(T, usize, &str)]) {
         wrong.join("\n")
     );
 }
+
+#[test]
+fn a_target_on_this_host_is_warned_about_with_what_to_add() {
+    let text = "[[target]]\nname = \"local\"\nhosts = [\"127.0.0.2\"]\nports = [8080]\n\n\
+                [[target]]\nname = \"remote\"\nhosts = [\"10.20.0.0/24\"]\nports = [443]\n";
+    let config = Config::parse(text, "local.toml").expect("valid");
+    let local = [
+        "127.0.0.1".parse().unwrap(),
+        "::1".parse().unwrap(),
+        "192.0.2.7".parse().unwrap(),
+    ];
+    let warnings = config.local_target_warnings(&local);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = &warnings[0];
+    assert!(w.contains("`local`") && w.contains("127.0.0.0/8"), "{w}");
+    assert!(
+        w.contains("::1") && w.contains("192.0.2.7") && w.contains("8080"),
+        "{w}"
+    );
+
+    // Listing every address a wildcard service answers on needs no warning.
+    let text = "[[target]]\nname = \"all\"\nhosts = [\"127.0.0.0/8\", \"::1\", \"192.0.2.7\"]\nports = [8080]\n";
+    let config = Config::parse(text, "all.toml").expect("valid");
+    assert!(config.local_target_warnings(&local).is_empty());
+}

@@ -446,13 +446,19 @@ sys.stdin.read()
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
         .unwrap_or_else(|| panic!("flood output: {line:?}"));
     assert!(opened > 100, "the flood did not get going: {line}");
-    assert!(held <= 8, "one uid holds {held} control connections: {line}");
+    assert!(
+        held <= 8,
+        "one uid holds {held} control connections: {line}"
+    );
 
     // While the flood's connections are still open, root is answered and a
     // granted connection to the target works.
     let started = Instant::now();
     assert!(w.daemon.client(&["status"]).contains("running"));
-    eprintln!("status during a control-socket flood: {:?}", started.elapsed());
+    eprintln!(
+        "status during a control-socket flood: {:?}",
+        started.elapsed()
+    );
     assert!(w.curl_as(0), "a granted connection failed during the flood");
     drop(flooder.stdin.take());
     let _ = flooder.wait();

@@ -684,13 +684,20 @@ fn status(w: &World) -> Value {
     serde_json::from_str(&w.daemon.client(&["status", "--json"])).expect("status JSON")
 }
 
-/// (records, tuples) in the kernel maps, as `status` reports them.
-fn status_records(w: &World) -> (u64, u64) {
+/// (records, tuples) in the kernel maps as `status` reports them, and as
+/// the pinned maps themselves hold them.
+fn record_counts(w: &World) -> [(u64, u64); 2] {
     let kernel = &status(w)["kernel"];
-    (
-        kernel["records"].as_u64().unwrap_or(u64::MAX),
-        kernel["tuples"].as_u64().unwrap_or(u64::MAX),
-    )
+    let status = (
+        kernel["records"]
+            .as_u64()
+            .expect("status shows kernel.records"),
+        kernel["tuples"]
+            .as_u64()
+            .expect("status shows kernel.tuples"),
+    );
+    let (records, tuples) = w.daemon.record_counts().expect("read the pinned maps");
+    [status, (records as u64, tuples as u64)]
 }
 
 #[test]
@@ -729,10 +736,19 @@ except ConnectionResetError:
         ip = api.ip(),
         port = api.port()
     );
-    let (_, out, err) = output(w.cgroup.command_as(NOBODY, NOBODY, PYTHON).args(["-c", &script]));
+    let (_, out, err) = output(
+        w.cgroup
+            .command_as(NOBODY, NOBODY, PYTHON)
+            .args(["-c", &script]),
+    );
     assert!(out.contains("reset") || out.contains("got 0"), "{out}{err}");
 
-    assert_eq!(w.api.accepted(), 0, "the IPv4 target was reached: {:?}", w.api.paths());
+    assert_eq!(
+        w.api.accepted(),
+        0,
+        "the IPv4 target was reached: {:?}",
+        w.api.paths()
+    );
     assert_eq!(
         w.api6.as_ref().map(Upstream::accepted),
         Some(0),
@@ -800,15 +816,26 @@ print("received", got)
         ip = api.ip(),
         port = api.port(),
     );
-    let (ok, out, err) = output(w.cgroup.command_as(NOBODY, NOBODY, PYTHON).args(["-c", &script]));
+    let (ok, out, err) = output(
+        w.cgroup
+            .command_as(NOBODY, NOBODY, PYTHON)
+            .args(["-c", &script]),
+    );
     assert!(ok, "{err}");
     let mut lines = out.lines();
     let results = lines.next().unwrap_or_default();
     for attempt in results.split(" | ") {
-        assert!(attempt.ends_with(" EPERM"), "not refused: {attempt} (all: {results})");
+        assert!(
+            attempt.ends_with(" EPERM"),
+            "not refused: {attempt} (all: {results})"
+        );
     }
     assert_eq!(results.split(" | ").count(), 4, "{results}");
-    assert_eq!(lines.next(), Some("received 0"), "a datagram reached a target");
+    assert_eq!(
+        lines.next(),
+        Some("received 0"),
+        "a datagram reached a target"
+    );
 }
 
 #[test]
@@ -848,7 +875,10 @@ sys.stdin.read()
         .and_then(Result::ok)
         .and_then(|l| l.trim().parse().ok())
         .expect("the victim's local port");
-    assert_eq!(lines.next().and_then(Result::ok).as_deref(), Some("disconnected"));
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("disconnected")
+    );
     assert_eq!(w.api.paths(), ["/victim"]);
 
     // nobody (no grant) connects straight to the proxy from the victim's
@@ -870,8 +900,11 @@ except ConnectionResetError:
 "#,
             listen = listen_port(18)
         );
-        let (_, out, err) =
-            output(w.cgroup.command_as(NOBODY, NOBODY, PYTHON).args(["-c", &script]));
+        let (_, out, err) = output(
+            w.cgroup
+                .command_as(NOBODY, NOBODY, PYTHON)
+                .args(["-c", &script]),
+        );
         assert!(out.contains("reset") || out.contains("got 0"), "{out}{err}");
         let denied = w.daemon.wait_event("the replay refused", |e| {
             e["event"] == "connection.denied" && client_port(e) == victim_port
@@ -892,7 +925,7 @@ except ConnectionResetError:
 fn records_stay_exact_over_reconnects_and_mptcp() {
     let w = World::with_grants(19, "exact", Behaviour::Close, &config(19, &[]), &["root"]);
     let api = w.api.addr();
-    let before = status_records(&w);
+    let before = record_counts(&w);
     let script = format!(
         r#"{DISCONNECT_PY}
 import socket, sys
@@ -930,12 +963,14 @@ sys.stdin.read()
     assert_eq!(line, "mptcp 300");
     // The reconnecting socket is still open and the MPTCP ones never had the
     // release hook: only exact bookkeeping can have removed the 600 records.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while status_records(&w) != before {
+    // The proxy finishes the last connections meanwhile (their records go
+    // when they close), so wait for the counts to come back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while record_counts(&w) != before {
         assert!(
             Instant::now() < deadline,
-            "records {:?} != {before:?} before",
-            status_records(&w)
+            "records [status, maps] {:?} != {before:?} before",
+            record_counts(&w)
         );
         thread::sleep(Duration::from_millis(50));
     }
@@ -948,9 +983,18 @@ sys.stdin.read()
 
 #[test]
 fn one_uid_cannot_fill_the_record_maps_for_everyone() {
-    let config = format!("max_records_per_uid = 20
-{}", config(20, &[]));
-    let w = World::with_grants(20, "uidcap", Behaviour::Stream, &config, &["root", "nobody"]);
+    let config = format!(
+        "max_records_per_uid = 20
+{}",
+        config(20, &[])
+    );
+    let w = World::with_grants(
+        20,
+        "uidcap",
+        Behaviour::Stream,
+        &config,
+        &["root", "nobody"],
+    );
     let api = w.api.addr();
     let flood = format!(
         r#"
@@ -995,7 +1039,10 @@ print("ok", len(s.recv(16)) > 0)
         port = api.port()
     );
     let (ok, out, err) = output(w.cgroup.command(PYTHON).args(["-c", &other]));
-    assert!(ok && out.contains("ok True"), "root was shut out: {out}{err}");
+    assert!(
+        ok && out.contains("ok True"),
+        "root was shut out: {out}{err}"
+    );
     let kernel = status(&w)["kernel"].clone();
     assert!(kernel["uid_full"].as_u64() >= Some(10), "{kernel}");
     assert!(

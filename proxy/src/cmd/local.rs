@@ -12,7 +12,7 @@ use crate::{
     bench,
     config::{Config, DEFAULT_CONFIG},
     daemon::{self, RunOptions},
-    host::cgroup,
+    host::{cgroup, net},
     kernel,
 };
 
@@ -59,6 +59,9 @@ pub(super) fn check_config(path: Option<&PathBuf>) -> Result<Exit, CmdError> {
         Some(path) => Config::load(path)?,
         None => Config::embedded_default()?,
     };
+    for warning in config.local_target_warnings(&net::local_addresses()) {
+        eprintln!("warning: {warning}");
+    }
     let n = config.targets.len();
     println!(
         "{}: ok ({n} target{})",

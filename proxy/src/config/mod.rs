@@ -183,6 +183,65 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Targets that name an address of this host (`local`: its interface
+    /// addresses) but not every address a service on it could be reached
+    /// through: a service listening on every address (`0.0.0.0`, `::`)
+    /// answers on the whole loopback range and every local address, so
+    /// listing one of them leaves the others open. One message per target,
+    /// saying what to list instead.
+    pub fn local_target_warnings(&self, local: &[IpAddr]) -> Vec<String> {
+        let loopback4 = IpNet::new_assert(IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 0)), 8);
+        let mut reachable: Vec<IpNet> = vec![loopback4];
+        reachable.extend(
+            local
+                .iter()
+                .filter(|ip| !loopback4.contains(*ip))
+                .map(|&ip| IpNet::from(ip)),
+        );
+        self.targets
+            .iter()
+            .filter_map(|target| {
+                let nets: Vec<&IpNet> = target
+                    .hosts
+                    .iter()
+                    .filter_map(|h| match h {
+                        HostSpec::Net(net) => Some(net),
+                        HostSpec::Name(_) => None,
+                    })
+                    .collect();
+                let of_this_host = nets
+                    .iter()
+                    .any(|net| reachable.iter().any(|r| r.contains(*net) || net.contains(r)));
+                if !of_this_host {
+                    return None;
+                }
+                let open: Vec<String> = reachable
+                    .iter()
+                    .filter(|r| !nets.iter().any(|net| net.contains(*r)))
+                    .map(|r| HostSpec::Net(*r).to_string())
+                    .collect();
+                (!open.is_empty()).then(|| {
+                    format!(
+                        "target `{}` is an address of this host: a service there that listens on every \
+                         address (0.0.0.0 or ::) is also reached through {} on ports {}, which are not \
+                         watched; add them to its `hosts`, or make the service listen on the target's \
+                         address only",
+                        target.name,
+                        open.join(", "),
+                        target
+                            .ports
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
 impl fmt::Display for Approver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -103,7 +103,10 @@ pub async fn serve(
         // Over its share, the connection is closed at once: the caller sees
         // the end of stream and nothing else changes.
         let Some(slot) = Slots::take(&slots, peer.uid) else {
-            tracing::debug!(uid = peer.uid, "control connection refused: too many from this uid");
+            tracing::debug!(
+                uid = peer.uid,
+                "control connection refused: too many from this uid"
+            );
             continue;
         };
         let (access, status) = (Arc::clone(&access), Arc::clone(&status));
@@ -340,7 +343,10 @@ mod tests {
             .map(|_| Slots::take(&slots, 1001).expect("within the share"))
             .collect();
         assert!(Slots::take(&slots, 1001).is_none(), "over the share");
-        assert!(Slots::take(&slots, 1002).is_some(), "another uid has its own");
+        assert!(
+            Slots::take(&slots, 1002).is_some(),
+            "another uid has its own"
+        );
         let roots: Vec<Slot> = (0..NON_ROOT_TOTAL * 2)
             .map(|_| Slots::take(&slots, 0).expect("root is never refused"))
             .collect();

@@ -29,7 +29,7 @@ use crate::{
     control,
     host::{
         cgroup::{self, CgroupError},
-        rlimit, socket,
+        net, rlimit, socket,
         users::Users,
     },
     kernel::{Kernel, KernelError, LoadOptions},
@@ -135,6 +135,9 @@ pub async fn run(
             .map(|(port, net)| format!("{net} port {port}"))
             .collect();
         tracing::info!(target_name = %target.name, addresses = %addrs.join(", "), "watching target");
+    }
+    for warning in config.local_target_warnings(&net::local_addresses()) {
+        tracing::warn!("{warning}");
     }
     let resolved = Arc::new(RwLock::new(resolved));
 
