@@ -342,12 +342,12 @@ fn the_proxy_upstream_connection_is_not_looped() {
         .expect("the closed record names the upstream socket")
         .to_owned();
     assert_eq!(w.api.peers()[0].to_string(), upstream_local);
-    // The kernel counted both sides: curl's connect redirected, the proxy's
-    // own upstream connect let through by its mark.
+    // The kernel counted curl's connect as redirected. (The proxy's own
+    // upstream connect is not counted as exempt here: the daemon runs
+    // outside the test's cgroup, so the programs never see it.)
     let status: Value = serde_json::from_str(&w.daemon.client(&["status", "--json"])).unwrap();
     let kernel = &status["kernel"];
     assert!(kernel["redirected"].as_u64() >= Some(1), "{kernel}");
-    assert!(kernel["exempt"].as_u64() >= Some(1), "{kernel}");
     let text = w.daemon.client(&["status"]);
     assert!(
         text.contains("kernel: "),
