@@ -1054,3 +1054,41 @@ print("ok", len(s.recv(16)) > 0)
     drop(flooder.stdin.take());
     let _ = flooder.wait();
 }
+
+#[test]
+fn uninstall_stale_removes_the_pins_of_removed_cgroups() {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut w = World::new(21, "stale", Behaviour::Http);
+    let id = std::fs::metadata(w.cgroup.path()).expect("cgroup").ino();
+    let pins_of = |id: u64| {
+        std::fs::read_dir("/sys/fs/bpf/jitproxy")
+            .map(|dirs| {
+                dirs.filter_map(Result::ok)
+                    .filter(|d| {
+                        d.file_name()
+                            .to_string_lossy()
+                            .ends_with(&format!("-cg{id}"))
+                    })
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    assert_eq!(pins_of(id), 1, "the daemon pinned its programs");
+    // The daemon dies and its cgroup is removed: the pins stay behind.
+    w.daemon.kill9();
+    std::fs::remove_dir(w.cgroup.path()).expect("remove the (empty) cgroup");
+    assert_eq!(pins_of(id), 1);
+
+    let out = Command::new(w.daemon.bin())
+        .args(["uninstall", "--stale"])
+        .output()
+        .expect("run jitproxy uninstall --stale");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("removed the pins of"), "{stdout}");
+    assert_eq!(pins_of(id), 0, "the removed cgroup's pins are still there");
+}

@@ -98,6 +98,31 @@ pub(super) fn uninstall(config: &Config, cgroup: Option<PathBuf>) -> Result<Exit
     Ok(Exit::Success)
 }
 
+/// `jitproxy uninstall --stale`: the pins of cgroups that no longer exist.
+pub(super) fn uninstall_stale(config: &Config) -> Result<Exit, CmdError> {
+    let live = cgroup::live_ids().map_err(CmdError::failure)?;
+    let stale: Vec<u64> = kernel::pinned_cgroups(&config.bpffs)
+        .map_err(CmdError::failure)?
+        .into_iter()
+        .filter(|id| !live.contains(id))
+        .collect();
+    // Holding each lock proves no daemon still runs on a removed cgroup.
+    let mut locks = Vec::new();
+    for &id in &stale {
+        let name = PathBuf::from(format!("<removed cgroup {id}>"));
+        locks.push(daemon::lock_id(id, &name).map_err(CmdError::failure)?);
+    }
+    let done = kernel::uninstall_stale(&config.bpffs, &live).map_err(CmdError::failure)?;
+    for lock in locks {
+        lock.remove();
+    }
+    println!(
+        "removed the pins of {} cgroup(s) that no longer exist ({} program(s) detached, {} map(s) removed)",
+        done.dirs, done.links, done.maps
+    );
+    Ok(Exit::Success)
+}
+
 /// `jitproxy audit verify`: exit 5 and the first bad place when the log
 /// was tampered with.
 pub(super) fn verify_audit(config: &Config, key: Option<PathBuf>) -> Result<Exit, CmdError> {

@@ -149,13 +149,16 @@ enum Command {
     Config(ConfigCommand),
     /// Detach jitproxy's pinned programs from a cgroup: connections then go direct.
     #[command(
-        after_help = "Stop the daemon first. Example:\n  jitproxy uninstall --cgroup /sys/fs/cgroup/engineers.slice"
+        after_help = "Stop the daemon first. Examples:\n  jitproxy uninstall --cgroup /sys/fs/cgroup/engineers.slice\n  jitproxy uninstall --stale"
     )]
     Uninstall {
         #[arg(long, short)]
         config: Option<PathBuf>,
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        /// Instead: remove the pins of every cgroup that no longer exists.
+        #[arg(long, conflicts_with = "cgroup")]
+        stale: bool,
     },
     /// Grant a user (or a group) access to a target for a time window.
     #[command(
@@ -381,8 +384,17 @@ impl Command {
             }
             Self::CheckConfig { path } => local::check_config(path.as_ref()),
             Self::Config(ConfigCommand::Default) => local::print_default_config(),
-            Self::Uninstall { config, cgroup } => {
-                local::uninstall(&load_config(config.as_ref(), Overrides::default())?, cgroup)
+            Self::Uninstall {
+                config,
+                cgroup,
+                stale,
+            } => {
+                let config = load_config(config.as_ref(), Overrides::default())?;
+                if stale {
+                    local::uninstall_stale(&config)
+                } else {
+                    local::uninstall(&config, cgroup)
+                }
             }
             Self::Grant {
                 who,

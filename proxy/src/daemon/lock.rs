@@ -52,6 +52,12 @@ pub const RUN_DIR: &str = "/run/jitproxy";
 
 /// Takes the lock that makes one daemon per cgroup.
 pub fn lock(cgroup: &Path) -> Result<DaemonLock, LockError> {
+    lock_id(cgroup::id(cgroup)?, cgroup)
+}
+
+/// Takes the lock of the cgroup with id `id` (`cgroup` names it in errors;
+/// the cgroup itself may be gone).
+pub fn lock_id(id: u64, cgroup: &Path) -> Result<DaemonLock, LockError> {
     let run_dir = Path::new(RUN_DIR);
     std::fs::DirBuilder::new()
         .recursive(true)
@@ -61,7 +67,6 @@ pub fn lock(cgroup: &Path) -> Result<DaemonLock, LockError> {
             path: run_dir.to_owned(),
             source,
         })?;
-    let id = cgroup::id(cgroup)?;
     let path = run_dir.join(format!("cgroup-{id}.lock"));
     let file = std::fs::OpenOptions::new()
         .read(true)

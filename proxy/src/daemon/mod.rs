@@ -20,7 +20,7 @@ use std::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-pub use lock::{lock, DaemonLock, LockError};
+pub use lock::{lock, lock_id, DaemonLock, LockError};
 
 use crate::{
     access::{Access, StoreError},

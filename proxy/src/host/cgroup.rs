@@ -3,6 +3,7 @@
 //! cgroup v2 socket programs off.
 
 use std::{
+    collections::HashSet,
     fs::File,
     io,
     os::unix::fs::MetadataExt as _,
@@ -92,6 +93,23 @@ pub fn id(cgroup: &Path) -> Result<u64, CgroupError> {
     std::fs::metadata(cgroup)
         .map(|m| m.ino())
         .map_err(|source| open_error(cgroup, source))
+}
+
+/// The ids of every cgroup that exists now (the cgroup2 hierarchy walked).
+pub fn live_ids() -> Result<HashSet<u64>, CgroupError> {
+    let mount = cgroup2_mount()?;
+    let mut ids = HashSet::new();
+    let mut dirs = vec![mount];
+    while let Some(dir) = dirs.pop() {
+        ids.insert(id(&dir)?);
+        let entries = std::fs::read_dir(&dir).map_err(|source| open_error(&dir, source))?;
+        for entry in entries.filter_map(Result::ok) {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                dirs.push(entry.path());
+            }
+        }
+    }
+    Ok(ids)
 }
 
 /// The cgroup directory, open (to attach programs to it).

@@ -106,10 +106,67 @@ pub struct PinDir {
 impl PinDir {
     pub fn new(bpffs: &Path, cgroup_id: u64) -> Self {
         Self {
-            root: bpffs
-                .join("jitproxy")
-                .join(format!("v{MAP_LAYOUT_VERSION}-cg{cgroup_id}")),
+            root: pins_root(bpffs).join(format!("v{MAP_LAYOUT_VERSION}-cg{cgroup_id}")),
         }
+    }
+
+    /// Every pin directory under `bpffs`, of any layout: (directory, its
+    /// layout, its cgroup id).
+    fn all(bpffs: &Path) -> Result<Vec<(Self, u32, u64)>, KernelError> {
+        let root = pins_root(bpffs);
+        let entries = match std::fs::read_dir(&root) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => return Err(KernelError::PinDir { path: root, source }),
+        };
+        Ok(entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let (layout, id) = name.strip_prefix('v')?.split_once("-cg")?;
+                Some((
+                    Self { root: e.path() },
+                    layout.parse().ok()?,
+                    id.parse().ok()?,
+                ))
+            })
+            .collect())
+    }
+
+    /// Detaches its links and removes its maps and directories (whatever
+    /// its layout: every file under `maps/` goes).
+    fn remove(&self) -> Result<Uninstalled, KernelError> {
+        let mut done = Uninstalled::default();
+        for path in self.pinned_links().map_err(|source| KernelError::PinDir {
+            path: self.links(),
+            source,
+        })? {
+            unpin_link(&path)?;
+            done.links += 1;
+        }
+        let maps = match std::fs::read_dir(self.maps()) {
+            Ok(entries) => entries.filter_map(Result::ok).map(|e| e.path()).collect(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(source) => {
+                return Err(KernelError::PinDir {
+                    path: self.maps(),
+                    source,
+                })
+            }
+        };
+        for path in maps {
+            std::fs::remove_file(&path).map_err(|source| KernelError::PinDir { path, source })?;
+            done.maps += 1;
+        }
+        for dir in [self.links(), self.maps(), self.root.clone()] {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(KernelError::PinDir { path: dir, source }),
+            }
+        }
+        done.dirs += 1;
+        Ok(done)
     }
 
     pub fn root(&self) -> &Path {
@@ -204,9 +261,15 @@ impl Kernel {
                 message: error_chain(&e),
             })?;
         }
-        // The new programs are in place; the old ones can go.
+        // The new programs are in place; the old ones can go, also those
+        // of an older layout (a daemon before an upgrade).
         for path in stale {
             unpin_link(&path)?;
+        }
+        for (dir, layout, id) in PinDir::all(opts.bpffs)? {
+            if id == cgroup_id && layout != MAP_LAYOUT_VERSION {
+                dir.remove()?;
+            }
         }
 
         Ok(Self {
@@ -305,41 +368,60 @@ impl Kernel {
 pub struct Uninstalled {
     pub links: usize,
     pub maps: usize,
+    /// Pin directories (one per cgroup and layout).
+    pub dirs: usize,
 }
 
-/// Detaches the pinned programs of a cgroup and removes its pins: afterwards
-/// connections from the cgroup go direct. The daemon must not be running.
-pub fn uninstall(bpffs: &Path, cgroup: &Path) -> Result<Uninstalled, KernelError> {
-    let pins = PinDir::new(bpffs, host::cgroup::id(cgroup)?);
-    let mut done = Uninstalled::default();
-    for path in pins.pinned_links().map_err(|source| KernelError::PinDir {
-        path: pins.links(),
-        source,
-    })? {
-        unpin_link(&path)?;
-        done.links += 1;
+impl Uninstalled {
+    fn add(&mut self, other: Self) {
+        self.links += other.links;
+        self.maps += other.maps;
+        self.dirs += other.dirs;
     }
-    for name in PINNED_MAPS {
-        let path = pins.maps().join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => done.maps += 1,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(KernelError::PinDir { path, source }),
+}
+
+/// Detaches the pinned programs of a cgroup (of every layout) and removes its
+/// pins: afterwards connections from the cgroup go direct. The daemon must
+/// not be running.
+pub fn uninstall(bpffs: &Path, cgroup: &Path) -> Result<Uninstalled, KernelError> {
+    let id = host::cgroup::id(cgroup)?;
+    remove_pins(bpffs, |pin_id| pin_id == id)
+}
+
+/// Removes the pins of cgroups that no longer exist (`live`: the ids that
+/// do); returns the ids removed and what went. No daemon may run on them.
+pub fn uninstall_stale(
+    bpffs: &Path,
+    live: &std::collections::HashSet<u64>,
+) -> Result<Uninstalled, KernelError> {
+    remove_pins(bpffs, |id| !live.contains(&id))
+}
+
+/// The cgroup ids that have pins, of any layout.
+pub fn pinned_cgroups(bpffs: &Path) -> Result<Vec<u64>, KernelError> {
+    let mut ids: Vec<u64> = PinDir::all(bpffs)?
+        .into_iter()
+        .map(|(_, _, id)| id)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    Ok(ids)
+}
+
+fn remove_pins(bpffs: &Path, which: impl Fn(u64) -> bool) -> Result<Uninstalled, KernelError> {
+    let mut done = Uninstalled::default();
+    for (dir, _, id) in PinDir::all(bpffs)? {
+        if which(id) {
+            done.add(dir.remove()?);
         }
     }
     // The shared `<bpffs>/jitproxy` goes too once no cgroup has pins in it.
-    let parent = pins.root().parent().map(Path::to_path_buf);
-    for dir in [pins.links(), pins.maps(), pins.root().to_owned()] {
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(source) => return Err(KernelError::PinDir { path: dir, source }),
-        }
-    }
-    if let Some(parent) = parent {
-        let _ = std::fs::remove_dir(parent);
-    }
+    let _ = std::fs::remove_dir(pins_root(bpffs));
     Ok(done)
+}
+
+fn pins_root(bpffs: &Path) -> PathBuf {
+    bpffs.join("jitproxy")
 }
 
 /// Entries in the pinned record maps of a cgroup, read without a daemon.
