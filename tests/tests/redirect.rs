@@ -1092,3 +1092,84 @@ fn uninstall_stale_removes_the_pins_of_removed_cgroups() {
     assert!(stdout.contains("removed the pins of"), "{stdout}");
     assert_eq!(pins_of(id), 0, "the removed cgroup's pins are still there");
 }
+
+#[test]
+fn connections_opened_before_start_are_ended_at_start() {
+    use std::io::{BufRead as _, Write as _};
+    let api = Upstream::start(api_addr(22), Behaviour::Stream).expect("stand-in API");
+    let cgroup = Cgroup::create("preexisting").expect("test cgroup");
+    // nobody connects, over TCP and connected UDP, before jitproxy watches
+    // the cgroup; then waits for the daemon.
+    let script = format!(
+        r#"
+import errno, socket, sys, time
+ip, port = "{ip}", {port}
+rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+rx.bind((ip, port))
+t = socket.create_connection((ip, port), timeout=5)
+t.recv(16)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.connect((ip, port))
+u.send(b"before")
+print("connected", flush=True)
+sys.stdin.readline()
+t.settimeout(1)
+tcp = "still-open"
+deadline = time.time() + 3
+try:
+    while time.time() < deadline:
+        if not t.recv(4096):
+            tcp = "eof"
+            break
+except ConnectionAbortedError:
+    tcp = "aborted"
+except ConnectionResetError:
+    tcp = "reset"
+except socket.timeout:
+    pass
+try:
+    u.send(b"after")
+    udp = "sent"
+except OSError as e:
+    udp = errno.errorcode.get(e.errno, str(e.errno))
+print(tcp, udp, flush=True)
+"#,
+        ip = api.addr().ip(),
+        port = api.addr().port()
+    );
+    let mut client = cgroup
+        .command_as(NOBODY, NOBODY, PYTHON)
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the client");
+    let mut lines = std::io::BufReader::new(client.stdout.take().expect("stdout")).lines();
+    assert_eq!(
+        lines.next().and_then(Result::ok).as_deref(),
+        Some("connected")
+    );
+
+    let daemon = Daemon::start(&cgroup, Some(&config(22, &[]))).expect("daemon starts");
+    let mut stdin = client.stdin.take().expect("stdin");
+    writeln!(stdin).expect("tell the client the daemon runs");
+    let result = lines.next().and_then(Result::ok).unwrap_or_default();
+    let _ = client.wait();
+    let (tcp, udp) = result.split_once(' ').unwrap_or((&result, ""));
+    assert!(
+        matches!(tcp, "aborted" | "reset" | "eof"),
+        "the TCP connection opened before start still works: {result}"
+    );
+    assert_eq!(
+        udp, "EDESTADDRREQ",
+        "the connected UDP socket was not disconnected: {result}"
+    );
+    for (protocol, what) in [("tcp", "TCP"), ("udp", "UDP")] {
+        let ended = daemon.wait_event(&format!("{what} ended at start"), |e| {
+            e["event"] == "connection.destroyed" && Daemon::detail(e)["protocol"] == protocol
+        });
+        assert_eq!(ended["uid"], NOBODY, "{ended}");
+        assert_eq!(ended["code"], "opened_before_start", "{ended}");
+        assert_eq!(ended["dst"], api.addr().to_string(), "{ended}");
+    }
+}

@@ -68,6 +68,7 @@ fn loudness(event: &Event) -> Loudness {
         EventKind::ConnectionDenied
         | EventKind::ConnectionRateLimited
         | EventKind::ConnectionFailed
+        | EventKind::ConnectionDestroyed
         | EventKind::LogRecovered => Loudness::Warn,
         EventKind::ConnectionClosed
             if event

@@ -33,6 +33,8 @@ pub enum EventKind {
     ConnectionRateLimited,
     ConnectionFailed,
     ConnectionClosed,
+    /// A connection opened before the programs were attached, ended at start.
+    ConnectionDestroyed,
     DaemonStarted,
     DaemonStopped,
     ConfigLoaded,
@@ -44,7 +46,7 @@ pub enum EventKind {
 
 impl EventKind {
     /// Every kind this version writes, for parsing.
-    const KNOWN: [Self; 14] = [
+    const KNOWN: [Self; 15] = [
         Self::GrantCreated,
         Self::GrantRevoked,
         Self::GrantDropped,
@@ -54,6 +56,7 @@ impl EventKind {
         Self::ConnectionRateLimited,
         Self::ConnectionFailed,
         Self::ConnectionClosed,
+        Self::ConnectionDestroyed,
         Self::DaemonStarted,
         Self::DaemonStopped,
         Self::ConfigLoaded,
@@ -73,6 +76,7 @@ impl EventKind {
             Self::ConnectionRateLimited => "connection.rate_limited",
             Self::ConnectionFailed => "connection.failed",
             Self::ConnectionClosed => "connection.closed",
+            Self::ConnectionDestroyed => "connection.destroyed",
             Self::DaemonStarted => "daemon.started",
             Self::DaemonStopped => "daemon.stopped",
             Self::ConfigLoaded => "config.loaded",
@@ -91,6 +95,7 @@ impl EventKind {
                 | Self::ConnectionRateLimited
                 | Self::ConnectionFailed
                 | Self::ConnectionClosed
+                | Self::ConnectionDestroyed
         )
     }
 }

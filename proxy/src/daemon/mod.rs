@@ -6,6 +6,7 @@
 //! are unreachable (not direct) while the daemon is down.
 
 pub mod lock;
+mod preexisting;
 mod status;
 pub mod targets;
 
@@ -138,6 +139,14 @@ pub async fn run(
     }
     for warning in config.local_target_warnings(&net::local_addresses()) {
         tracing::warn!("{warning}");
+    }
+    // Every new connection now meets the programs; end those that did not.
+    let ended = preexisting::end(&cgroup, &config, &resolved, &audit);
+    if ended > 0 {
+        tracing::warn!(
+            ended,
+            "ended connections to targets opened before jitproxy started"
+        );
     }
     let resolved = Arc::new(RwLock::new(resolved));
 

@@ -6,7 +6,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::IpAddr,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, RwLock},
 };
 
@@ -40,6 +40,15 @@ pub struct ResolveWarning {
 }
 
 impl Resolved {
+    /// The target `addr` belongs to, if any (IPv4-mapped as IPv4).
+    pub fn target_of(&self, addr: SocketAddr) -> Option<u32> {
+        let ip = addr.ip().to_canonical();
+        self.entries
+            .iter()
+            .find(|((port, net), _)| *port == addr.port() && net.contains(&ip))
+            .map(|(_, &id)| id)
+    }
+
     /// Addresses of one target, for display.
     pub fn addresses(&self, target_id: u32) -> Vec<(u16, IpNet)> {
         self.entries

@@ -97,9 +97,13 @@ pub fn id(cgroup: &Path) -> Result<u64, CgroupError> {
 
 /// The ids of every cgroup that exists now (the cgroup2 hierarchy walked).
 pub fn live_ids() -> Result<HashSet<u64>, CgroupError> {
-    let mount = cgroup2_mount()?;
+    ids_under(&cgroup2_mount()?)
+}
+
+/// The ids of `cgroup` and every cgroup below it.
+pub fn ids_under(cgroup: &Path) -> Result<HashSet<u64>, CgroupError> {
     let mut ids = HashSet::new();
-    let mut dirs = vec![mount];
+    let mut dirs = vec![cgroup.to_owned()];
     while let Some(dir) = dirs.pop() {
         ids.insert(id(&dir)?);
         let entries = std::fs::read_dir(&dir).map_err(|source| open_error(&dir, source))?;

@@ -1,12 +1,13 @@
 //! The local system as the daemon reads it: processes and mounts (`/proc`),
 //! the host's addresses,
-//! cgroups, the user database (one cache), TCP sockets, and the descriptor
-//! limit. Nothing here
+//! cgroups, the user database (one cache), TCP sockets (ours, and others'
+//! through sock_diag), and the descriptor limit. Nothing here
 //! knows about grants, targets or the audit log.
 
 pub mod cgroup;
 pub mod net;
 pub mod proc;
 pub mod rlimit;
+pub mod sockdiag;
 pub mod socket;
 pub mod users;
