@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jitproxy_e2e::{output, Behaviour, Cgroup, Daemon, Upstream, NOBODY, PYTHON};
+use jitproxy_e2e::{output, Behaviour, Cgroup, Daemon, Held, Upstream, NOBODY, PYTHON};
 use serde_json::Value;
 
 struct World {
@@ -427,20 +427,12 @@ sys.stdin.read()
 "#,
         socket = w.daemon.socket().display()
     );
-    let mut flooder = w
-        .cgroup
-        .command_as(NOBODY, NOBODY, PYTHON)
-        .args(["-c", &flood])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start the flood");
-    let line = std::io::BufRead::lines(std::io::BufReader::new(
-        flooder.stdout.take().expect("flood stdout"),
-    ))
-    .next()
-    .and_then(Result::ok)
-    .unwrap_or_default();
+    let mut flooder = Held::start(
+        w.cgroup
+            .command_as(NOBODY, NOBODY, PYTHON)
+            .args(["-c", &flood]),
+    );
+    let line = flooder.line();
     let (opened, held): (usize, usize) = line
         .split_once(' ')
         .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
@@ -460,8 +452,7 @@ sys.stdin.read()
         started.elapsed()
     );
     assert!(w.curl_as(0), "a granted connection failed during the flood");
-    drop(flooder.stdin.take());
-    let _ = flooder.wait();
+    drop(flooder);
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jitproxy_e2e::{output, Behaviour, Cgroup, Daemon, Upstream, NOBODY, PYTHON};
+use jitproxy_e2e::{output, Behaviour, Cgroup, Daemon, Held, Upstream, NOBODY, PYTHON};
 use serde_json::Value;
 
 /// One test's world: a cgroup, a stand-in API, and jitproxy watching them.
@@ -859,26 +859,13 @@ sys.stdin.read()
         ip = api.ip(),
         port = api.port()
     );
-    let mut victim = w
-        .cgroup
-        .command(PYTHON)
-        .args(["-c", &victim])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the victim");
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(
-        victim.stdout.take().expect("victim stdout"),
-    ));
-    let victim_port: u16 = lines
-        .next()
-        .and_then(Result::ok)
-        .and_then(|l| l.trim().parse().ok())
+    let mut victim = Held::start(w.cgroup.command(PYTHON).args(["-c", &victim]));
+    let victim_port: u16 = victim
+        .line()
+        .trim()
+        .parse()
         .expect("the victim's local port");
-    assert_eq!(
-        lines.next().and_then(Result::ok).as_deref(),
-        Some("disconnected")
-    );
+    assert_eq!(victim.line(), "disconnected");
     assert_eq!(w.api.paths(), ["/victim"]);
 
     // nobody (no grant) connects straight to the proxy from the victim's
@@ -917,8 +904,7 @@ except ConnectionResetError:
     w.daemon.restart().expect("restart");
     replay(&w, "/replay-after-restart");
     assert_eq!(w.api.paths(), ["/victim"], "a replay reached the target");
-    drop(victim.stdin.take());
-    let _ = victim.wait();
+    drop(victim);
 }
 
 #[test]
@@ -946,20 +932,8 @@ sys.stdin.read()
         ip = api.ip(),
         port = api.port()
     );
-    let mut client = w
-        .cgroup
-        .command(PYTHON)
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the client");
-    let line = std::io::BufRead::lines(std::io::BufReader::new(
-        client.stdout.take().expect("client stdout"),
-    ))
-    .next()
-    .and_then(Result::ok)
-    .unwrap_or_default();
+    let mut client = Held::start(w.cgroup.command(PYTHON).args(["-c", &script]));
+    let line = client.line();
     assert_eq!(line, "mptcp 300");
     // The reconnecting socket is still open and the MPTCP ones never had the
     // release hook: only exact bookkeeping can have removed the 600 records.
@@ -977,8 +951,7 @@ sys.stdin.read()
     // Each was redirected into the proxy, MPTCP included: no way around it.
     let kernel = status(&w)["kernel"].clone();
     assert!(kernel["redirected"].as_u64() >= Some(600), "{kernel}");
-    drop(client.stdin.take());
-    let _ = client.wait();
+    drop(client);
 }
 
 #[test]
@@ -1013,20 +986,12 @@ sys.stdin.read()
         ip = api.ip(),
         port = api.port()
     );
-    let mut flooder = w
-        .cgroup
-        .command_as(NOBODY, NOBODY, PYTHON)
-        .args(["-c", &flood])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the flood");
-    let line = std::io::BufRead::lines(std::io::BufReader::new(
-        flooder.stdout.take().expect("flood stdout"),
-    ))
-    .next()
-    .and_then(Result::ok)
-    .unwrap_or_default();
+    let mut flooder = Held::start(
+        w.cgroup
+            .command_as(NOBODY, NOBODY, PYTHON)
+            .args(["-c", &flood]),
+    );
+    let line = flooder.line();
     assert_eq!(line, "20 10", "nobody must hold 20 records at most");
     // Another user still gets through.
     let other = format!(
@@ -1051,8 +1016,7 @@ print("ok", len(s.recv(16)) > 0)
             .is_some_and(|by| by.iter().any(|e| e[0] == NOBODY && e[1] == 20)),
         "{kernel}"
     );
-    drop(flooder.stdin.take());
-    let _ = flooder.wait();
+    drop(flooder);
 }
 
 #[test]
@@ -1095,7 +1059,6 @@ fn uninstall_stale_removes_the_pins_of_removed_cgroups() {
 
 #[test]
 fn connections_opened_before_start_are_ended_at_start() {
-    use std::io::{BufRead as _, Write as _};
     let api = Upstream::start(api_addr(22), Behaviour::Stream).expect("stand-in API");
     let cgroup = Cgroup::create("preexisting").expect("test cgroup");
     // nobody connects, over TCP and connected UDP, before jitproxy watches
@@ -1137,24 +1100,15 @@ print(tcp, udp, flush=True)
         ip = api.addr().ip(),
         port = api.addr().port()
     );
-    let mut client = cgroup
-        .command_as(NOBODY, NOBODY, PYTHON)
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the client");
-    let mut lines = std::io::BufReader::new(client.stdout.take().expect("stdout")).lines();
-    assert_eq!(
-        lines.next().and_then(Result::ok).as_deref(),
-        Some("connected")
+    let mut client = Held::start(
+        cgroup
+            .command_as(NOBODY, NOBODY, PYTHON)
+            .args(["-c", &script]),
     );
-
+    assert_eq!(client.line(), "connected");
     let daemon = Daemon::start(&cgroup, Some(&config(22, &[]))).expect("daemon starts");
-    let mut stdin = client.stdin.take().expect("stdin");
-    writeln!(stdin).expect("tell the client the daemon runs");
-    let result = lines.next().and_then(Result::ok).unwrap_or_default();
-    let _ = client.wait();
+    client.go_on();
+    let result = client.line();
     let (tcp, udp) = result.split_once(' ').unwrap_or((&result, ""));
     assert!(
         matches!(tcp, "aborted" | "reset" | "eof"),
