@@ -679,6 +679,37 @@ def disconnect(s):
         raise OSError(ctypes.get_errno(), "connect(AF_UNSPEC)")
 "#;
 
+/// As `nobody` in the world's cgroup: an HTTP request from a socket of
+/// `family` bound to `bind`, to `to`; prints `got N` (bytes answered) or
+/// `reset`, and what went wrong otherwise.
+fn request_from(w: &World, family: &str, bind: (&str, u16), to: (&str, u16), path: &str) -> String {
+    let script = format!(
+        r#"
+import socket
+s = socket.socket(socket.{family})
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("{bind_host}", {bind_port}))
+s.settimeout(5)
+try:
+    s.connect(("{to_host}", {to_port}))
+    s.sendall(b"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
+    print("got", len(s.recv(4096)))
+except ConnectionResetError:
+    print("reset")
+"#,
+        bind_host = bind.0,
+        bind_port = bind.1,
+        to_host = to.0,
+        to_port = to.1,
+    );
+    let (_, out, err) = output(
+        w.cgroup
+            .command_as(NOBODY, NOBODY, PYTHON)
+            .args(["-c", &script]),
+    );
+    format!("{out}{err}")
+}
+
 /// The daemon's `status --json`.
 fn status(w: &World) -> Value {
     serde_json::from_str(&w.daemon.client(&["status", "--json"])).expect("status JSON")
@@ -720,28 +751,14 @@ fn unspecified_destinations_are_matched_as_the_address_they_reach() {
     );
     assert!(!ok, "[::] reached the target without a grant: {body}");
     // `::ffff:0.0.0.0` from an IPv6 socket bound to the target's mapped address.
-    let script = format!(
-        r#"
-import socket
-s = socket.socket(socket.AF_INET6)
-s.bind(("::ffff:{ip}", 0))
-s.settimeout(5)
-try:
-    s.connect(("::ffff:0.0.0.0", {port}))
-    s.sendall(b"GET /mapped-any HTTP/1.1\r\nHost: x\r\n\r\n")
-    print("got", len(s.recv(4096)))
-except ConnectionResetError:
-    print("reset")
-"#,
-        ip = api.ip(),
-        port = api.port()
+    let out = request_from(
+        &w,
+        "AF_INET6",
+        (&format!("::ffff:{}", api.ip()), 0),
+        ("::ffff:0.0.0.0", api.port()),
+        "/mapped-any",
     );
-    let (_, out, err) = output(
-        w.cgroup
-            .command_as(NOBODY, NOBODY, PYTHON)
-            .args(["-c", &script]),
-    );
-    assert!(out.contains("reset") || out.contains("got 0"), "{out}{err}");
+    assert!(out.contains("reset") || out.contains("got 0"), "{out}");
 
     assert_eq!(
         w.api.accepted(),
@@ -871,28 +888,14 @@ sys.stdin.read()
     // nobody (no grant) connects straight to the proxy from the victim's
     // 4-tuple: the proxy must not take it for the victim's connection.
     let replay = |w: &World, path: &str| {
-        let script = format!(
-            r#"
-import socket
-s = socket.socket()
-s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", {victim_port}))
-s.settimeout(5)
-try:
-    s.connect(("127.0.0.1", {listen}))
-    s.sendall(b"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
-    print("got", len(s.recv(4096)))
-except ConnectionResetError:
-    print("reset")
-"#,
-            listen = listen_port(18)
+        let out = request_from(
+            w,
+            "AF_INET",
+            ("127.0.0.1", victim_port),
+            ("127.0.0.1", listen_port(18)),
+            path,
         );
-        let (_, out, err) = output(
-            w.cgroup
-                .command_as(NOBODY, NOBODY, PYTHON)
-                .args(["-c", &script]),
-        );
-        assert!(out.contains("reset") || out.contains("got 0"), "{out}{err}");
+        assert!(out.contains("reset") || out.contains("got 0"), "{out}");
         let denied = w.daemon.wait_event("the replay refused", |e| {
             e["event"] == "connection.denied" && client_port(e) == victim_port
         });
