@@ -29,6 +29,7 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray},
     programs::{SockAddrContext, SockContext, SockOpsContext},
 };
+use aya_log_ebpf::warn;
 use proxy_common::{
     is_v4_mapped, v4_mapped, ConnectRecord, Counters, SockTuple, TargetKey, TargetValue,
     MAX_CONNECTIONS, MAX_TARGET_ENTRIES,
@@ -70,6 +71,19 @@ static TUPLES: HashMap<SockTuple, u64> = HashMap::with_max_entries(MAX_CONNECTIO
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
+
+/// When each kind of refusal was last logged (per CPU), for the rate limit.
+#[map(name = "LOG_LAST")]
+static LOG_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
+
+/// Refusals the daemon cannot see, logged through aya-log (at most one of
+/// each kind per second per CPU).
+#[derive(Clone, Copy)]
+enum Refusal {
+    Udp = 0,
+    MapFull = 1,
+    UidFull = 2,
+}
 
 #[map(name = "UID_RECORDS")]
 static UID_RECORDS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
@@ -161,6 +175,15 @@ fn connect(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16, family: u16) -> A
         // UDP (QUIC/HTTP3 included) cannot go around the proxy: refuse it so
         // that clients fall back to TCP.
         count(|c| c.udp_refused += 1);
+        if may_log(Refusal::Udp) {
+            warn!(
+                ctx,
+                "refused UDP to target #{} port {} for uid {}: UDP cannot pass the proxy",
+                target.target_id,
+                u16::from_be(port_be),
+                bpf_get_current_uid_gid() as u32
+            );
+        }
         return Action::Refuse;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -192,6 +215,14 @@ fn connect(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16, family: u16) -> A
     forget(cookie);
     if !take_uid_slot(record.uid) {
         count(|c| c.uid_full += 1);
+        if may_log(Refusal::UidFull) {
+            warn!(
+                ctx,
+                "refused a connect to target #{} for uid {}: it holds max_records_per_uid live connections",
+                target.target_id,
+                record.uid
+            );
+        }
         return Action::Refuse;
     }
     // No room means no record, and a connection without its record must never
@@ -199,6 +230,14 @@ fn connect(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16, family: u16) -> A
     if CONNECTS.insert(&cookie, &record, 0).is_err() {
         give_uid_slot(record.uid);
         count(|c| c.map_full += 1);
+        if may_log(Refusal::MapFull) {
+            warn!(
+                ctx,
+                "refused a connect to target #{} for uid {}: the record map is full",
+                target.target_id,
+                record.uid
+            );
+        }
         return Action::Refuse;
     }
     count(|c| c.redirected += 1);
@@ -261,19 +300,19 @@ pub fn jp_sendmsg4(ctx: SockAddrContext) -> i32 {
     };
     let port = port as u16;
     if ip4 != 0 {
-        return refuse_udp_to_target(v4_mapped(ip4), port);
+        return refuse_udp_to_target(&ctx, v4_mapped(ip4), port);
     }
     // To `0.0.0.0`: the datagram goes to its source address (the one given
     // with IP_PKTINFO, else the bound one), else to loopback. Refuse if any
     // of them is a target.
     count(|c| c.unspecified += 1);
     let src = unspecified_v4(sa);
-    if (msg_src != 0 && refuse_udp_to_target(v4_mapped(msg_src), port) == REFUSE)
-        || refuse_udp_to_target(v4_mapped(src), port) == REFUSE
+    if (msg_src != 0 && refuse_udp_to_target(&ctx, v4_mapped(msg_src), port) == REFUSE)
+        || refuse_udp_to_target(&ctx, v4_mapped(src), port) == REFUSE
     {
         return REFUSE;
     }
-    refuse_udp_to_target(v4_mapped(LOOPBACK4), port)
+    refuse_udp_to_target(&ctx, v4_mapped(LOOPBACK4), port)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
@@ -288,17 +327,43 @@ pub fn jp_sendmsg6(ctx: SockAddrContext) -> i32 {
     } else {
         dst
     };
-    refuse_udp_to_target(dst, port as u16)
+    refuse_udp_to_target(&ctx, dst, port as u16)
 }
 
 #[inline(always)]
-fn refuse_udp_to_target(dst: [u32; 4], port_be: u16) -> i32 {
-    if lookup_target(dst, port_be).is_some() {
-        count(|c| c.udp_refused += 1);
-        REFUSE
-    } else {
-        ALLOW
+fn refuse_udp_to_target(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16) -> i32 {
+    let Some(target) = lookup_target(dst, port_be) else {
+        return ALLOW;
+    };
+    count(|c| c.udp_refused += 1);
+    if may_log(Refusal::Udp) {
+        warn!(
+            ctx,
+            "refused UDP to target #{} port {} for uid {}: UDP cannot pass the proxy",
+            target.target_id,
+            u16::from_be(port_be),
+            bpf_get_current_uid_gid() as u32
+        );
     }
+    REFUSE
+}
+
+/// Whether a refusal of this kind may be logged now: once a second per CPU.
+#[inline(always)]
+fn may_log(kind: Refusal) -> bool {
+    let Some(last) = LOG_LAST.get_ptr_mut(kind as u32) else {
+        return false;
+    };
+    // SAFETY: helper allowed in every program type.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // SAFETY: per-CPU slot, valid for this program run.
+    unsafe {
+        if *last != 0 && now.saturating_sub(*last) < 1_000_000_000 {
+            return false;
+        }
+        *last = now;
+    }
+    true
 }
 
 /// The client asks who it is connected to: show the original destination,

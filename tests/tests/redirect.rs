@@ -853,6 +853,19 @@ print("received", got)
         Some("received 0"),
         "a datagram reached a target"
     );
+    // The kernel says why, in the daemon log (aya-log, rate-limited).
+    let said = w.daemon.wait_event("the kernel's UDP refusal", |e| {
+        e["target"] == "jitproxy::kernel"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("refused UDP to target"))
+    });
+    assert!(
+        said["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("for uid {NOBODY}"))),
+        "{said}"
+    );
 }
 
 #[test]
@@ -1013,6 +1026,12 @@ print("ok", len(s.recv(16)) > 0)
     );
     let kernel = status(&w)["kernel"].clone();
     assert!(kernel["uid_full"].as_u64() >= Some(10), "{kernel}");
+    w.daemon.wait_event("the kernel's per-uid refusal", |e| {
+        e["target"] == "jitproxy::kernel"
+            && e["message"].as_str().is_some_and(|m| {
+                m.contains("max_records_per_uid") && m.contains(&format!("uid {NOBODY}"))
+            })
+    });
     assert!(
         kernel["records_by_uid"]
             .as_array()

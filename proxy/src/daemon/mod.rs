@@ -169,6 +169,9 @@ pub async fn run(
         shutdown.clone(),
     ));
     tasks.spawn(Arc::clone(&access).run_expiry(shutdown.clone()));
+    if let Some(logs) = kernel.take_logs() {
+        tasks.spawn(logs.forward(shutdown.clone()));
+    }
     tasks.spawn(targets::keep_resolved(
         Arc::clone(&config),
         Arc::clone(&kernel),

@@ -210,8 +210,72 @@ pub struct Kernel {
     counters: PerCpuArray<MapData, Counters>,
     uid_records: HashMap<MapData, u32, u64>,
     targets: Mutex<LpmTrie<MapData, TargetKey, TargetValue>>,
+    /// The programs' own log records (aya-log), until the daemon takes them.
+    logs: Mutex<Option<KernelLogs>>,
     /// Holds the loaded programs; the pinned links keep them attached.
     _ebpf: Ebpf,
+}
+
+/// The kernel programs' log records (refusals the proxy never sees: UDP,
+/// a full record map, the per-uid cap), read from their ring buffer.
+pub struct KernelLogs(aya_log::EbpfLogger<ToTracing>);
+
+impl KernelLogs {
+    /// Writes each record to the daemon log (tracing target
+    /// `jitproxy::kernel`) as it comes, until `shutdown`.
+    pub async fn forward(self, shutdown: tokio_util::sync::CancellationToken) {
+        // The logger owns its ring buffer's descriptor for as long as the
+        // AsyncFd owns the logger: the I/O-safety condition tokio asks for
+        // (its safe constructors are deprecated in favour of unsafe ones).
+        #[expect(deprecated, reason = "the logger owns the descriptor it registers")]
+        let registered =
+            tokio::io::unix::AsyncFd::with_interest(self.0, tokio::io::Interest::READABLE);
+        let mut logs = match registered {
+            Ok(logs) => logs,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the kernel programs' log");
+                return;
+            }
+        };
+        loop {
+            let mut ready = tokio::select! {
+                ready = logs.readable_mut() => match ready {
+                    Ok(ready) => ready,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the kernel programs' log failed");
+                        return;
+                    }
+                },
+                () = shutdown.cancelled() => return,
+            };
+            ready.get_inner_mut().flush();
+            ready.clear_ready();
+        }
+    }
+}
+
+/// aya-log speaks the `log` crate; the daemon logs with tracing.
+#[derive(Debug, Clone, Copy)]
+pub struct ToTracing;
+
+impl log::Log for ToTracing {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let message = record.args();
+        match record.level() {
+            log::Level::Error => tracing::error!(target: "jitproxy::kernel", "{message}"),
+            log::Level::Warn => tracing::warn!(target: "jitproxy::kernel", "{message}"),
+            log::Level::Info => tracing::info!(target: "jitproxy::kernel", "{message}"),
+            log::Level::Debug | log::Level::Trace => {
+                tracing::debug!(target: "jitproxy::kernel", "{message}");
+            }
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 /// One entry of the target map: destination port, address range, target.
@@ -272,7 +336,15 @@ impl Kernel {
             }
         }
 
+        let logs = match aya_log::EbpfLogger::init_with_logger(&mut ebpf, ToTracing) {
+            Ok(logger) => Some(KernelLogs(logger)),
+            Err(e) => {
+                tracing::warn!(error = %e, "the kernel programs' log is not available");
+                None
+            }
+        };
         Ok(Self {
+            logs: Mutex::new(logs),
             connects: take_map(&mut ebpf, maps::CONNECTS)?,
             tuples: take_map(&mut ebpf, maps::TUPLES)?,
             counters: take_map(&mut ebpf, maps::COUNTERS)?,
@@ -285,6 +357,11 @@ impl Kernel {
 
     pub fn pins(&self) -> &PinDir {
         &self.pins
+    }
+
+    /// The programs' log records, once (the daemon forwards them).
+    pub fn take_logs(&self) -> Option<KernelLogs> {
+        self.logs.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// The record of the redirected connection whose client end is `client`
