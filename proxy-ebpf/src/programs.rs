@@ -4,7 +4,8 @@
 //! A record lives exactly as long as its connection: sockops turns on state
 //! callbacks for every recorded socket and forgets it when the connection
 //! reaches TCP_CLOSE (or the socket is released, or connects again), and a
-//! tuple is removed only by the socket it belongs to. MPTCP needs nothing
+//! tuple is removed only by the socket it belongs to, and never taken from a
+//! socket that still has its record. MPTCP needs nothing
 //! else: the hooks see its subflows as TCP sockets (redirected and recorded
 //! like any), and their state changes end their records, though the release
 //! hook never runs for them.
@@ -49,6 +50,9 @@ const BPF_SOCK_OPS_STATE_CB_FLAG: u32 = 4;
 const TCP_CLOSE: u32 = 7;
 /// `127.0.0.1`, as the kernel loads addresses.
 const LOOPBACK4: u32 = u32::from_ne_bytes([127, 0, 0, 1]);
+/// `127.0.0.6`: the IPv4 source the kernel gives an IPv6 socket bound to a
+/// plain IPv6 address (`LOOPBACK4_IPV6`).
+const LOOPBACK4_IPV6: u32 = u32::from_ne_bytes([127, 0, 0, 6]);
 
 /// The proxy's listening port (network order); set by the daemon at load.
 #[unsafe(no_mangle)]
@@ -114,7 +118,10 @@ pub fn jp_connect4(ctx: SockAddrContext) -> i32 {
     };
     let dst = if ip4 == 0 {
         count(|c| c.unspecified += 1);
-        v4_mapped(unspecified_v4(sa))
+        match unspecified_v4(sa, port as u16) {
+            Some(ip) => v4_mapped(ip),
+            None => return REFUSE,
+        }
     } else {
         v4_mapped(ip4)
     };
@@ -137,7 +144,9 @@ pub fn jp_connect6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands a valid bpf_sock_addr for the program's lifetime.
     let (dst, port) = unsafe { (read_ip6(&(*sa).user_ip6), read_volatile(&(*sa).user_port)) };
-    let dst = unspecified_v6(sa, dst);
+    let Some(dst) = unspecified_v6(sa, dst, port as u16) else {
+        return REFUSE;
+    };
     match connect(&ctx, dst, port as u16, 6) {
         Action::Pass => ALLOW,
         Action::Refuse => REFUSE,
@@ -244,31 +253,47 @@ fn connect(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16, family: u16) -> A
     Action::Redirect
 }
 
-/// What a connect to `0.0.0.0` really reaches: the socket's bound source
-/// address, else loopback (as `ip_route_connect` decides).
+/// What a connect to `0.0.0.0` on `port_be` really reaches: the socket's
+/// bound source address when it is a unicast one, else loopback (as
+/// `ip_route_connect` decides). A bound address that is not a target while
+/// loopback is (a socket bound to a broadcast address goes to loopback)
+/// cannot be told apart here: `None`, and the connect is refused.
 #[inline(always)]
-fn unspecified_v4(sa: *mut bpf_sock_addr) -> u32 {
+fn unspecified_v4(sa: *mut bpf_sock_addr, port_be: u16) -> Option<u32> {
     // SAFETY: `sk` of a sock_addr context is a valid socket pointer, and
     // `src_ip4` is a readable field of it.
     let src = unsafe {
         let sk = (*sa).__bindgen_anon_1.sk;
         read_volatile(&(*sk).src_ip4)
     };
+    resolve_unspecified_v4(src, port_be)
+}
+
+/// The destination of a connect to `0.0.0.0` from a socket bound to `src`
+/// (0: unbound); `None` when it cannot be told and a target may be reached.
+#[inline(always)]
+fn resolve_unspecified_v4(src: u32, port_be: u16) -> Option<u32> {
     if src == 0 {
-        LOOPBACK4
-    } else {
-        src
+        return Some(LOOPBACK4);
     }
+    if lookup_target(v4_mapped(src), port_be).is_none()
+        && lookup_target(v4_mapped(LOOPBACK4), port_be).is_some()
+    {
+        return None;
+    }
+    Some(src)
 }
 
 /// What a connect6 destination really reaches: `::` is loopback (`::1`, or
 /// `::ffff:127.0.0.1` for a socket bound to an IPv4-mapped address), and
-/// `::ffff:0.0.0.0` is an IPv4 connect to `0.0.0.0`.
+/// `::ffff:0.0.0.0` is an IPv4 connect to `0.0.0.0` from the socket's IPv4
+/// source (none when unbound; 127.0.0.6 when bound to a plain IPv6 address,
+/// the kernel's placeholder). `None`: refuse (see [`unspecified_v4`]).
 #[inline(always)]
-fn unspecified_v6(sa: *mut bpf_sock_addr, dst: [u32; 4]) -> [u32; 4] {
+fn unspecified_v6(sa: *mut bpf_sock_addr, dst: [u32; 4], port_be: u16) -> Option<[u32; 4]> {
     let unspecified_v4 = is_v4_mapped(&dst) && dst[3] == 0;
     if dst != [0; 4] && !unspecified_v4 {
-        return dst;
+        return Some(dst);
     }
     count(|c| c.unspecified += 1);
     // SAFETY: `sk` of a sock_addr context is a valid socket pointer, and
@@ -277,14 +302,21 @@ fn unspecified_v6(sa: *mut bpf_sock_addr, dst: [u32; 4]) -> [u32; 4] {
         let sk = (*sa).__bindgen_anon_1.sk;
         read_ip6(&(*sk).src_ip6)
     };
-    if unspecified_v4 {
-        let src4 = if is_v4_mapped(&src6) { src6[3] } else { 0 };
-        v4_mapped(if src4 == 0 { LOOPBACK4 } else { src4 })
-    } else if is_v4_mapped(&src6) {
-        v4_mapped(LOOPBACK4)
-    } else {
-        PROXY_V6
+    if !unspecified_v4 {
+        return Some(if is_v4_mapped(&src6) {
+            v4_mapped(LOOPBACK4)
+        } else {
+            PROXY_V6
+        });
     }
+    let src4 = if is_v4_mapped(&src6) {
+        src6[3]
+    } else if src6 == [0; 4] {
+        0
+    } else {
+        LOOPBACK4_IPV6
+    };
+    resolve_unspecified_v4(src4, port_be).map(v4_mapped)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
@@ -303,16 +335,21 @@ pub fn jp_sendmsg4(ctx: SockAddrContext) -> i32 {
         return refuse_udp_to_target(&ctx, v4_mapped(ip4), port);
     }
     // To `0.0.0.0`: the datagram goes to its source address (the one given
-    // with IP_PKTINFO, else the bound one), else to loopback. Refuse if any
-    // of them is a target.
+    // with IP_PKTINFO, else the bound one), else to loopback; from an IPv6
+    // socket, perhaps 127.0.0.6. Refuse if any of them is a target.
     count(|c| c.unspecified += 1);
-    let src = unspecified_v4(sa);
-    if (msg_src != 0 && refuse_udp_to_target(&ctx, v4_mapped(msg_src), port) == REFUSE)
-        || refuse_udp_to_target(&ctx, v4_mapped(src), port) == REFUSE
-    {
-        return REFUSE;
+    // SAFETY: `sk` of a sock_addr context is a valid socket pointer, and
+    // `src_ip4` is a readable field of it.
+    let bound = unsafe {
+        let sk = (*sa).__bindgen_anon_1.sk;
+        read_volatile(&(*sk).src_ip4)
+    };
+    for candidate in [msg_src, bound, LOOPBACK4, LOOPBACK4_IPV6] {
+        if candidate != 0 && refuse_udp_to_target(&ctx, v4_mapped(candidate), port) == REFUSE {
+            return REFUSE;
+        }
     }
-    refuse_udp_to_target(&ctx, v4_mapped(LOOPBACK4), port)
+    ALLOW
 }
 
 #[cgroup_sock_addr(sendmsg6)]
@@ -462,15 +499,19 @@ fn established(ctx: &SockOpsContext) {
         proxy_port: remote_port_host(rport),
     };
     let Some(record) = CONNECTS.get_ptr_mut(&cookie) else {
-        // Not redirected. If its 4-tuple is still indexed, that entry is
-        // another socket's, which is gone: this socket must never be taken
-        // for it.
-        // SAFETY: the value is copied out at once.
-        if unsafe { TUPLES.get(&tuple) }.is_some_and(|&owner| owner != cookie) {
-            let _ = TUPLES.remove(&tuple);
-        }
         return;
     };
+    // A tuple is never taken from a socket that still has its record: one in
+    // another network namespace of the cgroup may use the same 4-tuple
+    // (sockops sees every namespace). A leftover entry of a gone socket is
+    // replaced.
+    // SAFETY: the value is copied out at once.
+    if let Some(&owner) = unsafe { TUPLES.get(&tuple) } {
+        // SAFETY: only whether a record exists is read.
+        if owner != cookie && unsafe { CONNECTS.get(&owner) }.is_some() {
+            return;
+        }
+    }
     if TUPLES.insert(&tuple, &cookie, 0).is_ok() {
         // SAFETY: `record` points into the map value, valid for this program run.
         unsafe {

@@ -733,8 +733,21 @@ fn record_counts(w: &World) -> [(u64, u64); 2] {
 
 #[test]
 fn unspecified_destinations_are_matched_as_the_address_they_reach() {
-    let w = World::with_grants(16, "unspec", Behaviour::Http, &config(16, &[]), &[]);
+    // The target also covers 127.0.0.1, where a socket bound to a broadcast
+    // address (or an IPv6 one, for `::ffff:0.0.0.0`) really connects.
+    let w = World::with_grants(
+        16,
+        "unspec",
+        Behaviour::Http,
+        &config(16, &["127.0.0.1"]),
+        &[],
+    );
     let api = w.api.addr();
+    let loopback = Upstream::start(
+        SocketAddr::from(([127, 0, 0, 1], api.port())),
+        Behaviour::Http,
+    )
+    .expect("stand-in API on 127.0.0.1");
     let api6 = w.api6.as_ref().expect("IPv6 stand-in API on ::1").addr();
     // 0.0.0.0 from a socket bound to the target's address reaches the target.
     let (ok, body, _) = curl(
@@ -760,6 +773,25 @@ fn unspecified_destinations_are_matched_as_the_address_they_reach() {
     );
     assert!(out.contains("reset") || out.contains("got 0"), "{out}");
 
+    // Bound where the bound address is not what the kernel connects to.
+    for (family, bind) in [("AF_INET", "255.255.255.255"), ("AF_INET6", "::1")] {
+        let to = if family == "AF_INET" {
+            "0.0.0.0"
+        } else {
+            "::ffff:0.0.0.0"
+        };
+        let out = request_from(&w, family, (bind, 0), (to, api.port()), "/ambiguous");
+        assert!(
+            out.contains("PermissionError") || out.contains("reset"),
+            "{family} bound to {bind}, to {to}: {out}"
+        );
+    }
+    assert_eq!(
+        loopback.accepted(),
+        0,
+        "127.0.0.1 was reached: {:?}",
+        loopback.paths()
+    );
     assert_eq!(
         w.api.accepted(),
         0,

@@ -3,14 +3,11 @@
 //! name, uid, or group, from the user database.
 
 use super::{Access, AccessError, Requester};
-use crate::{
-    config::Approver,
-    host::users::{self, Users},
-};
+use crate::{config::Approver, host::users};
 
 impl Access {
     pub(super) async fn is_approver(&self, by: &Requester) -> bool {
-        is_member(by, &self.config.approvers, &self.users).await
+        is_member(by, &self.config.approvers).await
     }
 
     pub(super) async fn require_approver(&self, by: &Requester) -> Result<(), AccessError> {
@@ -34,7 +31,7 @@ impl Access {
     }
 
     pub(super) async fn require_auditor(&self, by: &Requester) -> Result<(), AccessError> {
-        if is_member(by, &self.config.audit.auditors, &self.users).await {
+        if is_member(by, &self.config.audit.auditors).await {
             return Ok(());
         }
         Err(AccessError::forbidden(
@@ -45,8 +42,9 @@ impl Access {
 }
 
 /// Whether `by` is root or in `list` (by user name, uid, or group). Decided
-/// by the uid the kernel vouches for, never by the login uid.
-async fn is_member(by: &Requester, list: &[Approver], users: &Users) -> bool {
+/// by the uid the kernel vouches for, never by the login uid, and looked up
+/// afresh each time (no cache), so a removed approver loses the right at once.
+async fn is_member(by: &Requester, list: &[Approver]) -> bool {
     let uid = by.uid;
     if uid == 0 {
         return true;
@@ -54,10 +52,10 @@ async fn is_member(by: &Requester, list: &[Approver], users: &Users) -> bool {
     if list.is_empty() {
         return false;
     }
-    let name = users.name(uid).await;
-    let groups = users.groups(uid).await;
     let list = list.to_vec();
     tokio::task::spawn_blocking(move || {
+        let name = users::user_name(uid);
+        let groups = users::groups_of(uid);
         list.iter().any(|a| match a {
             Approver::User(u) => name.as_deref() == Some(u) || u.parse::<u32>().ok() == Some(uid),
             Approver::Group(g) => {

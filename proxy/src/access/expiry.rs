@@ -59,6 +59,8 @@ impl Access {
 
     async fn record_expiry(&self, id: i64) {
         let grant = match self.with_store(move |s| s.get(id)).await {
+            // Revoked or dropped meanwhile: its end is already recorded.
+            Ok(Some(grant)) if grant.ended.is_some() => return,
             Ok(Some(grant)) => grant,
             Ok(None) => return,
             Err(e) => {

@@ -29,7 +29,7 @@ use super::{
     ApiError, Peer,
 };
 use crate::{
-    access::{Access, Grant},
+    access::{Access, AccessError, Grant},
     audit::query::Filter,
     host::proc::Process,
     time::now_ms,
@@ -206,7 +206,7 @@ fn peer_of(stream: &UnixStream) -> Option<Peer> {
 async fn handle(
     req: Request<Incoming>,
     peer: &Peer,
-    access: &Access,
+    access: &Arc<Access>,
     status: &StatusFn,
 ) -> Response<Full<Bytes>> {
     let method = req.method().clone();
@@ -228,7 +228,7 @@ async fn handle(
 async fn route(
     req: Request<Incoming>,
     peer: &Peer,
-    access: &Access,
+    access: &Arc<Access>,
     status: &StatusFn,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let method = req.method().clone();
@@ -244,16 +244,21 @@ async fn route(
         }
         (&Method::POST, "/v1/grants") => {
             let ask = body::<GrantRequest>(req).await?.into();
-            let grant = access.grant(&by, ask).await?;
+            let access = Arc::clone(access);
+            let grant = to_completion(async move { access.grant(&by, ask).await }).await?;
             json(StatusCode::CREATED, &GrantView::new(&grant, now_ms()))
         }
         (&Method::POST, "/v1/revoke") => {
             let ask = body::<RevokeRequest>(req).await?;
-            list(StatusCode::OK, &access.revoke(&by, ask).await?)
+            let access = Arc::clone(access);
+            let ended = to_completion(async move { access.revoke(&by, ask).await }).await?;
+            list(StatusCode::OK, &ended)
         }
         (&Method::POST, "/v1/drop") => {
             let target = body::<DropRequest>(req).await?.target;
-            list(StatusCode::OK, &access.drop_own(&by, target).await?)
+            let access = Arc::clone(access);
+            let ended = to_completion(async move { access.drop_own(&by, target).await }).await?;
+            list(StatusCode::OK, &ended)
         }
         (&Method::POST, "/v1/audit/query") => {
             let records = access.audit_query(&by, body::<Filter>(req).await?).await?;
@@ -279,6 +284,24 @@ async fn route(
             ))
         }
     })
+}
+
+/// Runs a grant change to its end on a task of its own, so that a client
+/// that goes away or a connection that times out cannot leave it half done
+/// (stored, but not recorded in the audit log or the index).
+async fn to_completion<T: Send + 'static>(
+    change: impl Future<Output = Result<T, AccessError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(change).await.map_or_else(
+        |e| {
+            Err(ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the request's task failed: {e}"),
+                "this is a jitproxy bug; see the daemon's log",
+            ))
+        },
+        |done| done.map_err(ApiError::from),
+    )
 }
 
 /// Reads and parses a JSON body of at most [`MAX_BODY`] bytes.

@@ -165,7 +165,16 @@ fn read_replies(nl: &OwnedFd, mut each: impl FnMut(u16, &[u8])) -> io::Result<()
             }
             let payload = &rest[NLMSG_HEADER..len];
             match kind {
-                NLMSG_DONE => return Ok(()),
+                // A dump that failed part way says so in its end message.
+                NLMSG_DONE => {
+                    let errno = payload
+                        .get(..4)
+                        .map_or(0, |b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]));
+                    return match errno {
+                        e if e < 0 => Err(io::Error::from_raw_os_error(-e)),
+                        _ => Ok(()),
+                    };
+                }
                 NLMSG_ERROR => {
                     let errno = payload
                         .get(..4)

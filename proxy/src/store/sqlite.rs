@@ -291,7 +291,21 @@ fn usable(
 ) -> Result<Vec<Grant>, StoreError> {
     let mut grants = Vec::new();
     for row in rows {
-        match row?.into_grant() {
+        let row = match row {
+            Ok(row) => row,
+            // A value of the wrong type or range: that row is corrupt, the
+            // others still count.
+            Err(
+                e @ (rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..)
+                | rusqlite::Error::InvalidColumnType(..)),
+            ) => {
+                tracing::error!(error = %e, "skipping a corrupt grant row");
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match row.into_grant() {
             Ok(grant) => grants.push(grant),
             Err(e) => tracing::error!(error = %e, "skipping a corrupt grant"),
         }
