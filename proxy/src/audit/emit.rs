@@ -63,6 +63,20 @@ pub(super) fn daemon_log(event: &Event) {
     }
 }
 
+/// Logs an event that the audit log could not keep (the disk refused it for
+/// too long): the daemon log is then its only trace.
+pub(super) fn lost(event: &Event) {
+    let detail = serde_json::to_string(event).unwrap_or_default();
+    tracing::error!(
+        target: "jitproxy::audit",
+        event = event.kind.as_str(),
+        lost = true,
+        record = %detail,
+        "NOT WRITTEN to the audit log (disk refused it too long): {}",
+        Summary(event)
+    );
+}
+
 fn loudness(event: &Event) -> Loudness {
     match event.kind {
         EventKind::ConnectionDenied

@@ -381,7 +381,10 @@ impl Writer {
 
     fn queue(&mut self, event: Event, time: Timestamp) {
         if self.pending.len() >= MAX_PENDING {
-            self.pending.pop_front();
+            if let Some((lost, _)) = self.pending.pop_front() {
+                // The daemon log is then the only witness of it.
+                emit::lost(&lost);
+            }
             self.health.dropped.fetch_add(1, Ordering::Relaxed);
         }
         self.pending.push_back((event, time));

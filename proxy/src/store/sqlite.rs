@@ -421,4 +421,21 @@ mod tests {
         assert_eq!(index.cover(&alice, 0, 50), None);
         assert_eq!(store.all(10).unwrap().len(), 1);
     }
+
+    #[test]
+    fn a_row_of_the_wrong_type_is_skipped_not_fatal() {
+        let mut store = SqliteStore::in_memory().unwrap();
+        let bad = store.insert(&new_grant(1000, 0, 100), 0).unwrap().id;
+        let fine = store.insert(&new_grant(2000, 0, 100), 0).unwrap().id;
+        // A subject id beyond u32.
+        store
+            .conn
+            .execute(
+                "UPDATE grants SET subject_id = 1099511627776 WHERE id = ?1",
+                [bad],
+            )
+            .unwrap();
+        let open = store.open_grants(50).expect("the other rows still read");
+        assert_eq!(open.iter().map(|g| g.id).collect::<Vec<_>>(), [fine]);
+    }
 }
