@@ -183,16 +183,7 @@ fn connect(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16, family: u16) -> A
     if unsafe { read_volatile(&(*sa).type_) } != SOCK_STREAM {
         // UDP (QUIC/HTTP3 included) cannot go around the proxy: refuse it so
         // that clients fall back to TCP.
-        count(|c| c.udp_refused += 1);
-        if may_log(Refusal::Udp) {
-            warn!(
-                ctx,
-                "refused UDP to target #{} port {} for uid {}: UDP cannot pass the proxy",
-                target.target_id,
-                u16::from_be(port_be),
-                bpf_get_current_uid_gid() as u32
-            );
-        }
+        udp_refused(ctx, target, port_be);
         return Action::Refuse;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -372,6 +363,13 @@ fn refuse_udp_to_target(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16) -> i
     let Some(target) = lookup_target(dst, port_be) else {
         return ALLOW;
     };
+    udp_refused(ctx, target, port_be);
+    REFUSE
+}
+
+/// Counts, and logs (rate-limited), UDP refused on its way to `target`.
+#[inline(always)]
+fn udp_refused(ctx: &SockAddrContext, target: TargetValue, port_be: u16) {
     count(|c| c.udp_refused += 1);
     if may_log(Refusal::Udp) {
         warn!(
@@ -382,7 +380,6 @@ fn refuse_udp_to_target(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16) -> i
             bpf_get_current_uid_gid() as u32
         );
     }
-    REFUSE
 }
 
 /// Whether a refusal of this kind may be logged now: once a second per CPU.
