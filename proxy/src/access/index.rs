@@ -137,17 +137,6 @@ impl GrantIndex {
             until,
         })
     }
-
-    /// The earliest instant after `now` at which some window starts or ends:
-    /// when the index must be rebuilt (expiry records) at the latest.
-    pub fn next_change(&self, now: UnixMs) -> Option<UnixMs> {
-        self.windows
-            .values()
-            .flatten()
-            .flat_map(|w| [w.starts_at, w.ends_at])
-            .filter(|&t| t > now)
-            .min()
-    }
 }
 
 #[cfg(test)]

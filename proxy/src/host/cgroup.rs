@@ -105,15 +105,15 @@ pub fn ids_under(cgroup: &Path) -> Result<HashSet<u64>, CgroupError> {
     let mut ids = HashSet::new();
     let mut dirs = vec![cgroup.to_owned()];
     while let Some(dir) = dirs.pop() {
-        // A cgroup below may go while it is walked: skip it, not the walk.
-        let entries = match (id(&dir), std::fs::read_dir(&dir)) {
-            (Ok(id), Ok(entries)) => {
+        let read = std::fs::metadata(&dir).and_then(|m| Ok((m.ino(), std::fs::read_dir(&dir)?)));
+        let entries = match read {
+            Ok((id, entries)) => {
                 ids.insert(id);
                 entries
             }
-            (Err(_), _) | (_, Err(_)) if dir != cgroup && !dir.exists() => continue,
-            (Err(e), _) => return Err(e),
-            (_, Err(source)) => return Err(open_error(&dir, source)),
+            // A cgroup below may go while it is walked: skip it, not the walk.
+            Err(e) if e.kind() == io::ErrorKind::NotFound && dir != cgroup => continue,
+            Err(source) => return Err(open_error(&dir, source)),
         };
         for entry in entries.filter_map(Result::ok) {
             if entry.file_type().is_ok_and(|t| t.is_dir()) {

@@ -525,18 +525,6 @@ pub fn pinned_record_counts(bpffs: &Path, cgroup: &Path) -> Result<(usize, usize
     Ok((connects.keys().count(), tuples.keys().count()))
 }
 
-/// Whether a cgroup has pinned links (i.e. is watched, daemon up or not).
-pub fn is_installed(bpffs: &Path, cgroup: &Path) -> Result<bool, KernelError> {
-    let pins = PinDir::new(bpffs, host::cgroup::id(cgroup)?);
-    Ok(!pins
-        .pinned_links()
-        .map_err(|source| KernelError::PinDir {
-            path: pins.links(),
-            source,
-        })?
-        .is_empty())
-}
-
 fn attach(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> Result<FdLink, KernelError> {
     let program_error = |source| KernelError::Program {
         name: name.to_owned(),
