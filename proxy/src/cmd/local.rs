@@ -54,11 +54,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 /// `jitproxy check-config`.
-pub(super) fn check_config(path: Option<&PathBuf>) -> Result<Exit, CmdError> {
-    let config = match path {
-        Some(path) => Config::load(path)?,
-        None => Config::embedded_default()?,
-    };
+pub(super) fn check_config(config: &Config) -> Result<Exit, CmdError> {
     for warning in config.local_target_warnings(&net::local_addresses()) {
         eprintln!("warning: {warning}");
     }
@@ -112,7 +108,8 @@ pub(super) fn uninstall_stale(config: &Config) -> Result<Exit, CmdError> {
         let name = PathBuf::from(format!("<removed cgroup {id}>"));
         locks.push(daemon::lock_id(id, &name).map_err(CmdError::failure)?);
     }
-    let done = kernel::uninstall_stale(&config.bpffs, &live).map_err(CmdError::failure)?;
+    // Exactly the locked ones: a cgroup made meanwhile keeps its pins.
+    let done = kernel::uninstall_ids(&config.bpffs, &stale).map_err(CmdError::failure)?;
     for lock in locks {
         lock.remove();
     }

@@ -382,7 +382,9 @@ impl Command {
                 )?;
                 local::run_daemon(config, cgroup)
             }
-            Self::CheckConfig { path } => local::check_config(path.as_ref()),
+            Self::CheckConfig { path } => {
+                local::check_config(&load_config(path.as_ref(), Overrides::default())?)
+            }
             Self::Config(ConfigCommand::Default) => local::print_default_config(),
             Self::Uninstall {
                 config,

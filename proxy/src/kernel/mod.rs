@@ -461,17 +461,21 @@ impl Uninstalled {
 /// pins: afterwards connections from the cgroup go direct. The daemon must
 /// not be running.
 pub fn uninstall(bpffs: &Path, cgroup: &Path) -> Result<Uninstalled, KernelError> {
-    let id = host::cgroup::id(cgroup)?;
-    remove_pins(bpffs, |pin_id| pin_id == id)
+    uninstall_ids(bpffs, &[host::cgroup::id(cgroup)?])
 }
 
-/// Removes the pins of cgroups that no longer exist (`live`: the ids that
-/// do); returns the ids removed and what went. No daemon may run on them.
-pub fn uninstall_stale(
-    bpffs: &Path,
-    live: &std::collections::HashSet<u64>,
-) -> Result<Uninstalled, KernelError> {
-    remove_pins(bpffs, |id| !live.contains(&id))
+/// Removes the pins (of every layout) of the cgroups with these ids, which
+/// may be gone already. No daemon may run on them.
+pub fn uninstall_ids(bpffs: &Path, ids: &[u64]) -> Result<Uninstalled, KernelError> {
+    let mut done = Uninstalled::default();
+    for (dir, _, id) in PinDir::all(bpffs)? {
+        if ids.contains(&id) {
+            done.add(dir.remove()?);
+        }
+    }
+    // The shared `<bpffs>/jitproxy` goes too once no cgroup has pins in it.
+    let _ = std::fs::remove_dir(pins_root(bpffs));
+    Ok(done)
 }
 
 /// The cgroup ids that have pins, of any layout.
@@ -483,18 +487,6 @@ pub fn pinned_cgroups(bpffs: &Path) -> Result<Vec<u64>, KernelError> {
     ids.sort_unstable();
     ids.dedup();
     Ok(ids)
-}
-
-fn remove_pins(bpffs: &Path, which: impl Fn(u64) -> bool) -> Result<Uninstalled, KernelError> {
-    let mut done = Uninstalled::default();
-    for (dir, _, id) in PinDir::all(bpffs)? {
-        if which(id) {
-            done.add(dir.remove()?);
-        }
-    }
-    // The shared `<bpffs>/jitproxy` goes too once no cgroup has pins in it.
-    let _ = std::fs::remove_dir(pins_root(bpffs));
-    Ok(done)
 }
 
 fn pins_root(bpffs: &Path) -> PathBuf {
