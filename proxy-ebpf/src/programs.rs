@@ -7,8 +7,7 @@
 //! tuple is removed only by the socket it belongs to, and never taken from a
 //! socket that still has its record. MPTCP needs nothing
 //! else: the hooks see its subflows as TCP sockets (redirected and recorded
-//! like any), and their state changes end their records, though the release
-//! hook never runs for them.
+//! like any), and their state changes end their records.
 //!
 //! Verifier notes (see ../shared/EBPF.md): context fields are read with
 //! volatile loads, IPv6 addresses as four `u32` loads, and both the IPv4 and
@@ -118,7 +117,7 @@ pub fn jp_connect4(ctx: SockAddrContext) -> i32 {
     };
     let dst = if ip4 == 0 {
         count(|c| c.unspecified += 1);
-        match unspecified_v4(sa, port as u16) {
+        match resolve_unspecified_v4(bound_v4(sa), port as u16) {
             Some(ip) => v4_mapped(ip),
             None => return REFUSE,
         }
@@ -244,24 +243,34 @@ fn connect(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16, family: u16) -> A
     Action::Redirect
 }
 
-/// What a connect to `0.0.0.0` on `port_be` really reaches: the socket's
-/// bound source address when it is a unicast one, else loopback (as
-/// `ip_route_connect` decides). A bound address that is not a target while
-/// loopback is (a socket bound to a broadcast address goes to loopback)
-/// cannot be told apart here: `None`, and the connect is refused.
+/// The socket's bound IPv4 address (0: unbound; for an IPv6 socket, the
+/// kernel's IPv4 view of its binding).
 #[inline(always)]
-fn unspecified_v4(sa: *mut bpf_sock_addr, port_be: u16) -> Option<u32> {
+fn bound_v4(sa: *mut bpf_sock_addr) -> u32 {
     // SAFETY: `sk` of a sock_addr context is a valid socket pointer, and
     // `src_ip4` is a readable field of it.
-    let src = unsafe {
+    unsafe {
         let sk = (*sa).__bindgen_anon_1.sk;
         read_volatile(&(*sk).src_ip4)
-    };
-    resolve_unspecified_v4(src, port_be)
+    }
 }
 
-/// The destination of a connect to `0.0.0.0` from a socket bound to `src`
-/// (0: unbound); `None` when it cannot be told and a target may be reached.
+/// The socket's bound IPv6 address (`::`: unbound).
+#[inline(always)]
+fn bound_v6(sa: *mut bpf_sock_addr) -> [u32; 4] {
+    // SAFETY: `sk` of a sock_addr context is a valid socket pointer, and
+    // `src_ip6` is a readable field of it.
+    unsafe {
+        let sk = (*sa).__bindgen_anon_1.sk;
+        read_ip6(&(*sk).src_ip6)
+    }
+}
+
+/// What a connect to `0.0.0.0` on `port_be` really reaches from a socket
+/// bound to `src` (0: unbound): `src` when it is a unicast address, else
+/// loopback (as `ip_route_connect` decides). A bound address that is not a
+/// target while loopback is (a socket bound to a broadcast address goes to
+/// loopback) cannot be told apart here: `None`, and the connect is refused.
 #[inline(always)]
 fn resolve_unspecified_v4(src: u32, port_be: u16) -> Option<u32> {
     if src == 0 {
@@ -279,7 +288,8 @@ fn resolve_unspecified_v4(src: u32, port_be: u16) -> Option<u32> {
 /// `::ffff:127.0.0.1` for a socket bound to an IPv4-mapped address), and
 /// `::ffff:0.0.0.0` is an IPv4 connect to `0.0.0.0` from the socket's IPv4
 /// source (none when unbound; 127.0.0.6 when bound to a plain IPv6 address,
-/// the kernel's placeholder). `None`: refuse (see [`unspecified_v4`]).
+/// the kernel's placeholder). `None`: refuse (see
+/// [`resolve_unspecified_v4`]).
 #[inline(always)]
 fn unspecified_v6(sa: *mut bpf_sock_addr, dst: [u32; 4], port_be: u16) -> Option<[u32; 4]> {
     let unspecified_v4 = is_v4_mapped(&dst) && dst[3] == 0;
@@ -287,12 +297,7 @@ fn unspecified_v6(sa: *mut bpf_sock_addr, dst: [u32; 4], port_be: u16) -> Option
         return Some(dst);
     }
     count(|c| c.unspecified += 1);
-    // SAFETY: `sk` of a sock_addr context is a valid socket pointer, and
-    // `src_ip6` is a readable field of it.
-    let src6 = unsafe {
-        let sk = (*sa).__bindgen_anon_1.sk;
-        read_ip6(&(*sk).src_ip6)
-    };
+    let src6 = bound_v6(sa);
     if !unspecified_v4 {
         return Some(if is_v4_mapped(&src6) {
             v4_mapped(LOOPBACK4)
@@ -329,13 +334,7 @@ pub fn jp_sendmsg4(ctx: SockAddrContext) -> i32 {
     // with IP_PKTINFO, else the bound one), else to loopback; from an IPv6
     // socket, perhaps 127.0.0.6. Refuse if any of them is a target.
     count(|c| c.unspecified += 1);
-    // SAFETY: `sk` of a sock_addr context is a valid socket pointer, and
-    // `src_ip4` is a readable field of it.
-    let bound = unsafe {
-        let sk = (*sa).__bindgen_anon_1.sk;
-        read_volatile(&(*sk).src_ip4)
-    };
-    for candidate in [msg_src, bound, LOOPBACK4, LOOPBACK4_IPV6] {
+    for candidate in [msg_src, bound_v4(sa), LOOPBACK4, LOOPBACK4_IPV6] {
         if candidate != 0 && refuse_udp_to_target(&ctx, v4_mapped(candidate), port) == REFUSE {
             return REFUSE;
         }
