@@ -526,28 +526,20 @@ fn attach(ebpf: &mut Ebpf, name: &str, cgroup: &File) -> Result<FdLink, KernelEr
         kind: "program",
         name: name.to_owned(),
     })?;
+    // The three cgroup program types share these calls but no trait.
+    macro_rules! load_and_attach {
+        ($p:expr) => {{
+            $p.load().map_err(program_error)?;
+            let id = $p
+                .attach(cgroup, CgroupAttachMode::Single)
+                .map_err(program_error)?;
+            $p.take_link(id).map_err(program_error)?.try_into()
+        }};
+    }
     let link = match program {
-        aya::programs::Program::CgroupSockAddr(p) => {
-            p.load().map_err(program_error)?;
-            let id = p
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(program_error)?;
-            p.take_link(id).map_err(program_error)?.try_into()
-        }
-        aya::programs::Program::SockOps(p) => {
-            p.load().map_err(program_error)?;
-            let id = p
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(program_error)?;
-            p.take_link(id).map_err(program_error)?.try_into()
-        }
-        aya::programs::Program::CgroupSock(p) => {
-            p.load().map_err(program_error)?;
-            let id = p
-                .attach(cgroup, CgroupAttachMode::Single)
-                .map_err(program_error)?;
-            p.take_link(id).map_err(program_error)?.try_into()
-        }
+        aya::programs::Program::CgroupSockAddr(p) => load_and_attach!(p),
+        aya::programs::Program::SockOps(p) => load_and_attach!(p),
+        aya::programs::Program::CgroupSock(p) => load_and_attach!(p),
         _ => {
             return Err(KernelError::Missing {
                 kind: "cgroup program",
