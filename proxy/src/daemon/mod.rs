@@ -193,7 +193,7 @@ pub async fn run(
         policy,
         Arc::clone(&access),
         users,
-        proxy_settings(&config),
+        proxy_settings(&config, open_files()),
         shutdown.clone(),
     );
     proxy.serve(listeners).await;
@@ -229,18 +229,19 @@ fn config_event(config: &Config) -> Event {
     event
 }
 
-/// The proxy's settings, with live connections bounded by the descriptors
-/// the process may open: each takes two, and the control socket and the
-/// daemon's own files keep a reserve, so neither can starve the other.
-fn proxy_settings(config: &Config) -> ProxySettings {
+/// The open-file limit, raised to the hard limit first.
+fn open_files() -> u64 {
+    rlimit::raise_open_files().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read the open-file limit; assuming 1024");
+        1024
+    })
+}
+
+/// The proxy's settings, with live connections bounded by `open_files`: each
+/// takes two descriptors, and the control socket and the daemon's own files
+/// keep a reserve, so neither can starve the other.
+fn proxy_settings(config: &Config, open_files: u64) -> ProxySettings {
     let mut settings = ProxySettings::from_config(config);
-    let open_files = match rlimit::raise_open_files() {
-        Ok(limit) => limit,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the open-file limit; assuming 1024");
-            1024
-        }
-    };
     let reserve = RESERVED_FDS + control::server::NON_ROOT_TOTAL as u64;
     let fit = usize::try_from(open_files.saturating_sub(reserve) / 2).unwrap_or(usize::MAX);
     if fit < settings.max_connections {
