@@ -12,7 +12,7 @@
 #![no_std]
 
 /// Part of every pin path: a daemon only reuses pinned maps of its own layout.
-pub const MAP_LAYOUT_VERSION: u32 = 2;
+pub const MAP_LAYOUT_VERSION: u32 = 3;
 
 /// Socket mark the daemon sets on its upstream sockets; connect4/6 let sockets
 /// carrying it through untouched. Setting a mark needs CAP_NET_ADMIN, so an
@@ -54,6 +54,43 @@ pub mod globals {
     pub const UPSTREAM_MARK: &str = "UPSTREAM_MARK";
     /// `u32`: live records one uid may hold.
     pub const RECORDS_PER_UID: &str = "RECORDS_PER_UID";
+    /// [`TaskOffsets`](super::TaskOffsets): where the caller's executable
+    /// and login uid are in this kernel's structures.
+    pub const TASK_OFFSETS: &str = "TASK_OFFSETS";
+}
+
+/// Byte offsets of the kernel fields connect4/6 read to learn the caller's
+/// executable (device and inode of `current->mm->exe_file`) and login uid
+/// (`current->loginuid`) at connect time, so nothing the caller does after
+/// connecting (an `exec`, a write to `/proc/self/loginuid`) changes what is
+/// recorded. The daemon reads them from the running kernel's BTF.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskOffsets {
+    /// `task_struct.mm`
+    pub task_mm: u32,
+    /// `task_struct.loginuid` (a `kuid_t`); [`TaskOffsets::NO_LOGIN_UID`]
+    /// when the kernel has no audit support.
+    pub task_loginuid: u32,
+    /// `mm_struct.exe_file`
+    pub mm_exe_file: u32,
+    /// `file.f_inode`
+    pub file_inode: u32,
+    /// `inode.i_ino` (64 bits)
+    pub inode_ino: u32,
+    /// `inode.i_sb`
+    pub inode_sb: u32,
+    /// `super_block.s_dev` (the kernel's `dev_t`: major << 20 | minor)
+    pub sb_dev: u32,
+    /// 1 once the daemon has set the offsets; 0 means "record nothing".
+    pub valid: u32,
+}
+
+impl TaskOffsets {
+    /// `task_loginuid` of a kernel without `CONFIG_AUDIT`.
+    pub const NO_LOGIN_UID: u32 = u32::MAX;
+    /// The login uid of a process that never logged in (`AUDIT_UID_UNSET`).
+    pub const UNSET_LOGIN_UID: u32 = u32::MAX;
 }
 
 /// Capacities. CONNECTS and TUPLES are plain hashes, not LRU: when full, a new
@@ -150,6 +187,14 @@ pub struct ConnectRecord {
     /// `bpf_ktime_get_boot_ns()` at connect time: lets the daemon tell a
     /// reused pid from the caller (a process started later is not the caller).
     pub boot_ns: u64,
+    /// Inode of the caller's executable at connect time; 0 if unknown.
+    pub exe_ino: u64,
+    /// Device of the caller's executable, as the kernel encodes `dev_t`
+    /// (major << 20 | minor).
+    pub exe_dev: u32,
+    /// Login uid of the caller at connect time;
+    /// [`TaskOffsets::UNSET_LOGIN_UID`] if unset or unknown.
+    pub login_uid: u32,
     /// Thread name of the caller (NUL padded).
     pub comm: [u8; 16],
     /// Set by sockops when the connection is established; zero before.
@@ -186,6 +231,7 @@ mod pod {
     unsafe impl aya::Pod for super::SockTuple {}
     unsafe impl aya::Pod for super::ConnectRecord {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::TaskOffsets {}
 }
 
 #[cfg(test)]
@@ -200,9 +246,10 @@ mod tests {
         assert_eq!(size_of::<SockTuple>(), 36);
         assert_eq!(
             size_of::<ConnectRecord>(),
-            16 + 2 + 2 + 4 * 5 + 8 + 8 + 16 + 36 + 4
+            16 + 2 + 2 + 4 * 5 + 8 + 8 + 8 + 4 + 4 + 16 + 36 + 4
         );
         assert_eq!(size_of::<Counters>(), 48);
+        assert_eq!(size_of::<TaskOffsets>(), 32);
     }
 
     #[test]

@@ -22,7 +22,8 @@ use core::{
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr, bpf_sock_ops},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_uid_gid, bpf_probe_read_kernel,
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
@@ -32,7 +33,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use proxy_common::{
     is_v4_mapped, v4_mapped, ConnectRecord, Counters, SockTuple, TargetKey, TargetValue,
-    MAX_CONNECTIONS, MAX_TARGET_ENTRIES,
+    TaskOffsets, MAX_CONNECTIONS, MAX_TARGET_ENTRIES,
 };
 
 /// Return values of cgroup sock_addr programs.
@@ -62,6 +63,19 @@ static UPSTREAM_MARK: u32 = 0;
 /// Live records one uid may hold; set by the daemon at load.
 #[unsafe(no_mangle)]
 static RECORDS_PER_UID: u32 = 0;
+/// Where the caller's executable and login uid are in this kernel's
+/// structures; set by the daemon at load, from the kernel's BTF.
+#[unsafe(no_mangle)]
+static TASK_OFFSETS: TaskOffsets = TaskOffsets {
+    task_mm: 0,
+    task_loginuid: 0,
+    mm_exe_file: 0,
+    file_inode: 0,
+    inode_ino: 0,
+    inode_sb: 0,
+    sb_dev: 0,
+    valid: 0,
+};
 
 #[map(name = "TARGETS")]
 static TARGETS: LpmTrie<TargetKey, TargetValue> = LpmTrie::with_max_entries(MAX_TARGET_ENTRIES, 0);
@@ -195,6 +209,7 @@ fn connect(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16, family: u16) -> A
             bpf_ktime_get_boot_ns(),
         )
     };
+    let caller = caller_files();
     let record = ConnectRecord {
         orig_addr: dst,
         orig_port_be: port_be,
@@ -206,6 +221,9 @@ fn connect(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16, family: u16) -> A
         gid: (uid_gid >> 32) as u32,
         cgroup_id,
         boot_ns,
+        exe_ino: caller.exe_ino,
+        exe_dev: caller.exe_dev,
+        login_uid: caller.login_uid,
         comm: bpf_get_current_comm().unwrap_or([0; 16]),
         tuple: SockTuple::default(),
         established: 0,
@@ -628,6 +646,90 @@ fn is_upstream(sa: *mut bpf_sock_addr) -> bool {
     // SAFETY: a plain read of a global that only the loader writes.
     let want = unsafe { read_volatile(&UPSTREAM_MARK) };
     want != 0 && mark == want
+}
+
+/// The caller's executable and login uid, as the kernel has them now.
+struct CallerFiles {
+    exe_ino: u64,
+    exe_dev: u32,
+    login_uid: u32,
+}
+
+/// Reads `current->loginuid` and `current->mm->exe_file->f_inode->{i_ino,
+/// i_sb->s_dev}` at the offsets the daemon found in the kernel's BTF. Taken
+/// here, at connect, so that an `exec` or a login uid written after the
+/// connect cannot change what is recorded; whatever cannot be read stays
+/// "unknown" (inode 0, login uid unset), never someone else's.
+#[inline(always)]
+fn caller_files() -> CallerFiles {
+    let mut files = CallerFiles {
+        exe_ino: 0,
+        exe_dev: 0,
+        login_uid: TaskOffsets::UNSET_LOGIN_UID,
+    };
+    // SAFETY: plain reads of a global that only the loader writes.
+    let off = unsafe {
+        TaskOffsets {
+            task_mm: read_volatile(&TASK_OFFSETS.task_mm),
+            task_loginuid: read_volatile(&TASK_OFFSETS.task_loginuid),
+            mm_exe_file: read_volatile(&TASK_OFFSETS.mm_exe_file),
+            file_inode: read_volatile(&TASK_OFFSETS.file_inode),
+            inode_ino: read_volatile(&TASK_OFFSETS.inode_ino),
+            inode_sb: read_volatile(&TASK_OFFSETS.inode_sb),
+            sb_dev: read_volatile(&TASK_OFFSETS.sb_dev),
+            valid: read_volatile(&TASK_OFFSETS.valid),
+        }
+    };
+    if off.valid == 0 {
+        return files;
+    }
+    // SAFETY: bpf_probe_read_kernel checks every address it is given and
+    // fails (it does not fault) on a bad one; the pointers come from the
+    // current task, which cannot go away while it runs this program.
+    unsafe {
+        let task = bpf_get_current_task() as *const u8;
+        if off.task_loginuid != TaskOffsets::NO_LOGIN_UID {
+            let at = task.add(off.task_loginuid as usize).cast::<u32>();
+            if let Ok(uid) = bpf_probe_read_kernel(at) {
+                files.login_uid = uid;
+            }
+        }
+        let Ok(mm) = bpf_probe_read_kernel(task.add(off.task_mm as usize).cast::<*const u8>())
+        else {
+            return files;
+        };
+        if mm.is_null() {
+            return files;
+        }
+        let Ok(file) = bpf_probe_read_kernel(mm.add(off.mm_exe_file as usize).cast::<*const u8>())
+        else {
+            return files;
+        };
+        if file.is_null() {
+            return files;
+        }
+        let Ok(inode) =
+            bpf_probe_read_kernel(file.add(off.file_inode as usize).cast::<*const u8>())
+        else {
+            return files;
+        };
+        if inode.is_null() {
+            return files;
+        }
+        let Ok(sb) = bpf_probe_read_kernel(inode.add(off.inode_sb as usize).cast::<*const u8>())
+        else {
+            return files;
+        };
+        let (Ok(ino), Ok(dev)) = (
+            bpf_probe_read_kernel(inode.add(off.inode_ino as usize).cast::<u64>()),
+            bpf_probe_read_kernel(sb.add(off.sb_dev as usize).cast::<u32>()),
+        ) else {
+            return files;
+        };
+        files.exe_ino = ino;
+        files.exe_dev = dev;
+    }
+    files
 }
 
 #[inline(always)]

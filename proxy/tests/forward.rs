@@ -488,9 +488,11 @@ impl OriginSource for FakeKernel {
             uid: CALLER_UID,
             gid: CALLER_UID,
             cgroup_id: 0,
-            // "Connected" before this process started: /proc is not read, so
-            // no login uid replaces CALLER_UID when grants are matched.
+            // "Connected" before this process started: /proc is not read.
             boot_ns: 0,
+            exe_ino: 0,
+            exe_dev: 0,
+            login_uid: proxy_common::TaskOffsets::UNSET_LOGIN_UID,
             comm: *b"forward-test\0\0\0\0",
             tuple: SockTuple::default(),
             established: 1,

@@ -1181,3 +1181,56 @@ print(tcp, udp, flush=True)
         assert_eq!(ended["dst"], api.addr().to_string(), "{ended}");
     }
 }
+
+/// `major:minor inode N` of the file at `path`, as audit records name an
+/// executable.
+fn file_id(path: &str) -> String {
+    let (ok, out, err) = output(Command::new("stat").args(["-L", "-c", "%Hd:%Ld inode %i", path]));
+    assert!(ok, "stat {path}: {err}");
+    out.trim().to_owned()
+}
+
+#[test]
+fn an_exec_after_connect_does_not_rename_the_caller() {
+    let w = World::new(23, "execafter", Behaviour::Http);
+    let api = w.api.addr();
+    let python = std::fs::canonicalize(PYTHON).unwrap();
+    let python = python.to_str().unwrap();
+    // Python connects, prints its port, and at once becomes `sleep`, which
+    // keeps the connection (fd 3) open while the proxy looks at /proc.
+    let script = format!(
+        "import os,socket\ns=socket.create_connection(('{}', {}))\nos.set_inheritable(s.fileno(), True)\nprint(s.getsockname()[1], flush=True)\nos.execv('/usr/bin/sleep', ['sleep', '2'])",
+        api.ip(),
+        api.port()
+    );
+    let rounds = 10;
+    let mut ports = Vec::new();
+    let mut children = Vec::new();
+    for _ in 0..rounds {
+        let mut child = Held::start(
+            w.cgroup
+                .command_as(NOBODY, NOBODY, PYTHON)
+                .args(["-c", &script]),
+        );
+        ports.push(child.line().parse::<u16>().expect("port"));
+        children.push(child);
+    }
+    let (python_file, sleep_file) = (file_id(python), file_id("/usr/bin/sleep"));
+    let mut unverified = 0;
+    for port in ports {
+        let event = w.daemon.wait_event("connection.allowed", |e| {
+            e["event"] == "connection.allowed" && client_port(e) == port
+        });
+        assert_eq!(event["exe_file"], python_file.as_str(), "{event}");
+        assert_ne!(event["exe_file"], sleep_file.as_str(), "{event}");
+        match event["exe"].as_str() {
+            Some(exe) => assert_eq!(exe, python, "{event}"),
+            None => {
+                assert_eq!(event["exe_unverified"], "/usr/bin/sleep", "{event}");
+                unverified += 1;
+            }
+        }
+    }
+    eprintln!("{unverified} of {rounds} callers had become sleep when the proxy looked");
+    drop(children);
+}

@@ -4,7 +4,7 @@
 //!
 //! Fields are flat for `--log-format json`: `event`, `conn`, `client`,
 //! `dst`, `target_name`, `uid`, `gid`, `user`, `login_uid`, `pid`, `tid`,
-//! `comm`, `exe`, `cgroup`, `grant_id`, `reason`, `code`, `bytes_up`,
+//! `comm`, `exe`, `exe_file`, `exe_unverified`, `cgroup`, `grant_id`, `reason`, `code`, `bytes_up`,
 //! `bytes_down`, `duration_ms`, `ended_by`, and `detail` (JSON).
 
 use std::fmt::{self, Write as _};
@@ -43,6 +43,8 @@ pub(super) fn daemon_log(event: &Event) {
                 tid = process.map(|p| p.tid),
                 comm = process.map(|p| p.comm.as_str()),
                 exe = process.and_then(|p| p.exe.as_deref()),
+                exe_file = process.and_then(|p| p.exe_file.as_deref()),
+                exe_unverified = process.and_then(|p| p.exe_unverified.as_deref()),
                 cgroup = process.and_then(|p| p.cgroup.as_deref()),
                 grant_id = event.grant_id,
                 reason = event.reason.as_deref(),
@@ -157,9 +159,8 @@ mod tests {
             pid: 42,
             tid: 42,
             comm: "curl".into(),
-            exe: None,
-            cgroup: None,
             gid: 1001,
+            ..ProcessInfo::default()
         });
         e.dst = Some("127.0.0.2:8080".into());
         e.target = Some("demo-api".into());

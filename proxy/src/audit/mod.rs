@@ -189,8 +189,16 @@ pub struct ProcessInfo {
     pub pid: u32,
     pub tid: u32,
     pub comm: String,
+    /// The executable's path, only when it names `exe_file`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
+    /// The executable at connect, as the kernel saw it: `major:minor inode N`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe_file: Option<String>,
+    /// What /proc showed instead of a path naming `exe_file` (the caller
+    /// exec'd another program after connecting): not the executable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe_unverified: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<String>,
     pub gid: u32,

@@ -41,6 +41,8 @@ fn sample_event() -> Event {
         tid: 4242,
         comm: "curl".into(),
         exe: Some("/usr/bin/curl".into()),
+        exe_file: Some("8:1 inode 1234567".into()),
+        exe_unverified: None,
         cgroup: Some("/user.slice/user-1001.slice/session-3.scope".into()),
         gid: 1001,
     });

@@ -4,7 +4,11 @@
 //! read is of the same process: if it exits and its pid is reused, reads
 //! fail instead of describing the newcomer.
 
-use std::{io, path::PathBuf};
+use std::{
+    fmt, io,
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
 
 /// An open `/proc/PID`.
 #[derive(Debug)]
@@ -50,6 +54,47 @@ impl Process {
     }
 }
 
+/// A file as the kernel tells files apart: device and inode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileId {
+    /// Device, as `stat(2)` reports it (`st_dev`).
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileId {
+    /// From the kernel's own `dev_t` encoding (`major << 20 | minor`, what
+    /// eBPF reads in `super_block.s_dev`) and an inode number.
+    pub fn from_kernel(kernel_dev: u32, ino: u64) -> Self {
+        let (major, minor) = (kernel_dev >> 20, kernel_dev & 0xf_ffff);
+        Self {
+            dev: nix::sys::stat::makedev(u64::from(major), u64::from(minor)),
+            ino,
+        }
+    }
+
+    /// What the file at `path` is now (following symlinks); `None` if it
+    /// cannot be looked at.
+    pub fn of_path(path: &Path) -> Option<Self> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some(Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+}
+
+impl fmt::Display for FileId {
+    /// `major:minor inode`, as `stat -c '%Hd:%Ld %i'` prints it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (major, minor) = (
+            nix::sys::stat::major(self.dev),
+            nix::sys::stat::minor(self.dev),
+        );
+        write!(f, "{major}:{minor} inode {}", self.ino)
+    }
+}
+
 /// One line of `/proc/mounts`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mount {
@@ -77,6 +122,18 @@ pub fn mounts() -> io::Result<Vec<Mount>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_dev_t_becomes_st_dev() {
+        // 8:1 (sda1) and a minor above 255 (259:65536, an NVMe partition
+        // numbering), in the kernel's encoding.
+        let sda1 = FileId::from_kernel((8 << 20) | 1, 7);
+        assert_eq!(sda1.dev, nix::sys::stat::makedev(8, 1));
+        assert_eq!(sda1.to_string(), "8:1 inode 7");
+        let big = FileId::from_kernel((259 << 20) | 65_536, 7);
+        assert_eq!(nix::sys::stat::major(big.dev), 259);
+        assert_eq!(nix::sys::stat::minor(big.dev), 65_536);
+    }
 
     #[test]
     fn own_process_reads() {

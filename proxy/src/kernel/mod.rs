@@ -34,6 +34,10 @@ use proxy_common::{
 
 use crate::host;
 
+mod offsets;
+
+pub use offsets::OffsetsError;
+
 /// The eBPF object built by build.rs.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/jitproxy-ebpf"));
 
@@ -76,6 +80,8 @@ pub enum KernelError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Offsets(#[from] OffsetsError),
     #[error("cannot load the eBPF programs: {0}; jitproxy needs root (CAP_BPF, CAP_NET_ADMIN) and a kernel with BTF and cgroup BPF (5.10 or newer)")]
     Load(#[source] aya::EbpfError),
     #[error("eBPF object has no {kind} named {name} (build mismatch; rebuild jitproxy)")]
@@ -302,8 +308,10 @@ impl Kernel {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
+        let task_offsets = offsets::task_offsets(Path::new(offsets::VMLINUX_BTF))?;
         let port_be = opts.proxy_port.to_be();
         loader
+            .override_global(globals::TASK_OFFSETS, &task_offsets, true)
             .override_global(globals::PROXY_PORT, &port_be, true)
             .override_global(globals::UPSTREAM_MARK, &opts.upstream_mark, true)
             .override_global(globals::RECORDS_PER_UID, &opts.records_per_uid, true);

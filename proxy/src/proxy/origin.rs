@@ -1,6 +1,13 @@
 //! Who opened a redirected connection and where it was going: the kernel's
-//! record ([`OriginSource`]), completed from /proc (executable, login uid,
+//! record ([`OriginSource`]), completed from /proc (the executable's path,
 //! cgroup path) and the user database (names).
+//!
+//! What the caller could change after its connect is taken from the kernel's
+//! record, made at connect: the login uid, and the executable as a file
+//! (device and inode). /proc only lends names: the executable's path is
+//! reported only when that path still names the file the kernel saw, so a
+//! program that execs another right after connecting is not recorded as the
+//! other.
 
 use std::{
     fmt,
@@ -8,11 +15,14 @@ use std::{
     path::PathBuf,
 };
 
-use proxy_common::ConnectRecord;
+use proxy_common::{ConnectRecord, TaskOffsets};
 
 use crate::{
     access::principal_uid,
-    host::{proc::Process, users::Users},
+    host::{
+        proc::{FileId, Process},
+        users::Users,
+    },
     kernel::{ip_from_words, Kernel},
 };
 
@@ -63,11 +73,19 @@ pub struct Caller {
     pub cgroup_id: u64,
     /// User name of `uid`, when the user database has one.
     pub user: Option<String>,
-    /// The login uid (`/proc/PID/loginuid`): the human behind `sudo`; `None`
-    /// when unset (daemons, containers) or the process is gone.
+    /// The login uid at connect (the kernel's `loginuid`): the human behind
+    /// `sudo`; `None` when unset (daemons, containers).
     pub login_uid: Option<u32>,
-    /// Executable path (`/proc/PID/exe`), when the process is still there.
+    /// The executable at connect, as a file; `None` if the kernel could not
+    /// tell (a kernel thread, an unreadable field).
+    pub exe_file: Option<FileId>,
+    /// The executable's path: `/proc/PID/exe`, only when that path still
+    /// names [`Caller::exe_file`].
     pub exe: Option<PathBuf>,
+    /// What `/proc/PID/exe` shows when it does not name `exe_file` (the
+    /// process exec'd another program after connecting, or the file was
+    /// replaced): shown to reviewers as unverified, never as the executable.
+    pub exe_unverified: Option<PathBuf>,
     /// cgroup v2 path (`/proc/PID/cgroup`), e.g. a systemd unit's.
     pub cgroup: Option<String>,
 }
@@ -112,7 +130,9 @@ impl Identities {
             (IpAddr::V4(v4), 6) => IpAddr::V6(v4.to_ipv6_mapped()),
             (ip, _) => ip,
         };
-        let proc_info = ProcInfo::read(record.tgid, record.boot_ns);
+        let exe_file =
+            (record.exe_ino != 0).then(|| FileId::from_kernel(record.exe_dev, record.exe_ino));
+        let proc_info = ProcInfo::read(record.tgid, record.boot_ns, exe_file);
         let user = self.users.name(record.uid).await;
         Origin {
             dst: SocketAddr::new(ip, u16::from_be(record.orig_port_be)),
@@ -125,8 +145,11 @@ impl Identities {
                 comm: comm_string(&record.comm),
                 cgroup_id: record.cgroup_id,
                 user,
-                login_uid: proc_info.login_uid,
+                login_uid: (record.login_uid != TaskOffsets::UNSET_LOGIN_UID)
+                    .then_some(record.login_uid),
+                exe_file,
                 exe: proc_info.exe,
+                exe_unverified: proc_info.exe_unverified,
                 cgroup: proc_info.cgroup,
             },
         }
@@ -136,15 +159,16 @@ impl Identities {
 /// What /proc tells about a process, if it is still the caller.
 #[derive(Debug, Default)]
 struct ProcInfo {
-    login_uid: Option<u32>,
     exe: Option<PathBuf>,
+    exe_unverified: Option<PathBuf>,
     cgroup: Option<String>,
 }
 
 impl ProcInfo {
     /// Reads /proc/PID; returns nothing if the pid now belongs to a process
-    /// started after the connect (pid reuse), or is gone.
-    fn read(pid: u32, connect_boot_ns: u64) -> Self {
+    /// started after the connect (pid reuse), or is gone. The executable's
+    /// path counts only if the file at that path is `exe_file`.
+    fn read(pid: u32, connect_boot_ns: u64, exe_file: Option<FileId>) -> Self {
         let Some(process) = Process::open(pid) else {
             return Self::default();
         };
@@ -152,9 +176,21 @@ impl ProcInfo {
             Some(start) if start <= connect_boot_ns => {}
             _ => return Self::default(),
         }
+        let shown = process.exe();
+        // The path is looked up again, here, rather than trusting what
+        // /proc/PID/exe resolves to now: whatever the caller exec'd since,
+        // the path reported names the file that made the connect.
+        let verified = shown
+            .as_deref()
+            .is_some_and(|path| exe_file.is_some() && FileId::of_path(path) == exe_file);
+        let (exe, exe_unverified) = if verified {
+            (shown, None)
+        } else {
+            (None, shown)
+        };
         Self {
-            login_uid: process.login_uid(),
-            exe: process.exe(),
+            exe,
+            exe_unverified,
             cgroup: process.cgroup(),
         }
     }
@@ -176,12 +212,35 @@ mod tests {
         assert_eq!(comm_string(&comm), "curl");
     }
 
+    fn own_exe() -> (PathBuf, FileId) {
+        let path = std::env::current_exe().unwrap();
+        let id = FileId::of_path(&path).unwrap();
+        (path, id)
+    }
+
     #[test]
     fn own_process_started_before_now() {
         let pid = std::process::id();
-        let info = ProcInfo::read(pid, u64::MAX);
-        assert!(info.exe.is_some());
+        let (path, id) = own_exe();
+        let info = ProcInfo::read(pid, u64::MAX, Some(id));
+        assert_eq!(info.exe, Some(path));
         // A connect "before" our start cannot be ours: nothing is reported.
-        assert!(ProcInfo::read(pid, 0).exe.is_none());
+        let before = ProcInfo::read(pid, 0, Some(id));
+        assert!(before.exe.is_none() && before.exe_unverified.is_none());
+    }
+
+    #[test]
+    fn a_path_that_names_another_file_is_only_unverified() {
+        let pid = std::process::id();
+        let (path, id) = own_exe();
+        let other = FileId {
+            ino: id.ino + 1,
+            ..id
+        };
+        let info = ProcInfo::read(pid, u64::MAX, Some(other));
+        assert_eq!((info.exe, info.exe_unverified), (None, Some(path.clone())));
+        // Without the kernel's file there is nothing to check the path by.
+        let info = ProcInfo::read(pid, u64::MAX, None);
+        assert_eq!((info.exe, info.exe_unverified), (None, Some(path)));
     }
 }

@@ -153,6 +153,8 @@ impl ConnectionRecord {
                 tid: c.tid,
                 comm: c.comm.clone(),
                 exe: c.exe.as_ref().map(|p| p.display().to_string()),
+                exe_file: c.exe_file.map(|f| f.to_string()),
+                exe_unverified: c.exe_unverified.as_ref().map(|p| p.display().to_string()),
                 cgroup: c.cgroup.clone(),
                 gid: c.gid,
             });
