@@ -29,7 +29,7 @@ pub mod maps {
     pub const TUPLES: &str = "TUPLES";
     /// Per-CPU array of [`Counters`](super::Counters), one slot.
     pub const COUNTERS: &str = "COUNTERS";
-    /// Hash: uid (`u32`) -> live records of that uid (`u64`, counted
+    /// LRU hash: uid (`u32`) -> live records of that uid (`u64`, counted
     /// atomically: BPF atomics are 64-bit).
     pub const UID_RECORDS: &str = "UID_RECORDS";
 }

@@ -27,7 +27,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::{lpm_trie::Key, HashMap, LpmTrie, PerCpuArray},
+    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray},
     programs::{SockAddrContext, SockContext, SockOpsContext},
 };
 use aya_log_ebpf::warn;
@@ -102,8 +102,13 @@ enum Refusal {
     UidFull = 2,
 }
 
+/// Live records per uid. LRU, so that uids come and go without ever filling
+/// it: many distinct uids (a user's subordinate uids in a user namespace)
+/// evict the least recently used counts instead of making every other
+/// user's connect fail. An evicted count only forgets records (its uid may
+/// then pass the cap), it never refuses anyone else.
 #[map(name = "UID_RECORDS")]
-static UID_RECORDS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_CONNECTIONS, 0);
+static UID_RECORDS: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_CONNECTIONS, 0);
 
 /// `::ffff:127.0.0.1` and `::1`: where redirected connections go.
 const PROXY_V4_MAPPED: [u32; 4] = v4_mapped(u32::from_ne_bytes([127, 0, 0, 1]));

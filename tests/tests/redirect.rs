@@ -1234,3 +1234,54 @@ fn an_exec_after_connect_does_not_rename_the_caller() {
     eprintln!("{unverified} of {rounds} callers had become sleep when the proxy looked");
     drop(children);
 }
+
+#[test]
+fn many_distinct_uids_do_not_shut_out_a_new_one() {
+    let w = World::new(24, "manyuids", Behaviour::Http);
+    let api = w.api.addr();
+    // More distinct uids than the per-uid count map holds, each with a
+    // record that ends at once. Root switching its real uid stands in for a
+    // user's 65,536 subordinate uids in a user namespace: the kernel counts
+    // records by real uid either way.
+    let uids = 65_536 + 64; // UID_RECORDS holds MAX_CONNECTIONS (65,536)
+    let flood = format!(
+        r#"
+import os, socket
+refused = 0
+for uid in range(200000, 200000 + {uids}):
+    os.setresuid(uid, uid, 0)
+    s = socket.socket()
+    try:
+        s.connect(("{ip}", {port}))
+    except PermissionError:
+        refused += 1
+    except OSError:
+        pass
+    s.close()
+    os.setresuid(0, 0, 0)
+print(refused, flush=True)
+"#,
+        ip = api.ip(),
+        port = api.port()
+    );
+    let (ok, out, err) = output(w.cgroup.command(PYTHON).args(["-c", &flood]));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "0", "connects were refused during the flood");
+    // A uid never seen before still gets its record, and through.
+    let (ok, out, err) = output(
+        w.cgroup
+            .command_as(4242, 4242, PYTHON)
+            .args(["-c", &format!(
+                "import socket\ns=socket.create_connection(('{}', {}), timeout=5)\ns.sendall(b'GET /new HTTP/1.0\\r\\n\\r\\n')\nprint(s.recv(4096).decode().splitlines()[0])",
+                api.ip(),
+                api.port()
+            )]),
+    );
+    assert!(
+        ok && out.contains("200"),
+        "a new uid was shut out: {out}{err}"
+    );
+    let kernel = status(&w)["kernel"].clone();
+    assert_eq!(kernel["uid_full"], 0, "{kernel}");
+    assert_eq!(kernel["map_full"], 0, "{kernel}");
+}
