@@ -220,6 +220,8 @@ pub struct Counters {
     /// Connects and sends to an unspecified address (`0.0.0.0`, `::`)
     /// matched as the address the kernel would use.
     pub unspecified: u64,
+    /// MPTCP connects to a target, refused.
+    pub mptcp_refused: u64,
 }
 
 #[cfg(feature = "user")]
@@ -248,7 +250,7 @@ mod tests {
             size_of::<ConnectRecord>(),
             16 + 2 + 2 + 4 * 5 + 8 + 8 + 8 + 4 + 4 + 16 + 36 + 4
         );
-        assert_eq!(size_of::<Counters>(), 48);
+        assert_eq!(size_of::<Counters>(), 56);
         assert_eq!(size_of::<TaskOffsets>(), 32);
     }
 

@@ -5,9 +5,14 @@
 //! callbacks for every recorded socket and forgets it when the connection
 //! reaches TCP_CLOSE (or the socket is released, or connects again), and a
 //! tuple is removed only by the socket it belongs to, and never taken from a
-//! socket that still has its record. MPTCP needs nothing
-//! else: the hooks see its subflows as TCP sockets (redirected and recorded
-//! like any), and their state changes end their records.
+//! socket that still has its record.
+//!
+//! MPTCP to a target is refused (EPERM), like UDP. The hooks see an MPTCP
+//! connect as its first subflow, a kernel socket: the release hook never
+//! fires for it, a subflow that the client closes first ends in TIME_WAIT
+//! without a TCP_CLOSE state callback, and one whose connect fails after the
+//! hook gets no callback at all; each would leave its record for good
+//! (checked on Linux 6.18).
 //!
 //! Verifier notes (see ../shared/EBPF.md): context fields are read with
 //! volatile loads, IPv6 addresses as four `u32` loads, and both the IPv4 and
@@ -24,7 +29,10 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_get_current_uid_gid, bpf_probe_read_kernel,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_boot_ns,
+            bpf_skc_to_mptcp_sock,
+        },
     },
     macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
     maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray},
@@ -91,7 +99,7 @@ static COUNTERS: PerCpuArray<Counters> = PerCpuArray::with_max_entries(1, 0);
 
 /// When each kind of refusal was last logged (per CPU), for the rate limit.
 #[map(name = "LOG_LAST")]
-static LOG_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(3, 0);
+static LOG_LAST: PerCpuArray<u64> = PerCpuArray::with_max_entries(4, 0);
 
 /// Refusals the daemon cannot see, logged through aya-log (at most one of
 /// each kind per second per CPU).
@@ -100,6 +108,7 @@ enum Refusal {
     Udp = 0,
     MapFull = 1,
     UidFull = 2,
+    Mptcp = 3,
 }
 
 /// Live records per uid. LRU, so that uids come and go without ever filling
@@ -202,6 +211,10 @@ fn connect(ctx: &SockAddrContext, dst: [u32; 4], port_be: u16, family: u16) -> A
         // UDP (QUIC/HTTP3 included) cannot go around the proxy: refuse it so
         // that clients fall back to TCP.
         udp_refused(ctx, target, port_be);
+        return Action::Refuse;
+    }
+    if is_mptcp_subflow(sa) {
+        mptcp_refused(ctx, target, port_be);
         return Action::Refuse;
     }
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -401,6 +414,31 @@ fn udp_refused(ctx: &SockAddrContext, target: TargetValue, port_be: u16) {
             u16::from_be(port_be),
             bpf_get_current_uid_gid() as u32
         );
+    }
+}
+
+fn mptcp_refused(ctx: &SockAddrContext, target: TargetValue, port_be: u16) {
+    count(|c| c.mptcp_refused += 1);
+    if may_log(Refusal::Mptcp) {
+        warn!(
+            ctx,
+            "refused MPTCP to target #{} port {} for uid {}: use plain TCP",
+            target.target_id,
+            u16::from_be(port_be),
+            bpf_get_current_uid_gid() as u32
+        );
+    }
+}
+
+/// Whether the connecting socket is an MPTCP subflow (what connect4/6 see of
+/// an `IPPROTO_MPTCP` socket: its protocol reads as TCP).
+#[inline(always)]
+fn is_mptcp_subflow(sa: *mut bpf_sock_addr) -> bool {
+    // SAFETY: `sk` of a sock_addr context is a valid socket pointer; the
+    // helper only looks at it and returns its MPTCP parent or null.
+    unsafe {
+        let sk = (*sa).__bindgen_anon_1.sk;
+        !bpf_skc_to_mptcp_sock(sk.cast()).is_null()
     }
 }
 

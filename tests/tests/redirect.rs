@@ -967,14 +967,17 @@ s = socket.socket()
 for _ in range(300):
     s.connect(("{ip}", {port}))
     disconnect(s)
-# MPTCP: its subflows are kernel sockets that the release hook never sees.
-mptcp = 0
+# MPTCP: refused, whether the client or the target ends first (a subflow
+# is a kernel socket; one the client closes first never reports TCP_CLOSE).
+refused = 0
 for _ in range(300):
     m = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
-    m.connect(("{ip}", {port}))
-    mptcp += 1
+    try:
+        m.connect(("{ip}", {port}))
+    except PermissionError:
+        refused += 1
     m.close()
-print("mptcp", mptcp, flush=True)
+print("mptcp refused", refused, flush=True)
 sys.stdin.read()
 "#,
         ip = api.ip(),
@@ -982,9 +985,9 @@ sys.stdin.read()
     );
     let mut client = Held::start(w.cgroup.command(PYTHON).args(["-c", &script]));
     let line = client.line();
-    assert_eq!(line, "mptcp 300");
-    // The reconnecting socket is still open and the MPTCP ones never had the
-    // release hook: only exact bookkeeping can have removed the 600 records.
+    assert_eq!(line, "mptcp refused 300");
+    // The reconnecting socket is still open: only exact bookkeeping can have
+    // removed its 300 records.
     // The proxy finishes the last connections meanwhile (their records go
     // when they close), so wait for the counts to come back.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -996,9 +999,17 @@ sys.stdin.read()
         );
         thread::sleep(Duration::from_millis(50));
     }
-    // Each was redirected into the proxy, MPTCP included: no way around it.
+    // Each TCP connect was redirected into the proxy, each MPTCP one
+    // refused in the kernel: no way around it.
     let kernel = status(&w)["kernel"].clone();
-    assert!(kernel["redirected"].as_u64() >= Some(600), "{kernel}");
+    assert!(kernel["redirected"].as_u64() >= Some(300), "{kernel}");
+    assert_eq!(kernel["mptcp_refused"], 300, "{kernel}");
+    w.daemon.wait_event("the kernel's MPTCP refusal", |e| {
+        e["target"] == "jitproxy::kernel"
+            && e["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("refused MPTCP"))
+    });
     drop(client);
 }
 
@@ -1028,7 +1039,16 @@ for _ in range(30):
         held.append(s)
     except PermissionError:
         refused += 1
-print(len(held), refused, flush=True)
+# MPTCP would leave records behind for good: refused outright.
+mptcp_refused = 0
+for _ in range(30):
+    m = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_MPTCP)
+    try:
+        m.connect(("{ip}", {port}))
+        held.append(m)
+    except PermissionError:
+        mptcp_refused += 1
+print(len(held), refused, mptcp_refused, flush=True)
 sys.stdin.read()
 "#,
         ip = api.ip(),
@@ -1040,7 +1060,10 @@ sys.stdin.read()
             .args(["-c", &flood]),
     );
     let line = flooder.line();
-    assert_eq!(line, "20 10", "nobody must hold 20 records at most");
+    assert_eq!(
+        line, "20 10 30",
+        "nobody must hold 20 records at most, MPTCP none"
+    );
     // Another user still gets through.
     let other = format!(
         r#"
@@ -1284,4 +1307,61 @@ print(refused, flush=True)
     let kernel = status(&w)["kernel"].clone();
     assert_eq!(kernel["uid_full"], 0, "{kernel}");
     assert_eq!(kernel["map_full"], 0, "{kernel}");
+}
+
+#[test]
+fn a_connect_that_fails_after_the_hook_leaves_no_record() {
+    let w = World::with_grants(
+        25,
+        "failconn",
+        Behaviour::Stream,
+        &config(25, &[]),
+        &["root"],
+    );
+    let api = w.api.addr();
+    let before = record_counts(&w);
+    // `second` binds the source port of a live connection to the same
+    // target: connect4 records it, then the kernel finds the 4-tuple taken
+    // and connect() fails (EADDRNOTAVAIL) before any TCP state callback.
+    let script = format!(
+        r#"
+import errno, socket, sys
+failed = {{}}
+for _ in range(100):
+    first = socket.socket()
+    first.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    first.connect(("{ip}", {port}))
+    second = socket.socket()
+    second.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    second.bind(first.getsockname())
+    try:
+        second.connect(("{ip}", {port}))
+        code = "connected"
+    except OSError as e:
+        code = errno.errorcode.get(e.errno, str(e.errno))
+    failed[code] = failed.get(code, 0) + 1
+    second.close()
+    first.close()
+print(sorted(failed.items()), flush=True)
+sys.stdin.read()
+"#,
+        ip = api.ip(),
+        port = api.port()
+    );
+    let mut client = Held::start(w.cgroup.command(PYTHON).args(["-c", &script]));
+    let line = client.line();
+    assert_eq!(
+        line, "[('EADDRNOTAVAIL', 100)]",
+        "no connect failed after the hook"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while record_counts(&w) != before {
+        assert!(
+            Instant::now() < deadline,
+            "records [status, maps] {:?} != {before:?} before",
+            record_counts(&w)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    drop(client);
 }

@@ -276,10 +276,11 @@ pub(super) async fn status(socket: &Path, json: bool) -> Result<(), CmdError> {
     }
     let k = &s.kernel;
     println!(
-        "kernel: {} redirected, {} UDP refused, {} refused with the record map full, \
+        "kernel: {} redirected, {} UDP refused, {} MPTCP refused, {} refused with the record map full, \
          {} refused at the per-uid cap ({}), {} to an unspecified address, {} exempt (the proxy's own)",
         k.redirected,
         k.udp_refused,
+        k.mptcp_refused,
         k.map_full,
         k.uid_full,
         k.max_records_per_uid,

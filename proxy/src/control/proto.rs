@@ -149,6 +149,9 @@ pub struct KernelCounters {
     /// kernel would use.
     #[serde(default)]
     pub unspecified: u64,
+    /// MPTCP connects to a target, refused.
+    #[serde(default)]
+    pub mptcp_refused: u64,
     /// Entries in the record maps now: connections, and their 4-tuples.
     #[serde(default)]
     pub records: u64,

@@ -99,6 +99,7 @@ impl Status {
                 exempt: counters.exempt,
                 uid_full: counters.uid_full,
                 unspecified: counters.unspecified,
+                mptcp_refused: counters.mptcp_refused,
                 records: records as u64,
                 tuples: tuples as u64,
                 records_by_uid: self.kernel.records_by_uid(),

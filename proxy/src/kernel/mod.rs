@@ -425,6 +425,7 @@ impl Kernel {
                 sum.exempt += c.exempt;
                 sum.uid_full += c.uid_full;
                 sum.unspecified += c.unspecified;
+                sum.mptcp_refused += c.mptcp_refused;
             }
         }
         sum
