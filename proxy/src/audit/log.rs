@@ -9,9 +9,14 @@
 //! proxy forwards a connection only after that.
 //!
 //! Checkpoints of the chain head, signed with the daemon's Ed25519 key, go to
-//! `checkpoints.jsonl` in the state directory (apart from the log) at least
-//! every `checkpoint_interval` while records are written, at rotation and at
-//! shutdown, so that deleting the newest records shows.
+//! `checkpoints.jsonl` in the state directory (apart from the log) after the
+//! first records, at least every `checkpoint_interval` while records are
+//! written, at rotation and at shutdown, so that deleting the newest records
+//! shows. Checkpoints form a chain of their own (each signs the hash of the
+//! one before), and the log names each checkpoint (`log.checkpointed`) and
+//! each file retention removes (`log.removed`, with its last record's hash):
+//! a checkpoint file that loses lines, and a log that loses its oldest files
+//! other than by retention, both show.
 //!
 //! When a write or fsync fails (disk full, permissions), the file is cut back
 //! to its last good length, durable appends fail (the proxy refuses the
@@ -98,6 +103,9 @@ pub struct Checkpoint {
     pub offset: u64,
     /// SHA-256 (hex) of record `seq`'s line.
     pub head: String,
+    /// SHA-256 (hex) of the previous checkpoint's line; [`GENESIS`] for the
+    /// first.
+    pub prev: String,
     /// Ed25519 signature (hex) of [`Checkpoint::message`].
     pub sig: String,
 }
@@ -106,10 +114,29 @@ impl Checkpoint {
     /// The signed bytes.
     pub fn message(&self) -> String {
         format!(
-            "jitproxy-checkpoint-v1\n{}\n{}\n{}\n{}\n{}",
-            self.seq, self.time, self.file, self.offset, self.head
+            "jitproxy-checkpoint-v2\n{}\n{}\n{}\n{}\n{}\n{}",
+            self.seq, self.time, self.file, self.offset, self.head, self.prev
         )
     }
+}
+
+/// `detail` of a `log.checkpointed` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointedDetail {
+    /// The checkpointed sequence number.
+    pub seq: u64,
+    /// SHA-256 (hex) of the checkpoint's line in the checkpoint file.
+    pub checkpoint: String,
+}
+
+/// `detail` of a `log.removed` record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemovedDetail {
+    pub file: String,
+    /// The removed file's last record: its sequence number and hash.
+    pub last_seq: u64,
+    pub last_hash: String,
+    pub why: String,
 }
 
 /// Acknowledges a durable append with its sequence number.
@@ -251,8 +278,15 @@ struct Writer {
     /// Hash of the last record written, and its sequence number.
     head: String,
     seq: u64,
-    checkpointed_seq: u64,
-    last_checkpoint: Instant,
+    /// Records written since the last checkpoint, not counting the
+    /// `log.checkpointed` records themselves (else an idle log would
+    /// checkpoint its own checkpoint records forever).
+    uncheckpointed: u64,
+    /// When the last checkpoint was written; `None` before the first, so
+    /// the first records are checkpointed at once.
+    last_checkpoint: Option<Instant>,
+    /// Hash of the last line of the checkpoint file.
+    checkpoint_prev: String,
     pending: VecDeque<(Event, Timestamp)>,
     syslog: Option<super::syslog::Forwarder>,
 }
@@ -297,9 +331,11 @@ impl Writer {
             None => (format!("audit-{today}-0001.jsonl"), today),
         };
         let (file, file_len) = open_append(&settings.dir.join(&file_name))?;
+        let checkpoint_prev = last_checkpoint_hash(&settings.checkpoints)?;
         let mut writer = Self {
-            checkpointed_seq: seq,
-            last_checkpoint: Instant::now(),
+            uncheckpointed: 0,
+            last_checkpoint: None,
+            checkpoint_prev,
             settings,
             key,
             health,
@@ -331,8 +367,7 @@ impl Writer {
                 Ok(msg) => Some(msg),
                 Err(mpsc::RecvTimeoutError::Timeout) => None,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.flush(Vec::new());
-                    self.write_checkpoint();
+                    self.finish();
                     return;
                 }
             };
@@ -354,24 +389,41 @@ impl Writer {
                 }
             }
             self.flush(acks);
-            let due = self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval;
-            if due || shutdown || !checkpoint_acks.is_empty() {
+            if shutdown {
+                self.finish();
+                return;
+            }
+            if self.checkpoint_due() || !checkpoint_acks.is_empty() {
                 self.write_checkpoint();
+                // The log names the checkpoint before anyone is told.
+                self.flush(Vec::new());
             }
             for ack in checkpoint_acks {
                 let _ = ack.send(());
             }
-            if shutdown {
-                return;
-            }
         }
+    }
+
+    /// Writes what is queued, a last checkpoint, and the record naming it.
+    fn finish(&mut self) {
+        self.flush(Vec::new());
+        self.write_checkpoint();
+        self.flush(Vec::new());
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        self.last_checkpoint
+            .is_none_or(|at| at.elapsed() >= self.settings.checkpoint_interval)
     }
 
     fn next_wake(&self) -> Duration {
         if self.pending.is_empty() {
+            let since = self
+                .last_checkpoint
+                .map_or(Duration::MAX, |at| at.elapsed());
             self.settings
                 .checkpoint_interval
-                .saturating_sub(self.last_checkpoint.elapsed())
+                .saturating_sub(since)
                 .max(Duration::from_millis(10))
         } else {
             // Retry writes that the disk refused.
@@ -403,6 +455,7 @@ impl Writer {
         let mut seq = self.seq;
         let mut head = self.head.clone();
         let mut durable_seqs = Vec::with_capacity(acks.len());
+        let mut checkpointable = 0;
         let events = self
             .pending
             .iter()
@@ -410,6 +463,9 @@ impl Writer {
             .chain(acks.iter().map(|(e, t, _)| (e, *t)));
         for (event, time) in events {
             seq += 1;
+            if event.kind != EventKind::LogCheckpointed {
+                checkpointable += 1;
+            }
             let line = encode(seq, time, event, &head);
             head = sha256_hex(&line);
             buf.extend_from_slice(&line);
@@ -421,6 +477,7 @@ impl Writer {
                 let written = seq - self.seq;
                 self.seq = seq;
                 self.head = head;
+                self.uncheckpointed += checkpointable;
                 self.health.written.fetch_add(written, Ordering::Relaxed);
                 if let Some(syslog) = &self.syslog {
                     for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -526,8 +583,11 @@ impl Writer {
         Ok(())
     }
 
-    /// Retention: removes log files not modified for `retention`.
-    fn remove_expired(&self) {
+    /// Retention: removes log files, oldest first, not modified for
+    /// `retention`; the log records each removal with the removed file's
+    /// last record, where the chain now starts. Stops at the first file it
+    /// keeps, so the files left are always one unbroken run.
+    fn remove_expired(&mut self) {
         let Ok(files) = log_files(&self.settings.dir) else {
             return;
         };
@@ -539,15 +599,34 @@ impl Writer {
                 .ok()
                 .and_then(|m| now.duration_since(m).ok())
                 .is_some_and(|age| age > self.settings.retention);
-            if old && fs::remove_file(&path).is_ok() {
-                tracing::info!(file = %path.display(), "audit log file removed by retention");
+            if !old {
+                return;
             }
+            let Some((last_seq, last_hash)) = last_record(&path) else {
+                return;
+            };
+            if fs::remove_file(&path).is_err() {
+                return;
+            }
+            tracing::info!(file = %path.display(), "audit log file removed by retention");
+            let mut event = Event::new(EventKind::LogRemoved);
+            event.detail = serde_json::to_value(RemovedDetail {
+                file: name.clone(),
+                last_seq,
+                last_hash,
+                why: "retention".to_owned(),
+            })
+            .ok();
+            self.pending.push_back((event, Timestamp::now()));
         }
     }
 
+    /// Signs the chain head into the checkpoint file and queues the
+    /// `log.checkpointed` record naming it; nothing when no record was
+    /// written since the last one.
     fn write_checkpoint(&mut self) {
-        self.last_checkpoint = Instant::now();
-        if self.seq == self.checkpointed_seq || self.seq == 0 {
+        self.last_checkpoint = Some(Instant::now());
+        if self.uncheckpointed == 0 {
             return;
         }
         let mut cp = Checkpoint {
@@ -556,10 +635,12 @@ impl Writer {
             file: self.file_name.clone(),
             offset: self.file_len,
             head: self.head.clone(),
+            prev: self.checkpoint_prev.clone(),
             sig: String::new(),
         };
         cp.sig = hex(&self.key.sign(cp.message().as_bytes()).to_bytes());
         let mut line = serde_json::to_vec(&cp).unwrap_or_default();
+        let hash = sha256_hex(&line);
         line.push(b'\n');
         let result = OpenOptions::new()
             .create(true)
@@ -568,10 +649,43 @@ impl Writer {
             .open(&self.settings.checkpoints)
             .and_then(|mut f| f.write_all(&line).and_then(|()| f.sync_data()));
         match result {
-            Ok(()) => self.checkpointed_seq = self.seq,
+            Ok(()) => {
+                self.checkpoint_prev = hash.clone();
+                self.uncheckpointed = 0;
+                let mut event = Event::new(EventKind::LogCheckpointed);
+                event.detail = serde_json::to_value(CheckpointedDetail {
+                    seq: cp.seq,
+                    checkpoint: hash,
+                })
+                .ok();
+                self.queue(event, Timestamp::now());
+            }
             Err(e) => tracing::error!(error = %e, "cannot write an audit checkpoint"),
         }
     }
+}
+
+/// Hash of the checkpoint file's last whole line (a torn one is cut off);
+/// [`GENESIS`] when there is none.
+fn last_checkpoint_hash(path: &Path) -> io::Result<String> {
+    match recover_tail(path) {
+        Ok((_, Some(line))) => Ok(sha256_hex(&line)),
+        Ok((_, None)) => Ok(GENESIS.to_owned()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(GENESIS.to_owned()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The last record of a log file: its sequence number and hash.
+fn last_record(path: &Path) -> Option<(u64, String)> {
+    let data = fs::read(path).ok()?;
+    let line = data
+        .strip_suffix(b"\n")?
+        .rsplit(|&b| b == b'\n')
+        .next()
+        .filter(|l| !l.is_empty())?;
+    let record: Record = serde_json::from_slice(line).ok()?;
+    Some((record.seq, sha256_hex(line)))
 }
 
 /// One record line (no newline). Serialized from borrowed parts: the same
@@ -739,28 +853,38 @@ mod tests {
             .record_durable(Event::new(EventKind::ConnectionAllowed))
             .await
             .unwrap();
-        assert_eq!((a, b), (1, 3));
+        // The first records are checkpointed at once, and the log says so
+        // (seq 2) before anything after them.
+        assert_eq!((a, b), (1, 4));
         tokio::task::spawn_blocking(move || log.close())
             .await
             .unwrap();
+        let verify = || {
+            let s = settings(dir.path());
+            crate::audit::verify::verify(&s.dir, &s.checkpoints, None).unwrap()
+        };
+        let closed = verify();
+        assert!(closed.problems.is_empty(), "{:?}", closed.problems);
 
         let log = AuditLog::open(settings(dir.path())).unwrap();
         let c = log
             .record_durable(Event::new(EventKind::DaemonStarted))
             .await
             .unwrap();
-        assert_eq!(c, 4, "sequence continues after reopen");
+        assert_eq!(
+            Some(c),
+            closed.last_seq.map(|s| s + 1),
+            "sequence continues after reopen"
+        );
         tokio::task::spawn_blocking(move || log.close())
             .await
             .unwrap();
-        let report = crate::audit::verify::verify(
-            &settings(dir.path()).dir,
-            &settings(dir.path()).checkpoints,
-            None,
-        )
-        .unwrap();
+        let report = verify();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
-        assert_eq!(report.records, 4);
+        // The first records of each run, and the close of the first (the
+        // second wrote nothing after its first checkpoint but that
+        // checkpoint's own record).
+        assert_eq!(report.checkpoints, 3);
     }
 
     #[test]

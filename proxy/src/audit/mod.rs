@@ -40,13 +40,19 @@ pub enum EventKind {
     ConfigLoaded,
     LogRotated,
     LogRecovered,
+    /// A signed checkpoint was written: the log names it, so a checkpoint
+    /// file that loses it shows.
+    LogCheckpointed,
+    /// Retention removed a log file: the log names its last record, so the
+    /// chain's new start is accounted for.
+    LogRemoved,
     /// Written by another version; never produced by this one.
     Other(String),
 }
 
 impl EventKind {
     /// Every kind this version writes, for parsing.
-    const KNOWN: [Self; 15] = [
+    const KNOWN: [Self; 17] = [
         Self::GrantCreated,
         Self::GrantRevoked,
         Self::GrantDropped,
@@ -62,6 +68,8 @@ impl EventKind {
         Self::ConfigLoaded,
         Self::LogRotated,
         Self::LogRecovered,
+        Self::LogCheckpointed,
+        Self::LogRemoved,
     ];
 
     /// The stable code, as stored.
@@ -82,6 +90,8 @@ impl EventKind {
             Self::ConfigLoaded => "config.loaded",
             Self::LogRotated => "log.rotated",
             Self::LogRecovered => "log.recovered",
+            Self::LogCheckpointed => "log.checkpointed",
+            Self::LogRemoved => "log.removed",
             Self::Other(code) => code,
         }
     }

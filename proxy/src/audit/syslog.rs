@@ -120,9 +120,83 @@ fn run(addr: &str, rx: &mpsc::Receiver<Vec<u8>>) {
     }
 }
 
+/// What separates a frame's header from the record: `... audit - `.
+const RECORD_MARK: &[u8] = b" audit - ";
+
+/// The records in a collector's copy, in order: the JSON lines carried by
+/// octet-counted RFC 5424 frames (what the forwarder sends), or one record
+/// per line (what collectors write to disk: a frame or a syslog line, with
+/// the record after `audit - `, or the bare JSON line). Untrusted bytes: a
+/// frame whose length does not fit ends the framed part, and lines with no
+/// record are skipped; the caller compares what it gets.
+pub fn copied_records(bytes: &[u8]) -> Vec<&[u8]> {
+    let framed = bytes.iter().position(|&b| b == b' ').is_some_and(|sp| {
+        sp > 0 && bytes[..sp].iter().all(u8::is_ascii_digit) && bytes.get(sp + 1) == Some(&b'<')
+    });
+    if framed {
+        frames(bytes).into_iter().filter_map(record_of).collect()
+    } else {
+        bytes
+            .split(|&b| b == b'\n')
+            .map(|l| l.strip_suffix(b"\r").unwrap_or(l))
+            .filter_map(record_of)
+            .collect()
+    }
+}
+
+/// Splits octet-counted frames (`LEN SP MSG`), stopping at the first that
+/// does not parse or is cut short.
+fn frames(mut rest: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    while let Some(space) = rest.iter().position(|&b| b == b' ') {
+        let Some(len) = std::str::from_utf8(&rest[..space])
+            .ok()
+            .and_then(|l| l.parse::<usize>().ok())
+        else {
+            break;
+        };
+        let Some(msg) = rest.get(space + 1..).and_then(|r| r.get(..len)) else {
+            break;
+        };
+        out.push(msg);
+        rest = &rest[space + 1 + len..];
+        rest = rest.strip_prefix(b"\n").unwrap_or(rest);
+    }
+    out
+}
+
+/// The record in one message or line: after `audit - `, else the line
+/// itself if it is a JSON object.
+fn record_of(msg: &[u8]) -> Option<&[u8]> {
+    let record = match msg
+        .windows(RECORD_MARK.len())
+        .position(|w| w == RECORD_MARK)
+    {
+        Some(at) => &msg[at + RECORD_MARK.len()..],
+        None => msg,
+    };
+    record.starts_with(b"{").then_some(record)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn copies_are_read_as_frames_or_lines() {
+        let mut framed = frame(br#"{"seq":1}"#, "host", 42);
+        framed.extend(frame(br#"{"seq":2}"#, "host", 42));
+        assert_eq!(copied_records(&framed), [br#"{"seq":1}"#, br#"{"seq":2}"#]);
+        // Cut short: the whole frames are kept.
+        framed.truncate(framed.len() - 3);
+        assert_eq!(copied_records(&framed), [br#"{"seq":1}"#]);
+
+        let lines = b"Dec  2 01:00:00 host jitproxy[42]: audit - {\"seq\":1}\r\n\
+                      garbage\n{\"seq\":2}\n";
+        assert_eq!(copied_records(lines), [br#"{"seq":1}"#, br#"{"seq":2}"#]);
+        assert!(copied_records(b"").is_empty());
+        assert!(copied_records(b"99999999999999999999999 <1").is_empty());
+    }
 
     #[test]
     fn frames_count_their_octets() {
