@@ -538,3 +538,58 @@ fn every_record_is_copied_to_a_syslog_collector() {
         );
     }
 }
+
+#[test]
+fn a_process_name_with_terminal_escapes_is_shown_escaped_and_kept_exact_in_json() {
+    // What any user can name a process (15 bytes at most): erase the line,
+    // move up one, and write over what a reviewer sees.
+    const COMM: &str = "\x1b[2K\x1b[1Aevil";
+    // How people see it; also how Python writes it in a string literal.
+    const SHOWN: &str = r"\x1b[2K\x1b[1Aevil";
+    let (api, cgroup, daemon) = start(6, "escape", "");
+    let script = format!(
+        r#"
+import socket
+open("/proc/self/comm", "w").write("{SHOWN}")
+try:
+    s = socket.create_connection(("{ip}", {port}), timeout=5)
+    s.recv(1)
+except OSError:
+    pass
+"#,
+        ip = api.addr().ip(),
+        port = api.addr().port()
+    );
+    let (ok, _, err) = output(
+        cgroup
+            .command_as(NOBODY, NOBODY, PYTHON)
+            .args(["-c", &script]),
+    );
+    assert!(ok, "the client failed: {err}");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let denied = loop {
+        let found = records(&daemon)
+            .into_iter()
+            .find(|r| r["type"] == "connection.denied");
+        if let Some(r) = found {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "no connection.denied record");
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(denied["process"]["comm"], COMM, "JSON keeps the exact name");
+    let json = daemon.client(&["audit", "--json"]);
+    assert!(!json.contains('\x1b'), "raw ESC in JSON Lines: {json:?}");
+
+    let table = daemon.client(&["audit"]);
+    assert!(!table.contains('\x1b'), "raw ESC in the table: {table:?}");
+    assert!(
+        table.contains(SHOWN),
+        "no escaped name in the table:\n{table}"
+    );
+    let (code, why, err) = daemon.client_as(NOBODY, NOBODY, None, &["why"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!why.contains('\x1b'), "raw ESC in why: {why:?}");
+    assert!(why.contains(SHOWN), "no escaped name in why:\n{why}");
+}

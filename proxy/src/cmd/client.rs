@@ -1,12 +1,15 @@
 //! The client commands (grant, revoke, grants, drop, why, status, audit):
 //! parse human input, call the control API, print tables for people and
 //! JSON for scripts. Times are local in tables and RFC 3339 in JSON.
+//! Everything the daemon sends is escaped ([`Escaped`]) in what people read,
+//! and exact in JSON.
 
 use std::{path::Path, time::Duration};
 
 use jiff::{civil, tz::TimeZone, Timestamp, Zoned};
 
 use super::{
+    escape::Escaped,
     render::{print_json, print_table, print_table_opt},
     CmdError, Exit,
 };
@@ -82,11 +85,11 @@ pub(super) async fn grant(
         println!(
             "granted #{}: {} on {} from {} until {} ({})",
             grant.id,
-            grant.who,
-            grant.target,
+            Escaped(&grant.who),
+            Escaped(&grant.target),
             local(grant.starts_at),
             local(grant.ends_at),
-            grant.reason
+            Escaped(&grant.reason)
         );
     }
     Ok(())
@@ -127,7 +130,10 @@ fn report_ended(list: &GrantList, verb: &str, json: bool) {
         for g in &list.grants {
             println!(
                 "{verb} #{}: {} on {} ({}); its connections are closed",
-                g.id, g.who, g.target, g.reason
+                g.id,
+                Escaped(&g.who),
+                Escaped(&g.target),
+                Escaped(&g.reason)
             );
         }
     }
@@ -204,10 +210,10 @@ pub(super) async fn why(socket: &Path, json: bool) -> Result<(), CmdError> {
     println!(
         "{}: {} to {} ({}) was refused: {}",
         local(r.at),
-        r.process,
-        r.destination,
-        r.target,
-        r.reason
+        Escaped(&r.process),
+        Escaped(&r.destination),
+        Escaped(&r.target),
+        Escaped(&r.reason)
     );
     let who = r.user.clone().unwrap_or_else(|| r.uid.to_string());
     match r.code.as_str() {
@@ -217,10 +223,14 @@ pub(super) async fn why(socket: &Path, json: bool) -> Result<(), CmdError> {
             } else {
                 format!("root or {}", why.approvers.join(", "))
             };
-            println!("to get access, ask an approver ({approvers}) to run:");
             println!(
-                "  jitproxy grant {who} {} --for 1h --reason \"<ticket or why>\"",
-                r.target
+                "to get access, ask an approver ({}) to run:",
+                Escaped(approvers)
+            );
+            println!(
+                "  jitproxy grant {} {} --for 1h --reason \"<ticket or why>\"",
+                Escaped(who),
+                Escaped(&r.target)
             );
         }
         "rate_limited" | "too_many_connections" => {
@@ -239,13 +249,14 @@ pub(super) async fn status(socket: &Path, json: bool) -> Result<(), CmdError> {
     }
     println!(
         "jitproxy {} running (pid {}) since {}",
-        s.version,
+        Escaped(&s.version),
         s.pid,
         local(s.started_at)
     );
     println!(
         "watching cgroup {}; programs pinned at {}",
-        s.cgroup, s.pins
+        Escaped(&s.cgroup),
+        Escaped(&s.pins)
     );
     println!(
         "proxy listening on 127.0.0.1:{0} and [::1]:{0}; {1} open grant(s)",
@@ -253,26 +264,36 @@ pub(super) async fn status(socket: &Path, json: bool) -> Result<(), CmdError> {
     );
     println!("\ntargets:");
     for t in &s.targets {
-        println!("  {}  hosts: {}", t.name, t.hosts.join(", "));
+        println!(
+            "  {}  hosts: {}",
+            Escaped(&t.name),
+            Escaped(t.hosts.join(", "))
+        );
         if t.addresses.is_empty() {
             println!("      (no resolved addresses: not watched)");
         }
         for a in &t.addresses {
-            println!("      {a}");
+            println!("      {}", Escaped(a));
         }
     }
     match &s.audit.failure {
         None => println!(
             "audit log: {} ({} records written{})",
-            s.audit.dir,
+            Escaped(&s.audit.dir),
             s.audit.records_written,
             if s.audit.syslog_dropped > 0 {
-                format!("; {} not delivered to the syslog collector", s.audit.syslog_dropped)
+                format!(
+                    "; {} not delivered to the syslog collector",
+                    s.audit.syslog_dropped
+                )
             } else {
                 String::new()
             }
         ),
-        Some(why) => println!("AUDIT LOG FAILING: {why}\n  connections to targets are refused until it can be written"),
+        Some(why) => println!(
+            "AUDIT LOG FAILING: {}\n  connections to targets are refused until it can be written",
+            Escaped(why)
+        ),
     }
     let k = &s.kernel;
     println!(
@@ -303,9 +324,9 @@ pub(super) async fn status(socket: &Path, json: bool) -> Result<(), CmdError> {
     for l in &s.live {
         println!(
             "  {} (uid {}) on {}: {}",
-            l.user.as_deref().unwrap_or("?"),
+            Escaped(l.user.as_deref().unwrap_or("?")),
             l.uid,
-            l.target,
+            Escaped(&l.target),
             l.connections
         );
     }

@@ -1,12 +1,13 @@
 //! The commands that run on this host without the daemon's control API:
 //! the daemon itself, config checks, uninstall, audit verification, and the
-//! debugging aids.
+//! debugging aids. Paths, config names and what the audit log holds are
+//! escaped ([`Escaped`]) where printed.
 
 use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{CmdError, Exit};
+use super::{escape::Escaped, CmdError, Exit};
 use crate::{
     audit::{log::public_key_path, verify, AuditSettings},
     bench,
@@ -56,12 +57,12 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 /// `jitproxy check-config`.
 pub(super) fn check_config(config: &Config) -> Result<Exit, CmdError> {
     for warning in config.local_target_warnings(&net::local_addresses()) {
-        eprintln!("warning: {warning}");
+        eprintln!("warning: {}", Escaped(warning));
     }
     let n = config.targets.len();
     println!(
         "{}: ok ({n} target{})",
-        config.source,
+        Escaped(&config.source),
         if n == 1 { "" } else { "s" }
     );
     Ok(Exit::Success)
@@ -88,7 +89,7 @@ pub(super) fn uninstall(config: &Config, cgroup: Option<PathBuf>) -> Result<Exit
     println!(
         "detached {} program(s) from {} and removed {} pinned map(s); connections from it now go direct",
         done.links,
-        cgroup.display(),
+        Escaped(cgroup.display()),
         done.maps
     );
     Ok(Exit::Success)
@@ -132,12 +133,12 @@ pub(super) fn verify_audit(config: &Config, key: Option<PathBuf>) -> Result<Exit
         ))
     })?;
     for note in &report.notes {
-        println!("note: {note}");
+        println!("note: {}", Escaped(note));
     }
     if let Some(first) = report.problems.first() {
-        println!("FAILED: first bad place: {first}");
+        println!("FAILED: first bad place: {}", Escaped(first));
         for p in &report.problems[1..] {
-            println!("  also: {p}");
+            println!("  also: {}", Escaped(p));
         }
         return Ok(Exit::Tampered);
     }

@@ -6,6 +6,7 @@
 //! 4 the daemon refused the request; 5 `audit verify` found tampering.
 
 mod client;
+mod escape;
 mod local;
 mod render;
 
@@ -17,6 +18,8 @@ use crate::{
     config::{Config, ConfigError},
     control::client::ClientError,
 };
+
+use self::escape::Escaped;
 
 /// How a command ended (also in README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -333,15 +336,16 @@ enum DebugCommand {
     },
 }
 
-/// Runs the command and says how it went: errors on stderr with their hint.
+/// Runs the command and says how it went: errors on stderr with their hint
+/// (escaped: they may quote what users typed or named).
 pub fn run(cli: Cli) -> Exit {
     let globals = Globals { socket: cli.socket };
     match cli.command.run(&globals) {
         Ok(exit) => exit,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", Escaped(&e));
             if let Some(hint) = &e.hint {
-                eprintln!("hint: {hint}");
+                eprintln!("hint: {}", Escaped(hint));
             }
             e.exit
         }
