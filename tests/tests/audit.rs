@@ -537,6 +537,47 @@ fn every_record_is_copied_to_a_syslog_collector() {
             "the copy differs from the record"
         );
     }
+
+    // The collector's bytes, as it got them, check out against the log...
+    let copy = tempfile::NamedTempFile::new().unwrap();
+    let bytes = received.lock().unwrap().clone();
+    fs::write(copy.path(), &bytes).unwrap();
+    let verify = |copy: &Path| {
+        let out = Command::new(jitproxy_e2e::jitproxy_bin())
+            .args(["audit", "verify", "--config"])
+            .arg(daemon.config_path().expect("test config"))
+            .arg("--copy")
+            .arg(copy)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (code, out) = verify(copy.path());
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("match the local log"), "{out}");
+
+    // ...and one record changed in the copy (same length, so the frame
+    // stays whole) is named by its sequence number.
+    let granted = local
+        .iter()
+        .find(|r| r["type"] == "grant.created")
+        .expect("the grant's record");
+    let changed = String::from_utf8(bytes)
+        .unwrap()
+        .replacen("SYS-1", "SYS-2", 1);
+    fs::write(copy.path(), changed).unwrap();
+    let (code, out) = verify(copy.path());
+    assert_eq!(code, Some(5), "{out}");
+    assert!(
+        out.contains(&format!(
+            "record seq {} differs from the collector's copy",
+            granted["seq"]
+        )),
+        "{out}"
+    );
 }
 
 #[test]

@@ -122,35 +122,70 @@ pub(super) fn uninstall_stale(config: &Config) -> Result<Exit, CmdError> {
 }
 
 /// `jitproxy audit verify`: exit 5 and the first bad place when the log
-/// was tampered with.
-pub(super) fn verify_audit(config: &Config, key: Option<PathBuf>) -> Result<Exit, CmdError> {
+/// was tampered with, or (with `copy`) when it and a collector's copy
+/// disagree.
+pub(super) fn verify_audit(
+    config: &Config,
+    key: Option<PathBuf>,
+    copy: Option<&Path>,
+) -> Result<Exit, CmdError> {
     let settings = AuditSettings::for_config(config);
     let key = key.unwrap_or_else(|| public_key_path(&settings.key));
-    let report = verify::verify(&settings.dir, &settings.checkpoints, Some(&key)).map_err(|e| {
+    let unreadable = |e: std::io::Error| {
         CmdError::failure(format!(
             "cannot read the audit log in {}: {e}",
-            settings.dir.display()
+            Escaped(settings.dir.display())
         ))
-    })?;
-    for note in &report.notes {
-        println!("note: {}", Escaped(note));
+    };
+    let report =
+        verify::verify(&settings.dir, &settings.checkpoints, Some(&key)).map_err(unreadable)?;
+    let mut tampered = print_findings("", &report.notes, &report.problems);
+    if !tampered {
+        println!(
+            "ok: {} records (seq {}..{}) in {} file(s); chain intact; {} signed checkpoint(s) verified",
+            report.records,
+            report.first_seq.unwrap_or(0),
+            report.last_seq.unwrap_or(0),
+            report.files,
+            report.checkpoints
+        );
     }
-    if let Some(first) = report.problems.first() {
-        println!("FAILED: first bad place: {}", Escaped(first));
-        for p in &report.problems[1..] {
-            println!("  also: {}", Escaped(p));
+    if let Some(copy) = copy {
+        let bytes = std::fs::read(copy).map_err(|e| {
+            CmdError::usage(format!("cannot read {}: {e}", Escaped(copy.display()))).with_hint(
+                "pass the file the syslog collector wrote, e.g. --copy /var/log/jitproxy-audit.log",
+            )
+        })?;
+        let compared = verify::compare_copy(&settings.dir, &bytes).map_err(unreadable)?;
+        if !print_findings("copy: ", &compared.notes, &compared.problems) {
+            println!(
+                "ok: the copy's {} record(s) match the local log",
+                compared.records
+            );
         }
-        return Ok(Exit::Tampered);
+        tampered |= !compared.problems.is_empty();
     }
-    println!(
-        "ok: {} records (seq {}..{}) in {} file(s); chain intact; {} signed checkpoint(s) verified",
-        report.records,
-        report.first_seq.unwrap_or(0),
-        report.last_seq.unwrap_or(0),
-        report.files,
-        report.checkpoints
-    );
-    Ok(Exit::Success)
+    Ok(if tampered {
+        Exit::Tampered
+    } else {
+        Exit::Success
+    })
+}
+
+/// Prints notes and problems (the first as the first bad place); whether
+/// there were problems.
+fn print_findings(prefix: &str, notes: &[String], problems: &[verify::Problem]) -> bool {
+    for note in notes {
+        println!("{prefix}note: {}", Escaped(note));
+    }
+    let Some((first, rest)) = problems.split_first() else {
+        return false;
+    };
+    println!("{prefix}FAILED: first bad place: {}", Escaped(first));
+    for p in rest {
+        println!("{prefix}  also: {}", Escaped(p));
+    }
+    true
 }
 
 /// `jitproxy debug bench-audit`.

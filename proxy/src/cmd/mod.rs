@@ -69,6 +69,13 @@ impl CmdError {
             hint: None,
         }
     }
+
+    /// The same error, with what to do next.
+    #[must_use]
+    pub fn with_hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
 }
 
 impl fmt::Display for CmdError {
@@ -230,7 +237,7 @@ enum Command {
     /// Read the audit log (root and auditors): one user's week, one grant, a target.
     #[command(
         args_conflicts_with_subcommands = true,
-        after_help = "Examples:\n  jitproxy audit --user alice --since 7d\n  jitproxy audit --grant 17 --json\n  jitproxy audit --target payments-api --follow\n  jitproxy audit summary --since 7d\n  jitproxy audit verify"
+        after_help = "Examples:\n  jitproxy audit --user alice --since 7d\n  jitproxy audit --grant 17 --json\n  jitproxy audit --target payments-api --follow\n  jitproxy audit summary --since 7d\n  jitproxy audit verify\n  jitproxy audit verify --copy /var/log/collector/jitproxy.log"
     )]
     Audit {
         #[command(subcommand)]
@@ -299,6 +306,11 @@ enum AuditAction {
         /// Public key (hex) to check signatures with; default: the state directory's.
         #[arg(long)]
         key: Option<PathBuf>,
+        /// Also compare with a syslog collector's copy (RFC 5424 frames, or
+        /// one record per line) and name the first record that differs or
+        /// is missing on either side.
+        #[arg(long, value_name = "FILE")]
+        copy: Option<PathBuf>,
     },
 }
 
@@ -446,6 +458,7 @@ impl Command {
                         config,
                         state_dir,
                         key,
+                        copy,
                     }),
                 ..
             } => {
@@ -456,7 +469,7 @@ impl Command {
                         state_dir,
                     },
                 )?;
-                local::verify_audit(&config, key)
+                local::verify_audit(&config, key, copy.as_deref())
             }
             Self::Debug(DebugCommand::BenchAudit {
                 dir,
