@@ -178,6 +178,11 @@ impl AuditLog {
     /// Opens the log (recovering a torn last line), loads or creates the
     /// signing key, and starts the writer thread.
     pub fn open(settings: AuditSettings) -> io::Result<Self> {
+        Self::start(settings, Arc::new(open_append))
+    }
+
+    /// [`AuditLog::open`], with log files opened by `open_file`.
+    fn start(settings: AuditSettings, open_file: Opener) -> io::Result<Self> {
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -189,7 +194,7 @@ impl AuditLog {
             .syslog
             .clone()
             .map(|addr| super::syslog::Forwarder::start(addr, Arc::clone(&health.syslog_dropped)));
-        let mut writer = Writer::open(settings, key, Arc::clone(&health), syslog)?;
+        let mut writer = Writer::open(settings, open_file, key, Arc::clone(&health), syslog)?;
         let handle = thread::Builder::new()
             .name("jitproxy-audit".to_owned())
             .spawn(move || writer.run(&rx))?;
@@ -266,12 +271,41 @@ impl AuditLog {
     }
 }
 
+/// The file operations the log's durability rests on: the writer uses the
+/// real file, a test one that fails or watches them.
+trait LogFile: Send {
+    /// Writes all of `buf` at the end.
+    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Cuts the file back to `len`; the next write goes there.
+    fn cut_to(&mut self, len: u64) -> io::Result<()>;
+}
+
+impl LogFile for File {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        io::Write::write_all(self, buf)
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        File::sync_data(self)
+    }
+
+    fn cut_to(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)?;
+        self.seek(SeekFrom::Start(len)).map(drop)
+    }
+}
+
+/// Opens a log file for appending: the file, and its length.
+type Opener = Arc<dyn Fn(&Path) -> io::Result<(Box<dyn LogFile>, u64)> + Send + Sync>;
+
 /// The writer thread's state.
 struct Writer {
     settings: AuditSettings,
+    open_file: Opener,
     key: SigningKey,
     health: Arc<Health>,
-    file: File,
+    file: Box<dyn LogFile>,
     file_name: String,
     file_len: u64,
     file_day: String,
@@ -294,6 +328,7 @@ struct Writer {
 impl Writer {
     fn open(
         settings: AuditSettings,
+        open_file: Opener,
         key: SigningKey,
         health: Arc<Health>,
         syslog: Option<super::syslog::Forwarder>,
@@ -330,13 +365,14 @@ impl Writer {
             Some(name) => (next_name(name, &today), today),
             None => (format!("audit-{today}-0001.jsonl"), today),
         };
-        let (file, file_len) = open_append(&settings.dir.join(&file_name))?;
+        let (file, file_len) = open_file(&settings.dir.join(&file_name))?;
         let checkpoint_prev = last_checkpoint_hash(&settings.checkpoints)?;
         let mut writer = Self {
             uncheckpointed: 0,
             last_checkpoint: None,
             checkpoint_prev,
             settings,
+            open_file,
             key,
             health,
             file,
@@ -518,18 +554,14 @@ impl Writer {
     /// Appends and fsyncs; on failure, cuts the file back so the chain stays
     /// whole.
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        let result = self
-            .file
-            .write_all(buf)
-            .and_then(|()| self.file.sync_data());
+        let result = self.file.append(buf).and_then(|()| self.file.sync_data());
         match result {
             Ok(()) => {
                 self.file_len += buf.len() as u64;
                 Ok(())
             }
             Err(e) => {
-                let _ = self.file.set_len(self.file_len);
-                let _ = self.file.seek(SeekFrom::Start(self.file_len));
+                let _ = self.file.cut_to(self.file_len);
                 Err(e)
             }
         }
@@ -571,7 +603,7 @@ impl Writer {
         self.write_checkpoint();
         let old = self.file_name.clone();
         let name = next_name(&old, &today);
-        let (file, len) = open_append(&self.settings.dir.join(&name))?;
+        let (file, len) = (self.open_file)(&self.settings.dir.join(&name))?;
         self.file = file;
         self.file_len = len;
         self.file_name = name;
@@ -734,19 +766,19 @@ fn day(t: Timestamp) -> String {
     t.strftime("%Y%m%d").to_string()
 }
 
-fn open_append(path: &Path) -> io::Result<(File, u64)> {
+fn open_append(path: &Path) -> io::Result<(Box<dyn LogFile>, u64)> {
     let file = OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o600)
         .open(path)?;
     let len = file.metadata()?.len();
-    Ok((file, len))
+    Ok((Box::new(file), len))
 }
 
 /// Removes a torn last line (no trailing newline) left by a crash in the
 /// middle of a write; returns the bytes removed and the last whole line.
-fn recover_tail(path: &Path) -> io::Result<(u64, Option<Vec<u8>>)> {
+pub(crate) fn recover_tail(path: &Path) -> io::Result<(u64, Option<Vec<u8>>)> {
     let mut file = OpenOptions::new().read(true).write(true).open(path)?;
     let mut data = Vec::new();
     file.read_to_end(&mut data)?;
@@ -765,7 +797,7 @@ fn recover_tail(path: &Path) -> io::Result<(u64, Option<Vec<u8>>)> {
 }
 
 /// Loads the signing key, or creates one (0600) with its public half beside it.
-fn load_or_create_key(path: &Path) -> io::Result<SigningKey> {
+pub(crate) fn load_or_create_key(path: &Path) -> io::Result<SigningKey> {
     match fs::read(path) {
         Ok(bytes) => {
             let bytes: [u8; 32] = bytes.try_into().map_err(|_| {
@@ -885,6 +917,109 @@ mod tests {
         // second wrote nothing after its first checkpoint but that
         // checkpoint's own record).
         assert_eq!(report.checkpoints, 3);
+    }
+
+    /// A log file that says how far `sync_data` has returned, and can be
+    /// told to fail it (a disk that takes writes but cannot flush them).
+    struct Watched {
+        file: File,
+        written: u64,
+        synced: Arc<AtomicU64>,
+        fail_sync: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl LogFile for Watched {
+        fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+            self.file.append(buf)?;
+            self.written += buf.len() as u64;
+            Ok(())
+        }
+
+        fn sync_data(&mut self) -> io::Result<()> {
+            if self.fail_sync.load(Ordering::SeqCst) {
+                return Err(io::Error::other("fsync failed (test)"));
+            }
+            LogFile::sync_data(&mut self.file)?;
+            self.synced.store(self.written, Ordering::SeqCst);
+            Ok(())
+        }
+
+        fn cut_to(&mut self, len: u64) -> io::Result<()> {
+            self.file.cut_to(len)?;
+            self.written = len;
+            Ok(())
+        }
+    }
+
+    /// Durable appends are acknowledged only once `sync_data` has returned
+    /// for their bytes, and one whose fsync fails is refused and never
+    /// appears: `kill -9` keeps the page cache, so no crash test can show
+    /// this.
+    #[tokio::test]
+    async fn a_durable_append_is_acknowledged_only_after_its_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let synced = Arc::new(AtomicU64::new(0));
+        let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let opener: Opener = {
+            let (synced, fail_sync) = (Arc::clone(&synced), Arc::clone(&fail_sync));
+            Arc::new(move |path: &Path| {
+                let (_, len) = open_append(path)?;
+                let file = OpenOptions::new().append(true).open(path)?;
+                synced.store(len, Ordering::SeqCst);
+                let watched = Watched {
+                    file,
+                    written: len,
+                    synced: Arc::clone(&synced),
+                    fail_sync: Arc::clone(&fail_sync),
+                };
+                Ok((Box::new(watched) as Box<dyn LogFile>, len))
+            })
+        };
+        let log = AuditLog::start(settings(dir.path()), opener).unwrap();
+        let mut acked = Vec::new();
+        for _ in 0..20 {
+            let seq = log
+                .record_durable(Event::new(EventKind::ConnectionAllowed))
+                .await
+                .unwrap();
+            acked.push((seq, synced.load(Ordering::SeqCst)));
+        }
+        fail_sync.store(true, Ordering::SeqCst);
+        let mut refused = Event::new(EventKind::ConnectionAllowed);
+        refused.reason = Some("must never appear".to_owned());
+        let err = log.record_durable(refused).await.unwrap_err();
+        assert!(matches!(err, AuditError::Unavailable(_)), "{err:?}");
+        fail_sync.store(false, Ordering::SeqCst);
+        let after = log
+            .record_durable(Event::new(EventKind::ConnectionAllowed))
+            .await
+            .unwrap();
+        acked.push((after, synced.load(Ordering::SeqCst)));
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .unwrap();
+
+        // Where each record ends in the file.
+        let files = log_files(&settings(dir.path()).dir).unwrap();
+        let data = fs::read(settings(dir.path()).dir.join(&files[0])).unwrap();
+        let mut ends = std::collections::HashMap::new();
+        let mut offset = 0u64;
+        for line in data.split_inclusive(|&b| b == b'\n') {
+            offset += line.len() as u64;
+            let record: Record = serde_json::from_slice(line).unwrap();
+            assert_ne!(record.event.reason.as_deref(), Some("must never appear"));
+            ends.insert(record.seq, offset);
+        }
+        for (seq, synced_at_ack) in acked {
+            assert!(
+                synced_at_ack >= ends[&seq],
+                "seq {seq} acknowledged with {synced_at_ack} bytes synced, but it ends at {}",
+                ends[&seq]
+            );
+        }
+        let s = settings(dir.path());
+        let report = crate::audit::verify::verify(&s.dir, &s.checkpoints, None).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
     }
 
     #[test]
