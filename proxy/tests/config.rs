@@ -2,9 +2,9 @@
 //! with `file:line:column: key: message`, pointing at the line to fix and
 //! naming the key by its path; the shipped configs parse.
 
-use std::path::Path;
+use std::{path::Path, process::Command};
 
-use jitproxy::config::{Config, HostSpec, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
+use jitproxy::config::{Config, HostSpec, UnprivilegedPorts, DEFAULT_CONFIG, DEFAULT_CONFIG_NAME};
 
 #[test]
 fn unknown_top_level_key_is_named() {
@@ -66,6 +66,104 @@ ports = [443,
 "#;
     let message = assert_refused(text, 5, "target[0].ports[1]");
     assert!(message.contains("1 to 65535"), "{message}");
+}
+
+#[test]
+fn a_listen_port_any_user_could_bind_is_refused_with_what_to_pick() {
+    // Checked for a host with the kernel's default: ports from 1024 up are
+    // anyone's.
+    let message = assert_refused("# proxy\nlisten_port = 40000\n", 2, "listen_port");
+    assert!(
+        message.contains("port 40000 can be bound by any user")
+            && message.contains("pick a port below 1024 (ip_unprivileged_port_start)")
+            && message.contains("such as the default 971"),
+        "{message}"
+    );
+    let message = assert_refused("# proxy\nlisten_port = 1024\n", 2, "listen_port");
+    assert!(message.contains("below 1024"), "{message}");
+    Config::parse("listen_port = 1023\n", "test.toml").expect("1023 is privileged");
+}
+
+#[test]
+fn the_listen_port_is_checked_against_the_hosts_unprivileged_start() {
+    let host = |start: u16, assumed: Option<&str>| UnprivilegedPorts {
+        start,
+        assumed: assumed.map(str::to_owned),
+    };
+    // A host whose unprivileged ports start lower: the default is anyone's
+    // there, even when the file does not set it.
+    let shown = Config::parse_for("# c\n", "low.toml", &host(900, None))
+        .expect_err("971 is unprivileged from 900 up")
+        .to_string();
+    assert!(
+        shown.starts_with("low.toml:1:1: listen_port: not set, and its default: port 971")
+            && shown.contains("pick a port below 900"),
+        "{shown}"
+    );
+    // No privileged ports at all: no port is safe.
+    let shown = Config::parse_for("listen_port = 971\n", "open.toml", &host(0, None))
+        .expect_err("every port is anyone's")
+        .to_string();
+    assert!(
+        shown.starts_with("open.toml:1:") && shown.contains("raise the sysctl"),
+        "{shown}"
+    );
+    // The sysctl unread: said only when the refusal depends on it.
+    let unread = host(
+        1024,
+        Some("cannot read /proc/sys/net/ipv4/ip_unprivileged_port_start"),
+    );
+    Config::parse_for("listen_port = 971\n", "ok.toml", &unread).expect("971 is below 1024");
+    let shown = Config::parse_for("listen_port = 8080\n", "bad.toml", &unread)
+        .expect_err("8080 is at or above 1024")
+        .to_string();
+    assert!(
+        shown.contains(
+            "note: cannot read /proc/sys/net/ipv4/ip_unprivileged_port_start; assumed 1024"
+        ),
+        "{shown}"
+    );
+    // A host that reserves more ports allows more.
+    Config::parse_for("listen_port = 8080\n", "high.toml", &host(10_000, None))
+        .expect("8080 is privileged below 10000");
+}
+
+#[test]
+fn check_config_refuses_an_unprivileged_listen_port_with_file_line_key_and_hint() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("jitproxy.toml");
+    std::fs::write(
+        &path,
+        "# proxy\nlisten_port = 40000\n\n[[target]]\nname = \"api\"\nhosts = [\"10.0.0.1\"]\nports = [443]\n",
+    )
+    .expect("write config");
+    let out = Command::new(env!("CARGO_BIN_EXE_jitproxy"))
+        .arg("check-config")
+        .arg(&path)
+        .env_remove("JITPROXY_LOG_FORMAT")
+        .output()
+        .expect("run jitproxy check-config");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // check-config reads this host's sysctl, as `run` does.
+    let start: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(1024);
+    if start > 40_000 {
+        assert!(out.status.success(), "40000 is privileged here: {stderr}");
+        return;
+    }
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let want = format!("{}:2:", path.display());
+    let hint = if start > 1 {
+        format!("pick a port below {start} (ip_unprivileged_port_start)")
+    } else {
+        "raise the sysctl".to_owned()
+    };
+    assert!(
+        stderr.contains(&want) && stderr.contains(": listen_port: ") && stderr.contains(&hint),
+        "stderr should name `{want}`, the key `listen_port` and `{hint}`:\n{stderr}"
+    );
 }
 
 #[test]
@@ -285,7 +383,7 @@ max_grant = "a while"
 
 #[test]
 fn embedded_default_parses() {
-    let config = Config::embedded_default()
+    let config = Config::embedded_default(&UnprivilegedPorts::KERNEL_DEFAULT)
         .unwrap_or_else(|e| panic!("the embedded default must be valid: {e}"));
     assert_eq!(config.source, DEFAULT_CONFIG_NAME);
     assert_eq!(config.listen_port, 971);
@@ -310,8 +408,8 @@ fn example_config_parses() {
         env!("CARGO_MANIFEST_DIR"),
         "/../config/example.toml"
     ));
-    let config =
-        Config::load(path).unwrap_or_else(|e| panic!("config/example.toml must be valid: {e}"));
+    let config = Config::load(path, &UnprivilegedPorts::KERNEL_DEFAULT)
+        .unwrap_or_else(|e| panic!("config/example.toml must be valid: {e}"));
     let names: Vec<_> = config.targets.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["payments-api", "orders-db-admin"]);
     assert!(
@@ -328,7 +426,8 @@ fn example_config_parses() {
 fn unreadable_file_names_the_path() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("missing.toml");
-    let err = Config::load(&path).expect_err("a missing file cannot load");
+    let err = Config::load(&path, &UnprivilegedPorts::KERNEL_DEFAULT)
+        .expect_err("a missing file cannot load");
     let shown = err.to_string();
     assert!(
         shown.contains(&path.display().to_string()),
@@ -342,7 +441,7 @@ fn load_names_the_file_in_errors() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("jitproxy.toml");
     std::fs::write(&path, "# c\nlisten_port = 0\n").expect("write config");
-    let shown = Config::load(&path)
+    let shown = Config::load(&path, &UnprivilegedPorts::KERNEL_DEFAULT)
         .expect_err("port 0 is invalid")
         .to_string();
     let want = format!("{}:2:", path.display());

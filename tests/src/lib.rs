@@ -27,6 +27,30 @@ use sha2::{Digest as _, Sha256};
 /// uid/gid of `nobody`, the "other user" of the tests.
 pub const NOBODY: u32 = 65534;
 
+// The port plan. Each test has an index within its file that picks its
+// cgroup, its stand-in API's loopback address and its daemon's listen port,
+// so tests run in parallel. Listen ports are below 1024, since jitproxy
+// refuses one that an unprivileged user could bind (the kernel keeps
+// redirecting to it while the daemon is down), one block of 100 per file:
+// redirect.rs from 600, grants.rs from 700, audit.rs from 800. The demo
+// uses the default, 971; the bench (xtask/src/bench.rs) 970.
+
+/// First listen port of the tests in `tests/tests/redirect.rs`.
+pub const REDIRECT_PORTS: u16 = 600;
+/// First listen port of the tests in `tests/tests/grants.rs`.
+pub const GRANTS_PORTS: u16 = 700;
+/// First listen port of the tests in `tests/tests/audit.rs`.
+pub const AUDIT_PORTS: u16 = 800;
+
+/// The listen port of test `index` in the file whose block starts at `block`.
+pub fn listen_port(block: u16, index: u8) -> u16 {
+    assert!(
+        index < 100,
+        "test index {index} is beyond its block of 100 ports"
+    );
+    block + u16::from(index)
+}
+
 /// The jitproxy binary under test: `$JITPROXY_BIN`, else target/release.
 pub fn jitproxy_bin() -> PathBuf {
     std::env::var_os("JITPROXY_BIN").map_or_else(
@@ -143,7 +167,8 @@ pub struct Daemon {
 
 impl Daemon {
     /// Starts `jitproxy run` on `cgroup` with `config` (TOML; `None` for the
-    /// embedded default) and waits until it reports that it runs.
+    /// embedded default; a listen port of the old plan moved onto the plan)
+    /// and waits until it reports that it runs.
     pub fn start(cgroup: &Cgroup, config: Option<&str>) -> Result<Self> {
         Self::start_with_env(cgroup, config, &[])
     }
@@ -160,9 +185,10 @@ impl Daemon {
             Some(text) => {
                 let path = dir.path().join("config.toml");
                 let text = format!(
-                    "state_dir = \"{}\"\ncontrol_socket = \"{}\"\n{text}",
+                    "state_dir = \"{}\"\ncontrol_socket = \"{}\"\n{}",
                     dir.path().join("state").display(),
-                    dir.path().join("control.sock").display()
+                    dir.path().join("control.sock").display(),
+                    text
                 );
                 fs::write(&path, text)?;
                 Some(path)
@@ -766,3 +792,14 @@ pub fn output(cmd: &mut Command) -> (bool, String, String) {
 
 /// The Debian python3 (readable by every uid, unlike a pyenv shim in /root).
 pub const PYTHON: &str = "/usr/bin/python3";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_file_has_its_block_of_listen_ports() {
+        assert_eq!(listen_port(GRANTS_PORTS, 14), 714);
+        assert_eq!(listen_port(AUDIT_PORTS, 0), 800);
+    }
+}

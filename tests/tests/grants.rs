@@ -2,6 +2,10 @@
 //! when their grant does. Real daemon, real eBPF, real clients in a test
 //! cgroup, as root, `nobody` and uids without names; the CLI as root and as
 //! non-approvers. Needs root; run with `cargo xtask test`.
+//!
+//! Each test has its own index, which picks its cgroup, the stand-in API's
+//! address (127.0.<40 + index>.2:8080) and the daemon's listen port (700 +
+//! index: the harness's port plan), so tests run in parallel.
 // Test helpers panic on failure by design: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +18,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jitproxy_e2e::{output, Behaviour, Cgroup, Daemon, Held, Upstream, NOBODY, PYTHON};
+use jitproxy_e2e::{
+    listen_port, output, Behaviour, Cgroup, Daemon, Held, Upstream, GRANTS_PORTS, NOBODY, PYTHON,
+};
 use serde_json::Value;
 
 struct World {
@@ -35,7 +41,7 @@ impl World {
         let target = format!("api-{index}");
         let config = format!(
             "listen_port = {}\n{limits}\n[[target]]\nname = \"{target}\"\nhosts = [\"{}\"]\nports = [{}]\nmax_grant = \"2h\"\n",
-            31_100 + u16::from(index),
+            listen_port(GRANTS_PORTS, index),
             api.addr().ip(),
             api.addr().port()
         );
@@ -680,6 +686,103 @@ fn malformed_control_requests_get_errors_and_change_nothing() {
     );
     let answer = raw(&socket, &post("/v1/grants", body.as_bytes()), true);
     assert!(answer.starts_with("HTTP/1.1 201"), "{answer}");
+}
+
+#[test]
+fn a_grant_that_ends_while_the_daemon_is_down_gets_one_expiry_record_at_the_next_start() {
+    let mut w = World::new(14, "lateexpiry", Behaviour::Http, "");
+    let out = w.daemon.client(&[
+        "grant", "nobody", &w.target, "--for", "3s", "--reason", "short", "--json",
+    ]);
+    let grant: Value = serde_json::from_str(&out).unwrap();
+    let id = grant["id"].as_i64().expect("grant id");
+    let ends_at = unix_seconds(&grant["ends_at"]);
+    w.daemon.stop().expect("clean stop");
+    assert!(
+        unix_now() < ends_at,
+        "the daemon stopped only after the grant ended; the test needs it down by then"
+    );
+    // The point of the test: wall time passes the grant's end while no
+    // daemon runs.
+    while unix_now() <= ends_at {
+        thread::sleep(Duration::from_millis(50));
+    }
+    w.daemon.restart().expect("start again on the same state");
+
+    let expired = expired_records(&w, id);
+    assert_eq!(expired.len(), 1, "one grant.expired record: {expired:?}");
+    let detail = &expired[0]["detail"];
+    assert_eq!(
+        unix_seconds(&detail["ended_at"]).floor(),
+        ends_at.floor(),
+        "ended_at is when the grant ended: {detail}"
+    );
+    assert_eq!(detail["recorded_late"], true, "{detail}");
+    assert!(
+        unix_seconds(&expired[0]["time"]) > ends_at,
+        "written at the start after its end: {}",
+        expired[0]
+    );
+    w.daemon.wait_event("the note that it is late", |e| {
+        e["grant_id"] == id && e["message"].as_str().is_some_and(|m| m.contains("late"))
+    });
+
+    // A start after that writes none again.
+    w.daemon.restart().expect("restart");
+    let again = expired_records(&w, id);
+    assert_eq!(again.len(), 1, "recorded again at a later start: {again:?}");
+}
+
+#[test]
+fn after_a_kill9_no_other_user_can_bind_the_port_connections_are_redirected_to() {
+    let mut w = World::new(15, "portsquat", Behaviour::Http, "");
+    let status: Value = serde_json::from_str(&w.daemon.client(&["status", "--json"])).unwrap();
+    let port = listen_port(GRANTS_PORTS, 15);
+    assert_eq!(status["listen_port"], port, "{status}");
+    w.daemon.kill9();
+
+    // The programs still redirect to the port; nobody tries to take it, on
+    // both loopback addresses, from inside the watched cgroup.
+    let script = format!(
+        r#"
+import errno, socket
+for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+    s = socket.socket(family)
+    try:
+        s.bind((host, {port}))
+        s.listen()
+        print("bound")
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, e.errno))
+    s.close()
+"#
+    );
+    let (ok, out, err) = output(
+        w.cgroup
+            .command_as(NOBODY, NOBODY, PYTHON)
+            .args(["-c", &script]),
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["EACCES", "EACCES"],
+        "nobody could bind port {port} while the daemon was down:\n{out}{err}"
+    );
+    // The port is free (root binds it), so the refusal is the privilege
+    // check, not a port in use.
+    let (ok, out, err) = output(w.cgroup.command(PYTHON).args(["-c", &script]));
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["bound", "bound"], "{err}");
+}
+
+/// The `grant.expired` records of grant `id`, via `jitproxy audit --json`.
+fn expired_records(w: &World, id: i64) -> Vec<Value> {
+    w.daemon
+        .client(&["audit", "--grant", &id.to_string(), "--json"])
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("an audit record is JSON"))
+        .filter(|r| r["type"] == "grant.expired")
+        .collect()
 }
 
 /// An RFC 3339 time from the API as Unix seconds.

@@ -3,7 +3,8 @@
 //! different uids. Needs root; run with `cargo xtask test`.
 //!
 //! Each test has its own index, which picks its cgroup, the daemon's listen
-//! port and the stand-in API's loopback address, so tests run in parallel.
+//! port (600 + index: the harness's port plan) and the stand-in API's
+//! loopback address, so tests run in parallel.
 // Test helpers panic on failure by design: a panic is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jitproxy_e2e::{output, Behaviour, Cgroup, Daemon, Held, Upstream, NOBODY, PYTHON};
+use jitproxy_e2e::{
+    output, Behaviour, Cgroup, Daemon, Held, Upstream, NOBODY, PYTHON, REDIRECT_PORTS,
+};
 use serde_json::Value;
 
 /// One test's world: a cgroup, a stand-in API, and jitproxy watching them.
@@ -37,7 +40,7 @@ fn api6_addr(index: u8) -> SocketAddr {
 }
 
 fn listen_port(index: u8) -> u16 {
-    31_000 + u16::from(index)
+    jitproxy_e2e::listen_port(REDIRECT_PORTS, index)
 }
 
 fn config(index: u8, extra_hosts: &[&str]) -> String {
@@ -646,8 +649,8 @@ print("failures", len(failures), failures[:3])
 #[test]
 fn dns_names_are_resolved_into_targets() {
     // `localhost` resolves (from /etc/hosts) to 127.0.0.1 and ::1.
-    let index = 16;
-    let port = 33_016;
+    let index = 26;
+    let port = 33_000 + u16::from(index);
     let api = Upstream::start(SocketAddr::from(([127, 0, 0, 1], port)), Behaviour::Http).unwrap();
     let cgroup = Cgroup::create("dns").unwrap();
     let config = format!(

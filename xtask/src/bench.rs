@@ -32,8 +32,10 @@ use crate::{setup, util};
 const UPSTREAM: &str = "127.0.0.2:18080";
 /// HAProxy's frontend.
 const HAPROXY: &str = "127.0.0.1:28080";
-/// jitproxy's listener (127.0.0.1 and [::1]).
-const JITPROXY_PORT: u16 = 30971;
+/// jitproxy's listener (127.0.0.1 and [::1]): below 1024, as jitproxy
+/// requires (no other user may bind it), and not the default 971 the demo
+/// uses.
+const JITPROXY_PORT: u16 = 970;
 /// `/proc/PID/stat` counts CPU time in USER_HZ, which Linux fixes at 100 for
 /// every architecture whatever the kernel's own tick rate.
 const USER_HZ: u64 = 100;

@@ -210,7 +210,7 @@ mod tests {
         let mut revoked = grant(1, Subject::User(1000), 0, 100);
         revoked.ended = Some(Ending {
             at: 5,
-            by: revoked.granted_by.clone(),
+            by: Some(revoked.granted_by.clone()),
             kind: EndKind::Revoked,
         });
         let idx = index(&[revoked, grant(2, Subject::User(1000), 0, 8)], 10);

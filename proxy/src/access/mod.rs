@@ -164,6 +164,9 @@ impl From<StoreError> for AccessError {
 /// Grants, their index, and recent refusals.
 pub struct Access {
     config: Arc<Config>,
+    /// When this service (and so this daemon) started: an expiry before it
+    /// happened while no daemon ran, and its record is late.
+    started_at: UnixMs,
     store: Arc<Mutex<Box<dyn GrantStore>>>,
     index: watch::Sender<Arc<GrantIndex>>,
     refusals: Refusals,
@@ -174,7 +177,7 @@ pub struct Access {
 impl Access {
     /// The grant service over `store`. The index is built from it; grants
     /// that ended while the daemon was down are not indexed, so they are not
-    /// honoured.
+    /// honoured (their expiry is recorded by [`Access::record_expiries`]).
     pub fn new(
         config: Arc<Config>,
         store: impl GrantStore + 'static,
@@ -186,6 +189,7 @@ impl Access {
         let (tx, _) = watch::channel(Arc::new(index));
         Ok(Arc::new(Self {
             config,
+            started_at: now,
             store: Arc::new(Mutex::new(Box::new(store))),
             index: tx,
             refusals: Refusals::default(),
@@ -278,8 +282,11 @@ impl Access {
         let grant = self
             .with_store(move |store| store.insert(&new, now))
             .await?;
-        self.audit
-            .record(grant_event(EventKind::GrantCreated, &grant, &granted_by));
+        self.audit.record(grant_event(
+            EventKind::GrantCreated,
+            &grant,
+            Some(&granted_by),
+        ));
         self.rebuild().await?;
         Ok(grant)
     }
@@ -341,20 +348,16 @@ impl Access {
         ids: Vec<i64>,
         kind: EndKind,
     ) -> Result<Vec<Grant>, AccessError> {
+        let by = by.principal(&self.users).await;
         let ending = Ending {
             at: now_ms(),
-            by: by.principal(&self.users).await,
+            by: Some(by.clone()),
             kind,
         };
-        let by = ending.by.clone();
         let ended = self.with_store(move |s| s.end(&ids, &ending)).await?;
-        let event_kind = match kind {
-            EndKind::Revoked => EventKind::GrantRevoked,
-            EndKind::Dropped => EventKind::GrantDropped,
-        };
         for grant in &ended {
             self.audit
-                .record(grant_event(event_kind.clone(), grant, &by));
+                .record(grant_event(end_event(kind), grant, Some(&by)));
         }
         self.rebuild().await?;
         Ok(ended)
@@ -467,22 +470,34 @@ impl Access {
     }
 }
 
-/// The audit event of a grant change made by `by`.
-fn grant_event(kind: EventKind, grant: &Grant, by: &Principal) -> Event {
+/// The audit event of a grant change made by `by` (no one for an expiry).
+fn grant_event(kind: EventKind, grant: &Grant, by: Option<&Principal>) -> Event {
     let mut event = Event::new(kind);
     event.grant_id = Some(grant.id);
     event.target = Some(grant.target.clone());
     event.reason = Some(grant.reason.clone());
     event.user = subject_user(grant);
     let (who, subject_id) = grant.subject.parts();
-    event.detail = Some(serde_json::json!({
+    let mut detail = serde_json::json!({
         "who": who,
         "subject_id": subject_id,
         "starts_at": time::timestamp(grant.starts_at),
         "ends_at": time::timestamp(grant.ends_at),
-        "by": by,
-    }));
+    });
+    if let Some(by) = by {
+        detail["by"] = serde_json::json!(by);
+    }
+    event.detail = Some(detail);
     event
+}
+
+/// The audit event kind of a grant's end.
+fn end_event(kind: EndKind) -> EventKind {
+    match kind {
+        EndKind::Revoked => EventKind::GrantRevoked,
+        EndKind::Dropped => EventKind::GrantDropped,
+        EndKind::Expired => EventKind::GrantExpired,
+    }
 }
 
 /// The user a grant is for (none for group grants).

@@ -28,7 +28,7 @@ pub struct Principal {
     pub login_uid: Option<u32>,
 }
 
-/// How a grant ended before its window closed.
+/// How a grant ended: early, by someone, or by time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EndKind {
@@ -36,6 +36,9 @@ pub enum EndKind {
     Revoked,
     /// Given back by its holder.
     Dropped,
+    /// Its window closed; recorded once, when the daemon first saw it closed
+    /// (at once, or at its next start if it was down).
+    Expired,
 }
 
 /// One grant, as stored.
@@ -52,18 +55,20 @@ pub struct Grant {
     pub reason: String,
     pub granted_by: Principal,
     pub created_at: UnixMs,
-    /// Set when revoked or dropped.
+    /// Set when it ended: revoked or dropped early, or expired (set once
+    /// its expiry is recorded; the window's end decides access either way).
     pub ended: Option<Ending>,
     /// Per-request scopes (HTTP methods and paths); none means every
     /// request. Not enforced yet.
     pub scopes: Vec<Scope>,
 }
 
-/// An early end: when, by whom, how.
+/// A recorded end: when, by whom, how.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ending {
     pub at: UnixMs,
-    pub by: Principal,
+    /// Who ended it; `None` for an expiry (the clock did).
+    pub by: Option<Principal>,
     pub kind: EndKind,
 }
 
@@ -86,6 +91,7 @@ impl Grant {
             Some(e) if e.at <= now => match e.kind {
                 EndKind::Revoked => GrantState::Revoked,
                 EndKind::Dropped => GrantState::Dropped,
+                EndKind::Expired => GrantState::Expired,
             },
             _ if self.ends_at <= now => GrantState::Expired,
             _ if self.starts_at > now => GrantState::Pending,
@@ -123,6 +129,7 @@ impl EndKind {
         match self {
             Self::Revoked => "revoked",
             Self::Dropped => "dropped",
+            Self::Expired => "expired",
         }
     }
 }
@@ -134,6 +141,7 @@ impl FromStr for EndKind {
         match s {
             "revoked" => Ok(Self::Revoked),
             "dropped" => Ok(Self::Dropped),
+            "expired" => Ok(Self::Expired),
             other => Err(format!("unknown end kind `{other}`")),
         }
     }

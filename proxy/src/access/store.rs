@@ -70,4 +70,11 @@ pub trait GrantStore: Send {
     /// Ends the open grants with these ids as `ending` says; returns those
     /// ended.
     fn end(&mut self, ids: &[i64], ending: &Ending) -> Result<Vec<Grant>, StoreError>;
+
+    /// Records the expiry of every grant whose window closed by `now` and
+    /// whose end is not recorded (kind [`EndKind::Expired`](super::EndKind),
+    /// at the window's end, by no one) and returns them, in id order. Each
+    /// grant is returned by one call only, ever: this is what makes its
+    /// `grant.expired` record one.
+    fn expire(&mut self, now: UnixMs) -> Result<Vec<Grant>, StoreError>;
 }

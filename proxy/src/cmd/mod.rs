@@ -495,9 +495,11 @@ struct Overrides {
 
 /// The config at `path` (else the embedded default), with `overrides`.
 fn load_config(path: Option<&PathBuf>, overrides: Overrides) -> Result<Config, CmdError> {
+    // Checked against what this host lets any user bind.
+    let ports = crate::host::net::unprivileged_ports();
     let mut config = match path {
-        Some(path) => Config::load(path)?,
-        None => Config::embedded_default()?,
+        Some(path) => Config::load(path, &ports)?,
+        None => Config::embedded_default(&ports)?,
     };
     if let Some(socket) = overrides.socket {
         config.control_socket = socket;

@@ -22,6 +22,10 @@ pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 
 /// The name under which the embedded default is reported in errors.
 pub const DEFAULT_CONFIG_NAME: &str = "<embedded default>";
+/// `listen_port` unless the config says otherwise: below 1024, so that on
+/// a host with the kernel's default `ip_unprivileged_port_start` no
+/// unprivileged user can bind it while the daemon is down.
+pub const DEFAULT_LISTEN_PORT: u16 = 971;
 
 /// A validated config, ready to hand to the daemon.
 #[derive(Debug, Clone)]
@@ -148,25 +152,107 @@ pub enum ConfigError {
     },
 }
 
+/// Which ports any user may bind on the host a config is checked for: those
+/// from `start` up (`net.ipv4.ip_unprivileged_port_start`; 0: every port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnprivilegedPorts {
+    pub start: u16,
+    /// Why `start` is assumed rather than read from the host, if it is;
+    /// said only in a refusal that depends on it.
+    pub assumed: Option<String>,
+}
+
+impl UnprivilegedPorts {
+    /// The kernel's default: ports from 1024 up.
+    pub const KERNEL_DEFAULT: Self = Self {
+        start: 1024,
+        assumed: None,
+    };
+}
+
+/// Why a listen port is refused: any user could bind it while the daemon is
+/// down, and would then receive every connection the kernel redirects to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExposedListenPort {
+    /// The port is at or above the host's first unprivileged port.
+    Unprivileged { start: u16 },
+    /// Every port the proxy could listen on is unprivileged on this host
+    /// (`ip_unprivileged_port_start` is 0 or 1).
+    NoPrivilegedPort,
+}
+
+/// Whether `port` is safe as the proxy's listen port on a host where ports
+/// from `unprivileged_start` up may be bound by anyone: only a port below it
+/// is, since nobody else can take it while the daemon is down.
+pub fn check_listen_port(port: u16, unprivileged_start: u16) -> Result<(), ExposedListenPort> {
+    match unprivileged_start {
+        // Port 0 is no port to listen on, so a start of 1 leaves none either.
+        0 | 1 => Err(ExposedListenPort::NoPrivilegedPort),
+        start if port >= start => Err(ExposedListenPort::Unprivileged { start }),
+        _ => Ok(()),
+    }
+}
+
+impl ExposedListenPort {
+    /// What is wrong with listen port `port`, and what to do instead.
+    pub fn message(self, port: u16) -> String {
+        match self {
+            Self::Unprivileged { start } => {
+                let example = if DEFAULT_LISTEN_PORT < start && port != DEFAULT_LISTEN_PORT {
+                    format!(", such as the default {DEFAULT_LISTEN_PORT}")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "port {port} can be bound by any user (ports from {start} up are \
+                     unprivileged), who would then receive every redirected connection while \
+                     jitproxy is down; pick a port below {start} (ip_unprivileged_port_start){example}"
+                )
+            }
+            Self::NoPrivilegedPort => format!(
+                "this host lets any user bind any port (net.ipv4.ip_unprivileged_port_start \
+                 is 0 or 1), so whoever binds port {port} while jitproxy is down receives every \
+                 redirected connection; raise the sysctl (e.g. \
+                 `sysctl -w net.ipv4.ip_unprivileged_port_start=1024`) and keep listen_port below it"
+            ),
+        }
+    }
+}
+
 impl Config {
-    /// Reads and validates the config at `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads the config at `path` and validates it for a host where
+    /// `unprivileged` ports may be bound by anyone (the commands pass this
+    /// host's, `host::net::unprivileged_ports`).
+    pub fn load(path: &Path, unprivileged: &UnprivilegedPorts) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse_for(&text, &path.display().to_string(), unprivileged)
     }
 
-    /// The embedded default config.
-    pub fn embedded_default() -> Result<Self, ConfigError> {
-        Self::parse(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME)
+    /// The embedded default config, validated for a host where
+    /// `unprivileged` ports may be bound by anyone.
+    pub fn embedded_default(unprivileged: &UnprivilegedPorts) -> Result<Self, ConfigError> {
+        Self::parse_for(DEFAULT_CONFIG, DEFAULT_CONFIG_NAME, unprivileged)
     }
 
-    /// Parses and validates config text; `file` names it in errors.
+    /// Parses and validates config text for a host with the kernel's
+    /// default unprivileged ports ([`UnprivilegedPorts::KERNEL_DEFAULT`]);
+    /// `file` names it in errors. Reads nothing from the host.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        Self::parse_for(text, file, &UnprivilegedPorts::KERNEL_DEFAULT)
+    }
+
+    /// Parses and validates config text for a host where `unprivileged`
+    /// ports may be bound by anyone; `file` names it in errors.
+    pub fn parse_for(
+        text: &str,
+        file: &str,
+        unprivileged: &UnprivilegedPorts,
+    ) -> Result<Self, ConfigError> {
         let raw = raw::parse(text, file)?;
-        validate::validate(raw, text, file)
+        validate::validate(raw, text, file, unprivileged)
     }
 
     /// Target by its index (the `target_id` the kernel records).
@@ -314,4 +400,56 @@ fn is_dns_name(s: &str) -> bool {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_port_below_the_unprivileged_start_is_safe() {
+        use ExposedListenPort::{NoPrivilegedPort, Unprivileged};
+        let cases = [
+            // (port, ip_unprivileged_port_start, verdict)
+            (971, 1024, Ok(())),
+            (1023, 1024, Ok(())),
+            (1024, 1024, Err(Unprivileged { start: 1024 })),
+            (40_000, 1024, Err(Unprivileged { start: 1024 })),
+            (971, 900, Err(Unprivileged { start: 900 })),
+            (80, 900, Ok(())),
+            (40_000, 50_000, Ok(())),
+            (65_535, 65_535, Err(Unprivileged { start: 65_535 })),
+            (1, 2, Ok(())),
+            // No port is privileged, so none is safe.
+            (971, 0, Err(NoPrivilegedPort)),
+            (1, 1, Err(NoPrivilegedPort)),
+        ];
+        for (port, start, verdict) in cases {
+            assert_eq!(
+                check_listen_port(port, start),
+                verdict,
+                "port {port} with ip_unprivileged_port_start {start}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_refusal_says_what_to_pick_instead() {
+        let above = ExposedListenPort::Unprivileged { start: 1024 }.message(40_000);
+        assert!(
+            above.contains("any user")
+                && above.contains("pick a port below 1024 (ip_unprivileged_port_start)")
+                && above.contains("such as the default 971"),
+            "{above}"
+        );
+        // The default is no example where it is unsafe itself.
+        let low = ExposedListenPort::Unprivileged { start: 900 }.message(971);
+        assert!(low.contains("pick a port below 900"), "{low}");
+        assert!(!low.contains("the default 971"), "{low}");
+        let none = ExposedListenPort::NoPrivilegedPort.message(971);
+        assert!(
+            none.contains("raise the sysctl") && none.contains("ip_unprivileged_port_start=1024"),
+            "{none}"
+        );
+    }
 }

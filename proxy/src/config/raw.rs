@@ -83,7 +83,7 @@ mod defaults {
         Spanned::new(0..0, v)
     }
     pub(super) fn listen_port() -> Spanned<u16> {
-        unspanned(971)
+        unspanned(crate::config::DEFAULT_LISTEN_PORT)
     }
     pub(super) fn state_dir() -> PathBuf {
         PathBuf::from("/var/lib/jitproxy")

@@ -12,20 +12,22 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::{
+    check_listen_port,
     raw::{line_col, RawAudit, RawConfig, RawTarget},
-    Approver, AuditConfig, Config, ConfigError, HostSpec, Limit, Target, MAX_CONNECTIONS_LIMIT,
+    Approver, AuditConfig, Config, ConfigError, HostSpec, Limit, Target, UnprivilegedPorts,
+    MAX_CONNECTIONS_LIMIT,
 };
 
-/// Validates a parsed config; `text` and `file` locate errors.
-pub(super) fn validate(raw: RawConfig, text: &str, file: &str) -> Result<Config, ConfigError> {
+/// Validates a parsed config for a host where `unprivileged` ports may be
+/// bound by anyone; `text` and `file` locate errors.
+pub(super) fn validate(
+    raw: RawConfig,
+    text: &str,
+    file: &str,
+    unprivileged: &UnprivilegedPorts,
+) -> Result<Config, ConfigError> {
     let errors = Errors { text, file };
-    if *raw.listen_port.get_ref() == 0 {
-        return Err(errors.at(
-            &raw.listen_port,
-            "listen_port",
-            "must be a port from 1 to 65535",
-        ));
-    }
+    listen_port(&errors, &raw.listen_port, unprivileged)?;
     if !(1..=MAX_CONNECTIONS_LIMIT).contains(raw.max_connections.get_ref()) {
         return Err(errors.at(
             &raw.max_connections,
@@ -82,6 +84,32 @@ pub(super) fn validate(raw: RawConfig, text: &str, file: &str) -> Result<Config,
         audit,
         targets,
     })
+}
+
+/// `listen_port`: a port, and one that no unprivileged user can bind while
+/// the daemon is down (the kernel keeps redirecting to it).
+fn listen_port(
+    errors: &Errors<'_>,
+    port: &Spanned<u16>,
+    unprivileged: &UnprivilegedPorts,
+) -> Result<(), ConfigError> {
+    if *port.get_ref() == 0 {
+        return Err(errors.at(port, "listen_port", "must be a port from 1 to 65535"));
+    }
+    let Err(exposed) = check_listen_port(*port.get_ref(), unprivileged.start) else {
+        return Ok(());
+    };
+    let mut message = exposed.message(*port.get_ref());
+    if port.span().is_empty() {
+        message.insert_str(0, "not set, and its default: ");
+    }
+    if let Some(why) = &unprivileged.assumed {
+        message.push_str(&format!(
+            " (note: {why}; assumed {}, the kernel's default)",
+            unprivileged.start
+        ));
+    }
+    Err(errors.at(port, "listen_port", message))
 }
 
 /// The `[audit]` table.

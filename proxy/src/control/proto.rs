@@ -101,7 +101,7 @@ impl GrantView {
             created_at: timestamp(grant.created_at),
             state: grant.state(now),
             ended_at: grant.ended.as_ref().map(|e| timestamp(e.at)),
-            ended_by: grant.ended.as_ref().map(|e| e.by.clone()),
+            ended_by: grant.ended.as_ref().and_then(|e| e.by.clone()),
             end_kind: grant.ended.as_ref().map(|e| e.kind),
         }
     }

@@ -112,6 +112,10 @@ pub async fn run(
         audit.clone(),
         users.clone(),
     )?;
+    // Grants whose window closed while no daemon ran get their end and
+    // their `grant.expired` record now (late, and said so), before anything
+    // else happens; the expiry task does the same step from here on.
+    access.record_expiries().await;
     let control_listener =
         control::server::bind(&config.control_socket).map_err(|source| DaemonError::Control {
             path: config.control_socket.clone(),

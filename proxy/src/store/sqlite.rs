@@ -10,13 +10,14 @@ use std::path::Path;
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 
 use crate::{
-    access::{Ending, Grant, GrantStore, NewGrant, Principal, Scope, StoreError, Subject},
+    access::{EndKind, Ending, Grant, GrantStore, NewGrant, Principal, Scope, StoreError, Subject},
     time::UnixMs,
 };
 
 /// Schema migrations, applied in order; `PRAGMA user_version` is the number
 /// applied so far.
-const MIGRATIONS: &[&str] = &[r"
+const MIGRATIONS: &[&str] = &[
+    r"
     CREATE TABLE grants (
         id              INTEGER PRIMARY KEY AUTOINCREMENT,
         subject_kind    TEXT    NOT NULL CHECK (subject_kind IN ('user', 'group')),
@@ -39,7 +40,45 @@ const MIGRATIONS: &[&str] = &[r"
     );
     CREATE INDEX grants_open ON grants (ends_at) WHERE ended_at IS NULL;
     CREATE INDEX grants_subject ON grants (subject_kind, subject_id, target);
-"];
+",
+    // 2: an expiry is recorded too (`end_kind = 'expired'`, ended by no one),
+    // so that each grant gets one `grant.expired` record, also when its
+    // window closed while no daemon ran. SQLite cannot change a CHECK, so the
+    // table is rebuilt (ids, and the next id, kept). Grants whose window had
+    // closed before are marked expired as they are: a daemon that ran then
+    // recorded them, and one that was down never did (as before).
+    r"
+    CREATE TABLE grants_v2 (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        subject_kind    TEXT    NOT NULL CHECK (subject_kind IN ('user', 'group')),
+        subject_id      INTEGER NOT NULL,
+        subject_name    TEXT,
+        target          TEXT    NOT NULL,
+        starts_at       INTEGER NOT NULL,
+        ends_at         INTEGER NOT NULL,
+        reason          TEXT    NOT NULL,
+        granted_by_uid  INTEGER NOT NULL,
+        granted_by_name TEXT,
+        granted_by_login_uid INTEGER,
+        created_at      INTEGER NOT NULL,
+        ended_at        INTEGER,
+        ended_by_uid    INTEGER,
+        ended_by_name   TEXT,
+        ended_by_login_uid INTEGER,
+        end_kind        TEXT CHECK (end_kind IN ('revoked', 'dropped', 'expired')),
+        scopes          TEXT NOT NULL DEFAULT '[]'
+    );
+    INSERT INTO grants_v2 SELECT * FROM grants;
+    UPDATE sqlite_sequence SET seq = (SELECT seq FROM sqlite_sequence WHERE name = 'grants')
+     WHERE name = 'grants_v2';
+    DROP TABLE grants;
+    ALTER TABLE grants_v2 RENAME TO grants;
+    CREATE INDEX grants_open ON grants (ends_at) WHERE ended_at IS NULL;
+    CREATE INDEX grants_subject ON grants (subject_kind, subject_id, target);
+    UPDATE grants SET ended_at = ends_at, end_kind = 'expired'
+     WHERE ended_at IS NULL AND ends_at <= CAST(strftime('%s', 'now') AS INTEGER) * 1000;
+",
+];
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
@@ -145,7 +184,11 @@ impl GrantStore for SqliteStore {
 
     fn get(&self, id: i64) -> Result<Option<Grant>, StoreError> {
         self.conn
-            .query_row(&format!("{SELECT} WHERE id = ?1"), [id], read_row)
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM grants WHERE id = ?1"),
+                [id],
+                read_row,
+            )
             .optional()?
             .map(StoredRow::into_grant)
             .transpose()
@@ -154,7 +197,7 @@ impl GrantStore for SqliteStore {
     /// Grants whose window has not closed by `now` and that were not ended.
     fn open_grants(&self, now: UnixMs) -> Result<Vec<Grant>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "{SELECT} WHERE ended_at IS NULL AND ends_at > ?1 ORDER BY id"
+            "SELECT {COLUMNS} FROM grants WHERE ended_at IS NULL AND ends_at > ?1 ORDER BY id"
         ))?;
         let rows = stmt.query_map([now], read_row)?;
         usable(rows)
@@ -162,9 +205,9 @@ impl GrantStore for SqliteStore {
 
     /// Every grant, newest first, at most `limit`.
     fn all(&self, limit: usize) -> Result<Vec<Grant>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("{SELECT} ORDER BY id DESC LIMIT ?1"))?;
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM grants ORDER BY id DESC LIMIT ?1"
+        ))?;
         let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], read_row)?;
         usable(rows)
     }
@@ -179,7 +222,14 @@ impl GrantStore for SqliteStore {
                 "UPDATE grants SET ended_at = ?2, ended_by_uid = ?3, ended_by_name = ?4,
                         ended_by_login_uid = ?5, end_kind = ?6
                  WHERE id = ?1 AND ended_at IS NULL AND ends_at > ?2",
-                params![id, at, by.uid, by.name, by.login_uid, kind.as_str()],
+                params![
+                    id,
+                    at,
+                    by.as_ref().map(|b| b.uid),
+                    by.as_ref().map(|b| b.name.clone()),
+                    by.as_ref().map(|b| b.login_uid),
+                    kind.as_str()
+                ],
             )?;
             if changed == 1 {
                 ended.push(id);
@@ -191,12 +241,32 @@ impl GrantStore for SqliteStore {
             .filter_map(|id| self.get(id).transpose())
             .collect()
     }
+
+    /// Ends, as expired at their window's end, the grants whose window closed
+    /// by `now` and whose end is not recorded, in one statement: a grant is
+    /// updated, and so returned, once. A corrupt one is ended too (it never
+    /// granted anything) and logged, once.
+    fn expire(&mut self, now: UnixMs) -> Result<Vec<Grant>, StoreError> {
+        let tx = self.conn.transaction()?;
+        let mut expired = {
+            let mut stmt = tx.prepare(&format!(
+                "UPDATE grants SET ended_at = ends_at, end_kind = 'expired'
+                 WHERE ended_at IS NULL AND ends_at <= ?1 RETURNING {COLUMNS}"
+            ))?;
+            let rows = stmt.query_map([now], read_row)?;
+            usable(rows)?
+        };
+        tx.commit()?;
+        expired.sort_by_key(|g| g.id);
+        Ok(expired)
+    }
 }
 
-const SELECT: &str =
-    "SELECT id, subject_kind, subject_id, subject_name, target, starts_at, ends_at, reason,
-        granted_by_uid, granted_by_name, granted_by_login_uid, created_at,
-        ended_at, ended_by_uid, ended_by_name, ended_by_login_uid, end_kind, scopes FROM grants";
+/// The columns of a grant row, in the order [`read_row`] reads them.
+const COLUMNS: &str =
+    "id, subject_kind, subject_id, subject_name, target, starts_at, ends_at, reason,
+    granted_by_uid, granted_by_name, granted_by_login_uid, created_at,
+    ended_at, ended_by_uid, ended_by_name, ended_by_login_uid, end_kind, scopes";
 
 /// A row as stored, before it is checked.
 struct StoredRow {
@@ -259,13 +329,26 @@ impl StoredRow {
             .map(|s| s.parse::<Scope>())
             .collect::<Result<Vec<_>, _>>()
             .map_err(corrupt)?;
-        let ended = match (self.ended_at, self.ended_by, self.end_kind) {
-            (None, None, None) => None,
-            (Some(at), Some(by), Some(kind)) => Some(Ending {
-                at,
-                by,
-                kind: kind.parse().map_err(corrupt)?,
-            }),
+        let ended = match (self.ended_at, self.end_kind) {
+            (None, None) if self.ended_by.is_none() => None,
+            (Some(at), Some(kind)) => {
+                let kind: EndKind = kind.parse().map_err(corrupt)?;
+                // Someone ends a grant early; the clock ends it by no one.
+                match (kind, self.ended_by) {
+                    (EndKind::Expired, None) => Some(Ending { at, by: None, kind }),
+                    (EndKind::Revoked | EndKind::Dropped, Some(by)) => Some(Ending {
+                        at,
+                        by: Some(by),
+                        kind,
+                    }),
+                    (EndKind::Expired, Some(_)) => {
+                        return Err(corrupt("an expiry names who ended it".to_owned()))
+                    }
+                    (EndKind::Revoked | EndKind::Dropped, None) => {
+                        return Err(corrupt("an early end names no one who ended it".to_owned()))
+                    }
+                }
+            }
             _ => return Err(corrupt("the end is partly recorded".to_owned())),
         };
         Ok(Grant {
@@ -316,7 +399,6 @@ fn usable(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::access::EndKind;
 
     fn root() -> Principal {
         Principal {
@@ -329,7 +411,7 @@ mod tests {
     fn ending(kind: EndKind, at: UnixMs) -> Ending {
         Ending {
             at,
-            by: root(),
+            by: Some(root()),
             kind,
         }
     }
@@ -367,6 +449,121 @@ mod tests {
             .end(&[g.id], &ending(EndKind::Dropped, 70))
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn an_expiry_is_recorded_once_and_only_for_closed_unended_windows() {
+        let mut store = SqliteStore::in_memory().unwrap();
+        let closed = store.insert(&new_grant(1000, 0, 100), 0).unwrap().id;
+        let open = store.insert(&new_grant(1000, 0, 500), 0).unwrap().id;
+        let revoked = store.insert(&new_grant(1000, 0, 100), 0).unwrap().id;
+        store
+            .end(&[revoked], &ending(EndKind::Revoked, 50))
+            .unwrap();
+
+        let expired = store.expire(200).unwrap();
+        assert_eq!(expired.iter().map(|g| g.id).collect::<Vec<_>>(), [closed]);
+        let end = expired[0].ended.clone().expect("its end is recorded");
+        assert_eq!(
+            end,
+            Ending {
+                at: 100,
+                by: None,
+                kind: EndKind::Expired
+            },
+            "expired at its window's end, by no one"
+        );
+        assert_eq!(store.get(closed).unwrap().unwrap().ended, Some(end));
+        assert!(store.expire(300).unwrap().is_empty(), "never twice");
+        // The open one expires when its window closes, exactly then.
+        assert!(store.expire(499).unwrap().is_empty());
+        let later = store.expire(500).unwrap();
+        assert_eq!(later.iter().map(|g| g.id).collect::<Vec<_>>(), [open]);
+        // The revoked one kept its own end.
+        let kept = store.get(revoked).unwrap().unwrap().ended.unwrap();
+        assert_eq!((kept.kind, kept.at), (EndKind::Revoked, 50));
+    }
+
+    #[test]
+    fn an_end_is_read_strictly_by_its_kind() {
+        let mut store = SqliteStore::in_memory().unwrap();
+        let by_someone = store.insert(&new_grant(1000, 0, 100), 0).unwrap().id;
+        let revoked_by_no_one = store.insert(&new_grant(1000, 0, 100), 0).unwrap().id;
+        store.expire(100).unwrap();
+        store
+            .conn
+            .execute(
+                "UPDATE grants SET ended_by_uid = 0 WHERE id = ?1",
+                [by_someone],
+            )
+            .unwrap();
+        store
+            .conn
+            .execute(
+                "UPDATE grants SET end_kind = 'revoked' WHERE id = ?1",
+                [revoked_by_no_one],
+            )
+            .unwrap();
+        for id in [by_someone, revoked_by_no_one] {
+            assert!(
+                matches!(store.get(id), Err(StoreError::Corrupt { id: c, .. }) if c == id),
+                "grant {id} read as {:?}",
+                store.get(id)
+            );
+        }
+    }
+
+    #[test]
+    fn migrating_from_schema_1_keeps_ids_and_marks_closed_windows_expired() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        let now = crate::time::now_ms();
+        let insert = |ends_at: UnixMs, end_kind: Option<&str>| {
+            conn.execute(
+                "INSERT INTO grants (subject_kind, subject_id, target, starts_at, ends_at, reason,
+                                     granted_by_uid, created_at, ended_at, ended_by_uid, end_kind)
+                 VALUES ('user', 1000, 'api', 0, ?1, 'INC-1', 0, 0, ?2, ?3, ?4)",
+                params![ends_at, end_kind.map(|_| 10), end_kind.map(|_| 0), end_kind],
+            )
+            .unwrap();
+            conn.last_insert_rowid()
+        };
+        let closed = insert(now - 60_000, None);
+        let open = insert(now + 3_600_000, None);
+        let revoked = insert(now - 60_000, Some("revoked"));
+        // The newest row was removed: its id is still never given again.
+        let removed = insert(now + 3_600_000, None);
+        conn.execute("DELETE FROM grants WHERE id = ?1", [removed])
+            .unwrap();
+
+        let mut store = SqliteStore::init(conn).unwrap();
+        let version: i64 = store
+            .conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        // Recorded by the daemon that ran when it closed: not again.
+        let ended = store.get(closed).unwrap().unwrap().ended.unwrap();
+        assert_eq!((ended.kind, ended.at), (EndKind::Expired, now - 60_000));
+        assert!(store.expire(now).unwrap().is_empty());
+        assert!(store.get(open).unwrap().unwrap().ended.is_none());
+        let kept = store.get(revoked).unwrap().unwrap().ended.unwrap();
+        assert_eq!(
+            (kept.kind, kept.by.map(|b| b.uid)),
+            (EndKind::Revoked, Some(0))
+        );
+        let next = store.insert(&new_grant(7, 0, 100), 0).unwrap().id;
+        assert_eq!(next, removed + 1, "ids go on after the migration");
+        assert_eq!(
+            store
+                .open_grants(now)
+                .unwrap()
+                .iter()
+                .map(|g| g.id)
+                .collect::<Vec<_>>(),
+            [open]
+        );
     }
 
     #[test]
