@@ -790,6 +790,15 @@ pub fn output(cmd: &mut Command) -> (bool, String, String) {
     )
 }
 
+/// The client port of a daemon-log or audit event (its `client` field);
+/// 0 when it has none.
+pub fn client_port(event: &Value) -> u16 {
+    event["client"]
+        .as_str()
+        .and_then(|c| c.parse::<SocketAddr>().ok())
+        .map_or(0, |a| a.port())
+}
+
 /// The Debian python3 (readable by every uid, unlike a pyenv shim in /root).
 pub const PYTHON: &str = "/usr/bin/python3";
 

@@ -19,7 +19,8 @@ use std::{
 };
 
 use jitproxy_e2e::{
-    listen_port, output, Behaviour, Cgroup, Daemon, Held, Upstream, GRANTS_PORTS, NOBODY, PYTHON,
+    client_port, listen_port, output, Behaviour, Cgroup, Daemon, Held, Upstream, GRANTS_PORTS,
+    NOBODY, PYTHON,
 };
 use serde_json::Value;
 
@@ -58,7 +59,7 @@ impl World {
         format!("http://{}/x", self.api.addr())
     }
 
-    /// curl inside the cgroup as `uid`; true if it got the API's answer.
+    /// curl inside the cgroup as `uid` got the API's answer.
     fn curl_as(&self, uid: u32) -> bool {
         let mut cmd = if uid == 0 {
             self.cgroup.command("curl")
@@ -67,6 +68,42 @@ impl World {
         };
         let (ok, out, _) = output(cmd.args(["-sS", "-m", "5", &self.url()]));
         ok && out.contains("hello from upstream")
+    }
+
+    /// A probe inside the cgroup as `uid` is refused: see [`World::refused`].
+    fn assert_refused(&self, uid: u32, code: &str) -> Value {
+        let mut cmd = if uid == 0 {
+            self.cgroup.command(PYTHON)
+        } else {
+            self.cgroup.command_as(uid, uid, PYTHON)
+        };
+        self.refused(|| Probe::run(&mut cmd, self.api.addr()), uid, code)
+    }
+
+    /// Runs `probe` (as `uid`) and asserts that the proxy refused it: its
+    /// connection reset (not a timeout, not an empty answer), nothing
+    /// reaching the API meanwhile, and the refusal recorded for that very
+    /// connection with `code` and `uid`. Returns the record.
+    fn refused(&self, probe: impl FnOnce() -> Probe, uid: u32, code: &str) -> Value {
+        let reached_before = self.api.accepted();
+        let probe = probe();
+        assert_eq!(
+            probe.outcome, "reset",
+            "the connection of uid {uid} was not reset by the proxy: {}",
+            probe.text
+        );
+        assert_eq!(
+            self.api.accepted(),
+            reached_before,
+            "the refused connection reached the API"
+        );
+        let record = self.daemon.wait_event("the refusal's record", |e| {
+            (e["event"] == "connection.denied" || e["event"] == "connection.rate_limited")
+                && client_port(e) == probe.port
+        });
+        assert_eq!(record["code"], code, "{record}");
+        assert_eq!(record["uid"], uid, "{record}");
+        record
     }
 
     fn grant(&self, who: &str, duration: &str) -> i64 {
@@ -115,6 +152,56 @@ print(time.time(), n)
             .stderr(Stdio::piped())
             .spawn()
             .expect("start streaming client")
+    }
+}
+
+/// What one probe (a Python client inside the cgroup) saw: the local port
+/// of its connection, and how the exchange ended.
+struct Probe {
+    port: u16,
+    /// `reset`, `answered`, `closed` (an empty answer) or `timeout`.
+    outcome: String,
+    text: String,
+}
+
+/// Connects to the API, prints its local port, sends one request, and says
+/// how that ended.
+/// The port is bound first: a reset can already come out of `connect`.
+const PROBE_PY: &str = r#"
+import socket, sys
+s = socket.socket()
+s.settimeout(5)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    s.sendall(b"GET /x HTTP/1.0\r\n\r\n")
+    print("answered" if s.recv(4096) else "closed")
+except (ConnectionResetError, BrokenPipeError):
+    print("reset")
+except socket.timeout:
+    print("timeout")
+"#;
+
+impl Probe {
+    /// Runs `cmd`, a command that ends in `python3 -c SCRIPT`'s place: the
+    /// probe's script and its arguments are appended.
+    fn run(cmd: &mut Command, api: SocketAddr) -> Self {
+        let (_, out, err) = output(cmd.args([
+            "-c",
+            PROBE_PY,
+            &api.ip().to_string(),
+            &api.port().to_string(),
+        ]));
+        let mut lines = out.lines();
+        Self {
+            port: lines
+                .next()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0),
+            outcome: lines.next().unwrap_or("").to_owned(),
+            text: format!("{out}{err}"),
+        }
     }
 }
 
@@ -177,13 +264,8 @@ fn wait_live(w: &World, n: usize) {
 #[test]
 fn without_a_grant_refused_with_a_reason_then_granted_works() {
     let w = World::new(1, "nogrant", Behaviour::Http, "");
-    assert!(!w.curl_as(NOBODY), "reached the API without a grant");
+    w.assert_refused(NOBODY, "no_grant");
     assert_eq!(w.api.accepted(), 0, "something reached the API");
-    let denied = w
-        .daemon
-        .wait_event("denied", |e| e["event"] == "connection.denied");
-    assert_eq!(denied["code"], "no_grant");
-    assert_eq!(denied["uid"], NOBODY);
 
     let (code, out, err) = w.daemon.client_as(NOBODY, NOBODY, None, &["why"]);
     assert_eq!(code, 0, "{err}");
@@ -205,7 +287,7 @@ fn without_a_grant_refused_with_a_reason_then_granted_works() {
     assert_eq!(allowed["grant_id"], id);
     assert_eq!(allowed["reason"], "INC-42");
     // Root has no grant of its own: still refused.
-    assert!(!w.curl_as(0), "root passed without a grant");
+    w.assert_refused(0, "no_grant");
 }
 
 #[test]
@@ -232,7 +314,7 @@ fn a_long_transfer_is_cut_when_its_grant_expires() {
     w.daemon
         .wait_event("grant.expired", |e| e["event"] == "grant.expired");
     // And new connections are refused at once.
-    assert!(!w.curl_as(NOBODY));
+    w.assert_refused(NOBODY, "no_grant");
 }
 
 #[test]
@@ -249,7 +331,7 @@ fn revoke_and_drop_cut_live_connections() {
     w.daemon.client(&["revoke", &id.to_string()]);
     let (at, _) = ended(client, Duration::from_secs(5));
     assert!(cut_delay("revoke", revoked_at, at) < 1.5);
-    assert!(!w.curl_as(NOBODY), "refused at once after revoke");
+    w.assert_refused(NOBODY, "no_grant");
 
     // drop: nobody gives their own access back.
     w.grant("nobody", "1h");
@@ -263,7 +345,7 @@ fn revoke_and_drop_cut_live_connections() {
     assert!(out.contains("dropped"), "{out}");
     let (at, _) = ended(client, Duration::from_secs(5));
     assert!(cut_delay("drop", dropped_at, at) < 1.5);
-    assert!(!w.curl_as(NOBODY));
+    w.assert_refused(NOBODY, "no_grant");
     let grants = w.daemon.client(&["grants", "--all", "--json"]);
     assert!(grants.contains("\"state\":\"revoked\""), "{grants}");
     assert!(grants.contains("\"state\":\"dropped\""), "{grants}");
@@ -307,30 +389,29 @@ fn a_non_approver_cannot_grant_and_nothing_changes() {
         .daemon
         .client_as(NOBODY, NOBODY, None, &["grants", "--all"]);
     assert_eq!(code, 4, "{err}");
-    assert!(!w.curl_as(NOBODY));
+    w.assert_refused(NOBODY, "no_grant");
 }
 
 #[test]
 fn a_caller_under_sudo_is_matched_by_login_uid() {
     let w = World::new(6, "sudo", Behaviour::Http, "");
     // "alice" (uid 4243) logged in, then `sudo` to root: login uid 4243, uid 0.
-    let sudo_curl = || {
+    let sudo = || {
         let mut cmd = w.cgroup.command("sh");
         cmd.args([
             "-c",
-            &format!(
-                "echo 4243 > /proc/self/loginuid && exec curl -sS -m 5 {}",
-                w.url()
-            ),
+            &format!(r#"echo 4243 > /proc/self/loginuid && exec {PYTHON} "$@""#),
+            "sh",
         ]);
-        let (ok, out, _) = output(&mut cmd);
-        ok && out.contains("hello from upstream")
+        Probe::run(&mut cmd, w.api.addr())
     };
     w.grant("root", "1h");
-    assert!(!sudo_curl(), "root's grant let a sudoer through");
+    // root's grant does not let a sudoer through.
+    let denied = w.refused(sudo, 0, "no_grant");
+    assert_eq!(denied["login_uid"], 4243, "{denied}");
     w.grant("4243", "1h");
     assert!(
-        sudo_curl(),
+        sudo().outcome == "answered",
         "the human's grant did not match:\n{}",
         w.daemon.log_text()
     );
@@ -478,10 +559,8 @@ fn grants_survive_restart_and_kill9_but_expired_ones_are_not_honoured() {
         "grant lost over kill -9:\n{}",
         w.daemon.log_text()
     );
-    assert!(
-        !w.curl_as(4244),
-        "a grant that expired while the daemon was down was honoured"
-    );
+    // A grant that expired while the daemon was down is not honoured.
+    w.assert_refused(4244, "no_grant");
 }
 
 #[test]
@@ -492,7 +571,7 @@ fn rate_and_concurrency_limits_hold() {
     for i in 0..3 {
         assert!(w.curl_as(NOBODY), "connection {i} within the burst refused");
     }
-    assert!(!w.curl_as(NOBODY), "the burst+1th connection passed");
+    w.assert_refused(NOBODY, "rate_limited");
     let (_, out, _) = w.daemon.client_as(NOBODY, NOBODY, None, &["why"]);
     assert!(out.contains("rate limited"), "{out}");
 

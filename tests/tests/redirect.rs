@@ -16,7 +16,7 @@ use std::{
 };
 
 use jitproxy_e2e::{
-    output, Behaviour, Cgroup, Daemon, Held, Upstream, NOBODY, PYTHON, REDIRECT_PORTS,
+    client_port, output, Behaviour, Cgroup, Daemon, Held, Upstream, NOBODY, PYTHON, REDIRECT_PORTS,
 };
 use serde_json::Value;
 
@@ -108,17 +108,6 @@ fn curl(cmd: &mut Command, url: &str) -> (bool, String, u16) {
         if ok { body.to_owned() } else { err },
         port.trim().parse().unwrap_or(0),
     )
-}
-
-fn field<'a>(event: &'a Value, key: &str) -> &'a Value {
-    &event[key]
-}
-
-fn client_port(event: &Value) -> u16 {
-    field(event, "client")
-        .as_str()
-        .and_then(|c| c.parse::<SocketAddr>().ok())
-        .map_or(0, |a| a.port())
 }
 
 #[test]
@@ -368,13 +357,17 @@ fn a_connection_without_a_kernel_record_is_refused() {
         .unwrap();
     let mut buf = [0u8; 16];
     let read = std::io::Read::read(&mut &direct, &mut buf);
+    // A reset: not an answer, not a clean close, not a timeout.
     assert!(
-        matches!(read, Ok(0) | Err(_)),
-        "proxy answered a connection it had no record of"
+        read.as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "the proxy did not reset a connection it had no record of: {read:?}"
     );
-    let event = w
-        .daemon
-        .wait_event("denied", |e| e["event"] == "connection.denied");
+    let port = direct.local_addr().unwrap().port();
+    let event = w.daemon.wait_event("denied", |e| {
+        e["event"] == "connection.denied" && client_port(e) == port
+    });
+    assert_eq!(event["code"], "no_record", "{event}");
     assert_eq!(
         event["reason"],
         "no kernel record for this connection: it did not come through the redirect, or its client closed before the proxy accepted it"
