@@ -23,7 +23,7 @@ use serde_json::Value;
 /// One test's world: a cgroup, a stand-in API, and jitproxy watching them.
 struct World {
     api: Upstream,
-    api6: Option<Upstream>,
+    api6: Upstream,
     daemon: Daemon,
     cgroup: Cgroup,
 }
@@ -78,7 +78,7 @@ impl World {
         grantees: &[&str],
     ) -> Self {
         let api = Upstream::start(api_addr(index), behaviour).expect("stand-in API");
-        let api6 = Upstream::start(api6_addr(index), behaviour).ok();
+        let api6 = Upstream::start(api6_addr(index), behaviour).expect("IPv6 stand-in API on ::1");
         let cgroup = Cgroup::create(name).expect("test cgroup");
         let daemon = Daemon::start(&cgroup, Some(config)).expect("daemon starts");
         for &who in grantees {
@@ -166,7 +166,7 @@ fn curl_pid_is_recorded() {
 #[test]
 fn ipv6_target_is_redirected() {
     let w = World::new(3, "ipv6", Behaviour::Http);
-    let api6 = w.api6.as_ref().expect("IPv6 stand-in API on ::1");
+    let api6 = &w.api6;
     let url = format!("http://{}/v6", api6.addr());
     let (ok, body, port) = curl(&mut w.cgroup.command("curl"), &url);
     assert!(ok, "curl over IPv6 failed: {body}");
@@ -291,25 +291,37 @@ fn non_targets_and_processes_outside_the_cgroup_are_untouched() {
     let w = World::new(6, "untouched", Behaviour::Http);
     // Same address, other port: not a target.
     let other = Upstream::start(SocketAddr::new(w.api.addr().ip(), 8081), Behaviour::Http).unwrap();
-    let (ok, body, _) = curl(
+    let (ok, body, other_port) = curl(
         &mut w.cgroup.command("curl"),
         &format!("http://{}/other", other.addr()),
     );
     assert!(ok, "{body}");
     // The target, from a process outside the watched cgroup.
-    let (ok, body, _) = curl(&mut Command::new("curl"), &w.url("/outside"));
+    let (ok, body, outside_port) = curl(&mut Command::new("curl"), &w.url("/outside"));
     assert!(ok, "{body}");
     assert_eq!(body.trim(), "hello from upstream path=/outside");
-    // Give the daemon a moment to log anything it wrongly saw.
-    thread::sleep(Duration::from_millis(200));
-    assert!(
-        w.daemon.events_of("connection.allowed").is_empty(),
+    // Both went direct: the peer each upstream saw is the client itself.
+    assert_eq!(
+        other.peers().iter().map(|p| p.port()).collect::<Vec<_>>(),
+        [other_port]
+    );
+    assert_eq!(
+        w.api.peers().iter().map(|p| p.port()).collect::<Vec<_>>(),
+        [outside_port]
+    );
+    // A redirected connection after them: once the daemon has recorded
+    // it, it has recorded anything it saw before, and that is nothing else.
+    let (ok, body, marker) = curl(&mut w.cgroup.command("curl"), &w.url("/marker"));
+    assert!(ok, "{body}");
+    w.daemon.wait_event("the marker", |e| {
+        e["event"] == "connection.allowed" && client_port(e) == marker
+    });
+    assert_eq!(
+        w.daemon.events_of("connection.allowed").len(),
+        1,
         "the daemon saw connections it should not have:\n{}",
         w.daemon.log_text()
     );
-    // Both went direct: the peer the upstreams saw is the client itself.
-    assert_eq!(other.accepted(), 1);
-    assert_eq!(w.api.accepted(), 1);
 }
 
 #[test]
@@ -392,7 +404,8 @@ fn killed_daemon_fails_closed_and_restart_takes_over() {
     }
     let api_before = w.api.accepted();
     assert_eq!(
-        api_before, 1,
+        (api_before, w.api6.accepted()),
+        (1, 0),
         "a connection went direct while the daemon was down"
     );
 
@@ -621,9 +634,17 @@ print("failures", len(failures), failures[:3])
         ip = api.ip(),
         port = api.port()
     );
+    let redirected = |w: &World| status(w)["kernel"]["redirected"].as_u64().unwrap_or(0);
+    let before = redirected(&w);
     let (ok, out, err) = output(w.cgroup.command(PYTHON).args(["-c", &script]));
     assert!(ok, "{err}");
     assert!(out.starts_with("failures 0"), "{out}");
+    // Each connection was redirected, so each had its record.
+    assert!(
+        redirected(&w) - before >= 100_000,
+        "only {} of 100000 connections were redirected",
+        redirected(&w) - before
+    );
     // Records go when sockets are released; give the daemon time to finish.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -744,7 +765,7 @@ fn unspecified_destinations_are_matched_as_the_address_they_reach() {
         Behaviour::Http,
     )
     .expect("stand-in API on 127.0.0.1");
-    let api6 = w.api6.as_ref().expect("IPv6 stand-in API on ::1").addr();
+    let api6 = w.api6.addr();
     // 0.0.0.0 from a socket bound to the target's address reaches the target.
     let (ok, body, _) = curl(
         w.cgroup
@@ -794,11 +815,7 @@ fn unspecified_destinations_are_matched_as_the_address_they_reach() {
         "the IPv4 target was reached: {:?}",
         w.api.paths()
     );
-    assert_eq!(
-        w.api6.as_ref().map(Upstream::accepted),
-        Some(0),
-        "the IPv6 target was reached"
-    );
+    assert_eq!(w.api6.accepted(), 0, "the IPv6 target was reached");
     // Each went to the proxy, and was refused as the address it would have reached.
     for dst in [
         api.to_string(),
