@@ -12,6 +12,40 @@ pub fn now_ms() -> UnixMs {
     Timestamp::now().as_millisecond()
 }
 
+/// Where a component reads the time: the wall clock, or (in tests) a clock
+/// that follows Tokio's, so that with `tokio::time::pause` time passes only
+/// when the test advances it.
+#[derive(Debug, Clone, Copy, Default)]
+pub enum Clock {
+    #[default]
+    Wall,
+    /// `at` when Tokio's clock read `origin`.
+    Tokio {
+        at: UnixMs,
+        origin: tokio::time::Instant,
+    },
+}
+
+impl Clock {
+    /// A clock that reads `at` now and then moves with Tokio's.
+    pub fn following_tokio(at: UnixMs) -> Self {
+        Self::Tokio {
+            at,
+            origin: tokio::time::Instant::now(),
+        }
+    }
+
+    pub fn now_ms(&self) -> UnixMs {
+        match self {
+            Self::Wall => now_ms(),
+            Self::Tokio { at, origin } => {
+                let elapsed = i64::try_from(origin.elapsed().as_millis()).unwrap_or(i64::MAX);
+                at.saturating_add(elapsed)
+            }
+        }
+    }
+}
+
 /// A [`UnixMs`] as a timestamp (clamped to the representable range).
 pub fn timestamp(ms: UnixMs) -> Timestamp {
     Timestamp::from_millisecond(ms).unwrap_or(if ms < 0 {

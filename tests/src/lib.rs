@@ -424,6 +424,32 @@ impl Daemon {
             .unwrap_or(Value::Null)
     }
 
+    /// The audit log's records, as `jitproxy audit --json` shows them (as
+    /// root), oldest first.
+    pub fn records(&self) -> Vec<Value> {
+        self.client(&["audit", "--json"])
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit record is JSON"))
+            .collect()
+    }
+
+    /// Waits until the audit log's records satisfy `pred`; returns them.
+    pub fn wait_records(&self, what: &str, pred: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let records = self.records();
+            if pred(&records) {
+                return records;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the audit log did not show {what} within 10 s; it has {} records",
+                records.len()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits until an event matching `pred` is logged.
     pub fn wait_event(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + Duration::from_secs(10);

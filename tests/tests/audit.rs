@@ -37,14 +37,6 @@ fn start(index: u8, name: &str, extra: &str) -> (Upstream, Cgroup, Daemon) {
 }
 
 /// Every audit record, via `jitproxy audit --json` (as root).
-fn records(daemon: &Daemon) -> Vec<Value> {
-    daemon
-        .client(&["audit", "--json"])
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("audit record is JSON"))
-        .collect()
-}
-
 fn curl(cgroup: &Cgroup, uid: u32, url: &str) -> bool {
     let mut cmd = if uid == 0 {
         cgroup.command("curl")
@@ -80,9 +72,10 @@ fn every_connection_leaves_exactly_its_records() {
     assert!(curl(&cgroup, 0, &url));
     assert!(curl(&cgroup, 0, &url));
     assert!(!curl(&cgroup, NOBODY, &url), "nobody has no grant");
-    thread::sleep(Duration::from_millis(300));
-
-    let all = records(&daemon);
+    let all = daemon.wait_records("two closed connections and one refusal", |all| {
+        let count = |kind: &str| all.iter().filter(|r| r["type"] == kind).count();
+        count("connection.closed") == 2 && count("connection.denied") == 1
+    });
     let kinds: Vec<&str> = all.iter().filter_map(|r| r["type"].as_str()).collect();
     for k in ["daemon.started", "config.loaded", "grant.created"] {
         assert!(kinds.contains(&k), "no {k} record: {kinds:?}");
@@ -207,7 +200,8 @@ for i in range(100000):
             Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
         })
         .collect();
-    let allowed_records: Vec<Value> = records(&daemon)
+    let allowed_records: Vec<Value> = daemon
+        .records()
         .into_iter()
         .filter(|r| r["type"] == "connection.allowed")
         .collect();
@@ -452,7 +446,7 @@ fn a_full_disk_closes_access_until_space_returns() {
     }
     let status = daemon.client(&["status"]);
     assert!(!status.contains("FAILING"), "{status}");
-    let all = records(&daemon);
+    let all = daemon.records();
     let denied = all
         .iter()
         .filter(|r| r["code"] == "audit_unavailable")
@@ -528,7 +522,7 @@ fn every_record_is_copied_to_a_syslog_collector() {
         }
         thread::sleep(Duration::from_millis(50));
     };
-    let local: Vec<Value> = records(&daemon);
+    let local: Vec<Value> = daemon.records();
     for record in local.iter().filter(|r| r["type"] != "daemon.stopped") {
         let seq = record["seq"].as_u64().unwrap();
         let copy = frames
@@ -622,7 +616,8 @@ except OSError:
 
     let deadline = Instant::now() + Duration::from_secs(10);
     let denied = loop {
-        let found = records(&daemon)
+        let found = daemon
+            .records()
             .into_iter()
             .find(|r| r["type"] == "connection.denied");
         if let Some(r) = found {

@@ -22,12 +22,19 @@ use crate::{
     access::{Cover, GrantIndex, Keys},
     config::{Config, Limit},
     host::users::Users,
-    time::now_ms,
+    time::Clock,
 };
 
 /// How often a live connection re-checks its cover even when nothing
 /// changed: bounds the effect of wall-clock jumps on "ends on time".
 const RECHECK: Duration = Duration::from_secs(1);
+
+/// How long a connection whose grant's window has closed waits for the
+/// expiry to be recorded (the expiry task writes `grant.expired`, then
+/// changes the index) before it is cut anyway: so the grant's end comes
+/// before the connection's in the audit log, and the cut is still within
+/// the promised second.
+const END_GRACE: Duration = Duration::from_millis(500);
 
 /// The decision on one connection.
 #[derive(Debug)]
@@ -88,6 +95,7 @@ pub struct Policy {
     limits: Limits,
     /// Per target (by index): its name and connection limits.
     targets: Arc<[(String, Limit)]>,
+    clock: Clock,
 }
 
 impl Policy {
@@ -102,7 +110,15 @@ impl Policy {
             users,
             limits,
             targets,
+            clock: Clock::Wall,
         }
+    }
+
+    /// The same policy, reading the time from `clock`.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// A policy over the grants in `index` and the targets of `config`.
@@ -142,7 +158,7 @@ impl Policy {
             Vec::new()
         };
         let keys = Keys { uid, gids };
-        let Some(cover) = index.cover(&keys, target, now_ms()) else {
+        let Some(cover) = index.cover(&keys, target, self.clock.now_ms()) else {
             return Verdict::Deny(DenyReason::NoGrant {
                 uid,
                 target: target_name.clone(),
@@ -160,17 +176,20 @@ impl Policy {
         }
     }
 
-    /// Resolves when no grant covers `keys` on `target` any more (expiry,
-    /// revoke, drop), at most [`RECHECK`] late.
+    /// Resolves when no grant covers `keys` on `target` any more: at once
+    /// on a revoke or drop (the index changes), and when a window closes by
+    /// time once its expiry is recorded, at most [`END_GRACE`] after the
+    /// window's end (and [`RECHECK`] after a wall-clock jump).
     pub fn access_ends(
         &self,
         keys: Keys,
         target: u32,
     ) -> impl std::future::Future<Output = &'static str> + Send + 'static {
         let mut index = self.index.clone();
+        let clock = self.clock;
         async move {
             loop {
-                let now = now_ms();
+                let now = clock.now_ms();
                 let until = index
                     .borrow_and_update()
                     .cover(&keys, target, now)
@@ -180,14 +199,23 @@ impl Policy {
                 };
                 let wait =
                     Duration::from_millis(u64::try_from(until - now).unwrap_or(0)).min(RECHECK);
-                tokio::select! {
-                    () = tokio::time::sleep(wait) => {}
-                    changed = index.changed() => {
-                        if changed.is_err() {
-                            // The grant service is gone: the daemon is stopping.
-                            return "daemon shutdown";
+                let changed = tokio::select! {
+                    () = tokio::time::sleep(wait) => {
+                        if clock.now_ms() < until {
+                            continue;
+                        }
+                        // The window closed: give the expiry task its
+                        // moment to record it first.
+                        match tokio::time::timeout(END_GRACE, index.changed()).await {
+                            Ok(changed) => changed,
+                            Err(_) => Ok(()),
                         }
                     }
+                    changed = index.changed() => changed,
+                };
+                if changed.is_err() {
+                    // The grant service is gone: the daemon is stopping.
+                    return "daemon shutdown";
                 }
             }
         }
@@ -216,5 +244,124 @@ impl fmt::Display for DenyReason {
                 "the audit log cannot be written, so access is refused ({why})"
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! "Access ends on time", on Tokio's paused clock: time passes only when
+    //! a test advances it, so these assert what happens when, not how fast
+    //! a machine is.
+    use std::pin::pin;
+
+    use super::*;
+    use crate::{
+        access::{Grant, Principal, Subject},
+        time::UnixMs,
+    };
+
+    const T0: UnixMs = 1_800_000_000_000;
+    const ALICE: u32 = 1001;
+
+    fn grant(id: i64, ends_at: UnixMs) -> Grant {
+        Grant {
+            id,
+            subject: Subject::User(ALICE),
+            subject_name: None,
+            target: "api".into(),
+            starts_at: T0 - 1000,
+            ends_at,
+            reason: "INC-1".into(),
+            granted_by: Principal {
+                uid: 0,
+                name: None,
+                login_uid: None,
+            },
+            created_at: T0 - 1000,
+            ended: None,
+            scopes: Vec::new(),
+        }
+    }
+
+    fn index(grants: &[Grant]) -> Arc<GrantIndex> {
+        Arc::new(GrantIndex::build(grants, T0, |t| (t == "api").then_some(0)))
+    }
+
+    /// A policy over `grants` whose clock reads [`T0`] now, and the sender
+    /// the grant service would change the index with.
+    fn policy(grants: &[Grant]) -> (watch::Sender<Arc<GrantIndex>>, Policy) {
+        let (tx, rx) = watch::channel(index(grants));
+        let targets: Arc<[(String, Limit)]> = Arc::from(vec![("api".to_owned(), Limit::default())]);
+        let policy = Policy::new(rx, Users::new(), Limits::new(), targets)
+            .with_clock(Clock::following_tokio(T0));
+        (tx, policy)
+    }
+
+    fn alice() -> Keys {
+        Keys {
+            uid: ALICE,
+            gids: Vec::new(),
+        }
+    }
+
+    /// Polls `fut` once: its output if it is ready.
+    async fn ready<F: std::future::Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+        tokio::select! {
+            biased;
+            out = fut => Some(out),
+            () = std::future::ready(()) => None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn access_ends_when_the_window_does_once_the_expiry_is_recorded() {
+        let (tx, policy) = policy(&[grant(1, T0 + 5000)]);
+        let mut ends = pin!(policy.access_ends(alice(), 0));
+        tokio::time::advance(Duration::from_millis(4999)).await;
+        assert_eq!(ready(&mut ends).await, None, "cut before the window closed");
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert_eq!(
+            ready(&mut ends).await,
+            None,
+            "cut before the expiry was recorded"
+        );
+        // The expiry task records the end and takes the grant out.
+        tx.send_replace(index(&[]));
+        assert_eq!(ready(&mut ends).await, Some("grant ended"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn access_ends_within_the_grace_if_the_expiry_is_never_recorded() {
+        let (_tx, policy) = policy(&[grant(1, T0 + 5000)]);
+        let mut ends = pin!(policy.access_ends(alice(), 0));
+        assert_eq!(ready(&mut ends).await, None);
+        tokio::time::advance(Duration::from_millis(5000)).await;
+        assert_eq!(ready(&mut ends).await, None, "no grace for the expiry");
+        tokio::time::advance(END_GRACE - Duration::from_millis(1)).await;
+        assert_eq!(ready(&mut ends).await, None);
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert_eq!(ready(&mut ends).await, Some("grant ended"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_revoke_ends_access_at_once_and_a_later_grant_keeps_it() {
+        let (tx, policy) = policy(&[grant(1, T0 + 5000), grant(2, T0 + 60_000)]);
+        let mut ends = pin!(policy.access_ends(alice(), 0));
+        // The first grant's window closes: the second still covers alice.
+        tokio::time::advance(Duration::from_secs(6)).await;
+        tx.send_replace(index(&[grant(2, T0 + 60_000)]));
+        assert_eq!(ready(&mut ends).await, None, "the later grant was ignored");
+        // Revoked: ends now, whatever its window says.
+        tx.send_replace(index(&[]));
+        assert_eq!(ready(&mut ends).await, Some("grant ended"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_grant_service_going_away_is_a_shutdown() {
+        let (tx, policy) = policy(&[grant(1, T0 + 60_000)]);
+        let mut ends = pin!(policy.access_ends(alice(), 0));
+        assert_eq!(ready(&mut ends).await, None);
+        drop(tx);
+        assert_eq!(ready(&mut ends).await, Some("daemon shutdown"));
     }
 }
