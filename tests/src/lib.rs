@@ -131,11 +131,25 @@ impl Cgroup {
 impl Drop for Cgroup {
     fn drop(&mut self) {
         kill_all(&self.path);
-        let _ = fs::remove_dir(&self.path);
+        match fs::remove_dir(&self.path) {
+            Ok(()) => {}
+            // The test removed it itself.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => cleanup_failed(&format!("cannot remove {}: {e}", self.path.display())),
+        }
         if let Some(parent) = self.path.parent() {
             // Fails while sibling tests still have theirs; the last one wins.
             let _ = fs::remove_dir(parent);
         }
+    }
+}
+
+/// A cleanup step failed: the test fails, unless it is failing already (a
+/// second panic while unwinding would abort and hide the first).
+fn cleanup_failed(why: &str) {
+    eprintln!("cleanup: {why}");
+    if !thread::panicking() {
+        panic!("cleanup: {why}");
     }
 }
 
@@ -487,7 +501,12 @@ impl Daemon {
                 .as_str()
                 .context("audit dir in status")?,
         );
-        let _ = self.stop();
+        // A clean stop: a daemon that crashes on SIGTERM fails the test
+        // here rather than passing as a run that crashed.
+        let exit = self.stop()?;
+        if !exit.success() {
+            bail!("the daemon did not stop cleanly on SIGTERM: {exit}");
+        }
         let mut files: Vec<PathBuf> = fs::read_dir(&dir)?
             .filter_map(|e| e.ok().map(|e| e.path()))
             .collect();
@@ -509,6 +528,12 @@ impl Daemon {
                     run.1.entry(conn).or_default().push(kind);
                 }
             }
+        }
+        if runs.last().is_some_and(|(clean, _)| !clean) {
+            bail!(
+                "the daemon stopped cleanly but its last run has no daemon.stopped record (in {})",
+                dir.display()
+            );
         }
         for (i, (clean, conns)) in runs.iter().enumerate() {
             for (conn, kinds) in conns {
@@ -560,9 +585,24 @@ impl Drop for Daemon {
         if let Some(config) = &self.config {
             cmd.arg("--config").arg(config);
         }
-        let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        // A test that removed its cgroup also removed its pins (`uninstall
+        // --stale`) and checked that itself.
+        let uninstall = self
+            .cgroup
+            .exists()
+            .then(|| cmd.stdout(Stdio::null()).stderr(Stdio::piped()).output());
         if let Some(e) = check {
             panic!("audit log check failed: {e:#}");
+        }
+        match uninstall {
+            None => {}
+            Some(Ok(out)) if out.status.success() => {}
+            Some(Ok(out)) => cleanup_failed(&format!(
+                "uninstall of {} failed: {}",
+                self.cgroup.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )),
+            Some(Err(e)) => cleanup_failed(&format!("cannot run uninstall: {e}")),
         }
     }
 }
