@@ -13,7 +13,7 @@ use jitproxy::{
     config::Config,
     host::users::Users,
     store::SqliteStore,
-    time::{now_ms, timestamp, UnixMs},
+    time::{now_ms, timestamp, Clock, UnixMs},
 };
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +70,57 @@ async fn a_grant_that_ended_while_no_daemon_ran_is_recorded_once_at_the_next_sta
     assert_eq!(on_time.len(), 1, "one record per grant: {on_time:?}");
     let detail = on_time[0].event.detail.clone().expect("detail");
     assert_eq!(detail["ended_at"], timestamp(now + 300).to_string());
+    assert_eq!(detail["recorded_late"], false, "{detail}");
+}
+
+/// On Tokio's paused clock (time passes only as the test sleeps): the
+/// expiry task takes a grant out when its window closes, not a virtual
+/// second before, and records that once, on time.
+#[tokio::test(start_paused = true)]
+async fn the_expiry_task_ends_a_grant_when_its_window_closes_not_before() {
+    const T0: UnixMs = 1_800_000_000_000;
+    let state = tempfile::tempdir().expect("temp state dir");
+    let config = Arc::new(test_config(state.path()));
+    let db = config.state_dir.join("grants.db");
+    let id = insert_grant(&db, T0 - 1_000, T0 + 60_000);
+    let audit = AuditLog::open(AuditSettings::for_config(&config)).expect("open the audit log");
+    let store = SqliteStore::open(&db).expect("open the grant store");
+    let access = Access::with_clock(
+        Arc::clone(&config),
+        store,
+        audit.clone(),
+        Users::new(),
+        Clock::following_tokio(T0),
+    )
+    .expect("grant service");
+    let index = access.index();
+    let shutdown = CancellationToken::new();
+    let expiry = tokio::spawn(Arc::clone(&access).run_expiry(shutdown.clone()));
+
+    tokio::time::sleep(Duration::from_secs(59)).await;
+    assert_eq!(
+        index.borrow().len(),
+        1,
+        "taken out before its window closed"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Its end is recorded in the store, then the index is rebuilt: wait
+    // for that (virtual time; bounded).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !index.borrow().is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still in the index after its window closed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    expiry.await.expect("the expiry task ends at shutdown");
+    stop(audit).await;
+    let records = expired_records(&config, id);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let detail = records[0].event.detail.clone().expect("detail");
+    assert_eq!(detail["ended_at"], timestamp(T0 + 60_000).to_string());
     assert_eq!(detail["recorded_late"], false, "{detail}");
 }
 

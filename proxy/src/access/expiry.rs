@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::{end_event, grant_event, Access, EndKind, Grant};
 use crate::{
     audit::Event,
-    time::{self, now_ms, UnixMs},
+    time::{self, UnixMs},
 };
 
 /// How often the expiry task wakes even when no grant is due (catches clock
@@ -66,7 +66,7 @@ impl Access {
     /// The store is written first: a crash between the two loses the record
     /// rather than writing it twice.
     pub async fn record_expiries(&self) -> usize {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let expired = match self.with_store(move |s| s.expire(now)).await {
             Ok(expired) => expired,
             Err(e) => {
@@ -96,7 +96,7 @@ impl Access {
     /// How long until the next open grant's window closes, at most
     /// [`EXPIRY_TICK`].
     async fn until_next_expiry(&self) -> Duration {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let next_end = match self.with_store(move |s| s.open_grants(now)).await {
             Ok(open) => open.iter().map(|g| g.ends_at).min(),
             Err(e) => {

@@ -30,7 +30,7 @@ use crate::{
     audit::{query, AuditLog, Event, EventKind, Record, UserInfo},
     config::Config,
     host::users::{self, Users},
-    time::{self, now_ms, UnixMs},
+    time::{self, Clock, UnixMs},
 };
 use refusals::Refusals;
 
@@ -167,6 +167,7 @@ pub struct Access {
     /// When this service (and so this daemon) started: an expiry before it
     /// happened while no daemon ran, and its record is late.
     started_at: UnixMs,
+    clock: Clock,
     store: Arc<Mutex<Box<dyn GrantStore>>>,
     index: watch::Sender<Arc<GrantIndex>>,
     refusals: Refusals,
@@ -184,12 +185,25 @@ impl Access {
         audit: AuditLog,
         users: Users,
     ) -> Result<Arc<Self>, StoreError> {
-        let now = now_ms();
+        Self::with_clock(config, store, audit, users, Clock::Wall)
+    }
+
+    /// [`Access::new`], reading the time from `clock` (tests: Tokio's
+    /// paused clock).
+    pub fn with_clock(
+        config: Arc<Config>,
+        store: impl GrantStore + 'static,
+        audit: AuditLog,
+        users: Users,
+        clock: Clock,
+    ) -> Result<Arc<Self>, StoreError> {
+        let now = clock.now_ms();
         let index = build_index(&config, &store.open_grants(now)?, now);
         let (tx, _) = watch::channel(Arc::new(index));
         Ok(Arc::new(Self {
             config,
             started_at: now,
+            clock,
             store: Arc::new(Mutex::new(Box::new(store))),
             index: tx,
             refusals: Refusals::default(),
@@ -235,7 +249,7 @@ impl Access {
                 format!("targets: {}", self.target_names()),
             ));
         };
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let starts_at = ask.starts_at.unwrap_or(now).max(now);
         let ends_at = match (ask.ends_at, ask.duration_secs) {
             (Some(end), None) => end,
@@ -294,7 +308,7 @@ impl Access {
     /// Approvers end anyone's grants.
     pub async fn revoke(&self, by: &Requester, ask: RevokeAsk) -> Result<Vec<Grant>, AccessError> {
         self.require_approver(by).await?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let open = self.with_store(move |s| s.open_grants(now)).await?;
         let ids: Vec<i64> = match (&ask.id, &ask.who) {
             (Some(id), None) => {
@@ -332,7 +346,7 @@ impl Access {
         target: Option<String>,
     ) -> Result<Vec<Grant>, AccessError> {
         let me = Subject::User(by.human_uid());
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let open = self.with_store(move |s| s.open_grants(now)).await?;
         let ids = open
             .iter()
@@ -350,7 +364,7 @@ impl Access {
     ) -> Result<Vec<Grant>, AccessError> {
         let by = by.principal(&self.users).await;
         let ending = Ending {
-            at: now_ms(),
+            at: self.clock.now_ms(),
             by: Some(by.clone()),
             kind,
         };
@@ -379,7 +393,7 @@ impl Access {
             self.users.groups(me).await
         };
         let grants = self.with_store(|s| s.all(10_000)).await?;
-        let now = now_ms();
+        let now = self.clock.now_ms();
         Ok(grants
             .into_iter()
             .filter(|g| {
@@ -438,7 +452,7 @@ impl Access {
 
     /// Rebuilds the index from the store and publishes it.
     async fn rebuild(&self) -> Result<(), AccessError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let open = self.with_store(move |s| s.open_grants(now)).await?;
         let index = build_index(&self.config, &open, now);
         self.index.send_replace(Arc::new(index));
