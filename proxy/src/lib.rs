@@ -26,3 +26,20 @@ pub mod kernel;
 pub mod proxy;
 pub mod store;
 pub mod time;
+
+/// Entry points for the fuzz targets in fuzz/ to parsers of untrusted input
+/// that are private to their modules. Not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::{io, path::Path};
+
+    /// The audit log's torn-tail recovery: the bytes cut, the last whole line.
+    pub fn recover_tail(path: &Path) -> io::Result<(u64, Option<Vec<u8>>)> {
+        crate::audit::log::recover_tail(path)
+    }
+
+    /// The audit signing key's loading (or creation): its secret bytes.
+    pub fn load_or_create_key(path: &Path) -> io::Result<[u8; 32]> {
+        crate::audit::log::load_or_create_key(path).map(|key| key.to_bytes())
+    }
+}

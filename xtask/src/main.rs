@@ -42,7 +42,7 @@ enum Command {
     },
     /// Compare jitproxy with a direct connection and HAProxy; print ratios.
     Bench(bench::Options),
-    /// The crate's layering, rustfmt --check and clippy -D warnings.
+    /// The crate's layering, rustfmt --check and clippy -D warnings (also of fuzz/).
     Lint,
 }
 
@@ -73,6 +73,8 @@ fn test(with_lint: bool, e2e_filter: Option<&str>) -> Result<()> {
     })?;
     if with_lint {
         lint()?;
+    } else {
+        fuzz_targets(false)?;
     }
     util::step("unit and unprivileged integration tests");
     util::cargo(&[
@@ -96,6 +98,27 @@ fn test(with_lint: bool, e2e_filter: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// The fuzz targets (fuzz/, a workspace of its own, run with cargo-fuzz on
+/// nightly) are checked against the crate as it is, so that they cannot
+/// rot: rustfmt and clippy `-D warnings` when linting, else a type check;
+/// never run here.
+fn fuzz_targets(with_lint: bool) -> Result<()> {
+    util::step("fuzz targets (checked, not run)");
+    let started = std::time::Instant::now();
+    let fuzz_bins = ["--manifest-path", "fuzz/Cargo.toml", "--bins"];
+    if with_lint {
+        util::cargo(&["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"])?;
+        util::cargo(&[&["clippy"], &fuzz_bins[..], &["--", "-D", "warnings"]].concat())?;
+    } else {
+        util::cargo(&[&["check"], &fuzz_bins[..]].concat())?;
+    }
+    eprintln!(
+        "fuzz targets checked in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 fn lint() -> Result<()> {
     util::step("layering of the jitproxy crate");
     layers::enforce(&util::workspace_root().join("proxy/src"))?;
@@ -112,5 +135,6 @@ fn lint() -> Result<()> {
         "--",
         "-D",
         "warnings",
-    ])
+    ])?;
+    fuzz_targets(true)
 }

@@ -64,9 +64,10 @@ pub fn read(dir: &Path, filter: &Filter) -> io::Result<Vec<Record>> {
     let mut out = Vec::new();
     for name in log_files(dir)? {
         let file = fs::File::open(dir.join(&name))?;
-        for line in io::BufReader::new(file).lines() {
+        // Bytes, not text: a line that is not UTF-8 is skipped like any other.
+        for line in io::BufReader::new(file).split(b'\n') {
             let line = line?;
-            if let Ok(record) = serde_json::from_str::<Record>(&line) {
+            if let Ok(record) = serde_json::from_slice::<Record>(&line) {
                 if filter.matches(&record) {
                     out.push(record);
                 }
@@ -108,8 +109,9 @@ pub fn summarize(records: &[Record]) -> Vec<UserSummary> {
             EventKind::ConnectionAllowed => s.connections += 1,
             EventKind::ConnectionDenied | EventKind::ConnectionRateLimited => s.denials += 1,
             EventKind::ConnectionClosed => {
-                s.bytes_up += e.bytes_up.unwrap_or(0);
-                s.bytes_down += e.bytes_down.unwrap_or(0);
+                // Saturating: a record's counts are whatever the file says.
+                s.bytes_up = s.bytes_up.saturating_add(e.bytes_up.unwrap_or(0));
+                s.bytes_down = s.bytes_down.saturating_add(e.bytes_down.unwrap_or(0));
             }
             _ => {}
         }

@@ -294,18 +294,18 @@ fn note_record(log: &mut Log, record: &Record, hash: &str, place: &str) {
 
 /// Checks that `record` follows the one before it.
 fn check_link(report: &mut Report, record: &Record, place: &str, prev_hash: &str, prev_seq: u64) {
-    if record.seq != prev_seq + 1 {
-        let what = if record.seq > prev_seq + 1 {
-            format!(
-                "records seq {}..{} are missing before this one",
-                prev_seq + 1,
+    // Checked: the file may say seq u64::MAX, which nothing can follow.
+    let next = prev_seq.checked_add(1);
+    if next != Some(record.seq) {
+        let what = match next {
+            Some(next) if record.seq > next => format!(
+                "records seq {next}..{} are missing before this one",
                 record.seq - 1
-            )
-        } else {
-            format!(
+            ),
+            _ => format!(
                 "sequence goes back from {prev_seq} to {}: records were inserted, reordered or copied",
                 record.seq
-            )
+            ),
         };
         report.problem(place, what);
     } else if record.prev != prev_hash {
@@ -439,17 +439,22 @@ fn signed_by(cp: &Checkpoint, key: &VerifyingKey) -> bool {
 }
 
 fn read_checkpoints(path: &Path, report: &mut Report) -> io::Result<Vec<CheckpointLine>> {
-    let text = match fs::read_to_string(path) {
-        Ok(t) => t,
+    let data = match fs::read(path) {
+        Ok(data) => data,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(e),
     };
+    // Lines as the writer writes and hashes them: bytes up to each `\n`
+    // (not text, whose `lines` would also drop a `\r` unseen), and, as in
+    // the log, what follows the last one is a torn write.
+    let mut lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+    let torn = lines.pop().is_some_and(|last| !last.is_empty());
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        match serde_json::from_str::<Checkpoint>(line) {
+    for (i, line) in lines.iter().enumerate() {
+        match serde_json::from_slice::<Checkpoint>(line) {
             Ok(checkpoint) => out.push(CheckpointLine {
                 line: i + 1,
-                hash: sha256_hex(line.as_bytes()),
+                hash: sha256_hex(line),
                 checkpoint,
             }),
             Err(e) => report.problem(
@@ -457,6 +462,12 @@ fn read_checkpoints(path: &Path, report: &mut Report) -> io::Result<Vec<Checkpoi
                 format!("checkpoint is not valid ({e}): it was edited"),
             ),
         }
+    }
+    if torn {
+        report.problem(
+            format!("{}:{}", path.display(), lines.len() + 1),
+            "the file ends in the middle of a checkpoint (cut, or still being written)",
+        );
     }
     Ok(out)
 }
@@ -488,8 +499,9 @@ fn load_public_key(
     key
 }
 
+/// Hex digits only: `from_str_radix` alone would also take a `+` sign.
 fn hex_bytes(s: &str) -> Option<Vec<u8>> {
-    if !s.len().is_multiple_of(2) {
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
     (0..s.len())
@@ -750,6 +762,41 @@ mod tests {
             p.what.contains("does not match its signed checkpoint"),
             "{p}"
         );
+    }
+
+    #[tokio::test]
+    async fn checkpoint_edits_below_the_text_show_at_their_line() {
+        let w = written(2).await;
+        let pristine = fs::read(&w.settings.checkpoints).unwrap();
+        let first_problem = |edit: &dyn Fn(&mut Vec<u8>)| {
+            let mut data = pristine.clone();
+            edit(&mut data);
+            fs::write(&w.settings.checkpoints, &data).unwrap();
+            w.first_problem()
+        };
+        // A carriage return before the first newline (`str::lines` drops it).
+        let p = first_problem(&|data| {
+            let newline = data.iter().position(|&b| b == b'\n').unwrap();
+            data.insert(newline, b'\r');
+        });
+        assert!(p.what.contains("the checkpoint before this one"), "{p}");
+        assert!(p.place.ends_with("checkpoints.jsonl:2"), "{p}");
+        // A byte that is not UTF-8: a bad line, not an unreadable file.
+        let p = first_problem(&|data| data.insert(0, 0xff));
+        assert!(p.what.contains("checkpoint is not valid"), "{p}");
+        assert!(p.place.ends_with("checkpoints.jsonl:1"), "{p}");
+        // The last newline cut: a torn write, which the writer would cut.
+        let p = first_problem(&|data| {
+            data.pop();
+        });
+        assert!(p.what.contains("ends in the middle of a checkpoint"), "{p}");
+    }
+
+    #[test]
+    fn hex_is_hex_digits_only() {
+        assert_eq!(hex_bytes("0aFf"), Some(vec![0x0a, 0xff]));
+        assert_eq!(hex_bytes("+a0f"), None);
+        assert_eq!(hex_bytes("0a0"), None);
     }
 
     #[tokio::test]

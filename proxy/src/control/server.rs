@@ -18,7 +18,10 @@ use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{body::Incoming, header, Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::{de::DeserializeOwned, Serialize};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    net::{UnixListener, UnixStream},
+};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -112,25 +115,36 @@ pub async fn serve(
         let (access, status) = (Arc::clone(&access), Arc::clone(&status));
         tokio::spawn(async move {
             let _slot = slot;
-            let service = hyper::service::service_fn(move |req| {
-                let (access, status, peer) =
-                    (Arc::clone(&access), Arc::clone(&status), peer.clone());
-                async move { Ok::<_, Infallible>(handle(req, &peer, &access, &status).await) }
-            });
-            // half_close: a client that shuts its write side after the request
-            // still gets its answer.
-            let conn = hyper::server::conn::http1::Builder::new()
-                .half_close(true)
-                .timer(TokioTimer::new())
-                .header_read_timeout(IDLE_TIMEOUT)
-                .max_buf_size(MAX_BODY.max(8192))
-                .serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "control connection ended with an error"),
-                Err(_) => tracing::debug!("control connection timed out"),
-            }
+            serve_connection(stream, peer, access, status).await;
         });
+    }
+}
+
+/// Serves one control connection from `peer` until it ends or times out:
+/// any byte stream (the daemon's are Unix sockets; the fuzz targets drive it
+/// in memory).
+pub async fn serve_connection(
+    stream: impl AsyncRead + AsyncWrite + Unpin + Send,
+    peer: Peer,
+    access: Arc<Access>,
+    status: StatusFn,
+) {
+    let service = hyper::service::service_fn(move |req| {
+        let (access, status, peer) = (Arc::clone(&access), Arc::clone(&status), peer.clone());
+        async move { Ok::<_, Infallible>(handle(req, &peer, &access, &status).await) }
+    });
+    // half_close: a client that shuts its write side after the request
+    // still gets its answer.
+    let conn = hyper::server::conn::http1::Builder::new()
+        .half_close(true)
+        .timer(TokioTimer::new())
+        .header_read_timeout(IDLE_TIMEOUT)
+        .max_buf_size(MAX_BODY.max(8192))
+        .serve_connection(TokioIo::new(stream), service);
+    match tokio::time::timeout(CONNECTION_TIMEOUT, conn).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "control connection ended with an error"),
+        Err(_) => tracing::debug!("control connection timed out"),
     }
 }
 
