@@ -748,6 +748,20 @@ fn record_counts(w: &World) -> [(u64, u64); 2] {
     [status, (records as u64, tuples as u64)]
 }
 
+/// Waits until the record counts are `before` again (the proxy finishes
+/// the last connections meanwhile: their records go when they close).
+fn wait_counts_back(w: &World, before: [(u64, u64); 2]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while record_counts(w) != before {
+        assert!(
+            Instant::now() < deadline,
+            "records [status, maps] {:?} != {before:?} before",
+            record_counts(w)
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn unspecified_destinations_are_matched_as_the_address_they_reach() {
     // The target also covers 127.0.0.1, where a socket bound to a broadcast
@@ -1003,15 +1017,7 @@ sys.stdin.read()
     // removed its 300 records.
     // The proxy finishes the last connections meanwhile (their records go
     // when they close), so wait for the counts to come back.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while record_counts(&w) != before {
-        assert!(
-            Instant::now() < deadline,
-            "records [status, maps] {:?} != {before:?} before",
-            record_counts(&w)
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_counts_back(&w, before);
     // Each TCP connect was redirected into the proxy, each MPTCP one
     // refused in the kernel: no way around it.
     let kernel = status(&w)["kernel"].clone();
@@ -1379,14 +1385,6 @@ sys.stdin.read()
         "too few connects failed after the hook: {line}"
     );
     eprintln!("connects that failed after the hook: {line}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while record_counts(&w) != before {
-        assert!(
-            Instant::now() < deadline,
-            "records [status, maps] {:?} != {before:?} before",
-            record_counts(&w)
-        );
-        thread::sleep(Duration::from_millis(50));
-    }
+    wait_counts_back(&w, before);
     drop(client);
 }
