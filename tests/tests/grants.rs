@@ -59,24 +59,25 @@ impl World {
         format!("http://{}/x", self.api.addr())
     }
 
+    /// `program` inside the cgroup as `uid` (root as it is).
+    fn command_as(&self, uid: u32, program: &str) -> Command {
+        if uid == 0 {
+            self.cgroup.command(program)
+        } else {
+            self.cgroup.command_as(uid, uid, program)
+        }
+    }
+
     /// curl inside the cgroup as `uid` got the API's answer.
     fn curl_as(&self, uid: u32) -> bool {
-        let mut cmd = if uid == 0 {
-            self.cgroup.command("curl")
-        } else {
-            self.cgroup.command_as(uid, uid, "curl")
-        };
+        let mut cmd = self.command_as(uid, "curl");
         let (ok, out, _) = output(cmd.args(["-sS", "-m", "5", &self.url()]));
         ok && out.contains("hello from upstream")
     }
 
     /// A probe inside the cgroup as `uid` is refused: see [`World::refused`].
     fn assert_refused(&self, uid: u32, code: &str) -> Value {
-        let mut cmd = if uid == 0 {
-            self.cgroup.command(PYTHON)
-        } else {
-            self.cgroup.command_as(uid, uid, PYTHON)
-        };
+        let mut cmd = self.command_as(uid, PYTHON);
         self.refused(|| Probe::run(&mut cmd, self.api.addr()), uid, code)
     }
 
@@ -142,11 +143,7 @@ print(time.time(), n)
             ip = self.api.addr().ip(),
             port = self.api.addr().port()
         );
-        let mut cmd = if uid == 0 {
-            self.cgroup.command(PYTHON)
-        } else {
-            self.cgroup.command_as(uid, uid, PYTHON)
-        };
+        let mut cmd = self.command_as(uid, PYTHON);
         cmd.args(["-c", &script])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

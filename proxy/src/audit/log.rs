@@ -711,13 +711,16 @@ fn last_checkpoint_hash(path: &Path) -> io::Result<String> {
 /// The last record of a log file: its sequence number and hash.
 fn last_record(path: &Path) -> Option<(u64, String)> {
     let data = fs::read(path).ok()?;
-    let line = data
-        .strip_suffix(b"\n")?
-        .rsplit(|&b| b == b'\n')
-        .next()
-        .filter(|l| !l.is_empty())?;
+    let line = last_whole_line(&data)?;
     let record: Record = serde_json::from_slice(line).ok()?;
     Some((record.seq, sha256_hex(line)))
+}
+
+/// The last line of `data` that ends in a newline (without it); `None` if
+/// there is none or it is empty.
+fn last_whole_line(data: &[u8]) -> Option<&[u8]> {
+    let whole = &data[..data.iter().rposition(|&b| b == b'\n')?];
+    Some(whole.rsplit(|&b| b == b'\n').next().unwrap_or(whole)).filter(|l| !l.is_empty())
 }
 
 /// One record line (no newline). Serialized from borrowed parts: the same
@@ -788,12 +791,7 @@ pub(crate) fn recover_tail(path: &Path) -> io::Result<(u64, Option<Vec<u8>>)> {
         file.set_len(keep as u64)?;
         file.sync_data()?;
     }
-    let whole = &data[..keep];
-    let last = whole
-        .strip_suffix(b"\n")
-        .map(|w| w.rsplit(|&b| b == b'\n').next().unwrap_or(w).to_vec())
-        .filter(|l| !l.is_empty());
-    Ok((cut, last))
+    Ok((cut, last_whole_line(&data).map(<[u8]>::to_vec)))
 }
 
 /// Loads the signing key, or creates one (0600) with its public half beside it.
