@@ -3,7 +3,10 @@
 //! name, uid, or group, from the user database.
 
 use super::{Access, AccessError, Requester};
-use crate::{config::Approver, host::users};
+use crate::{
+    config::{Approver, Target},
+    host::users,
+};
 
 impl Access {
     pub(super) async fn is_approver(&self, by: &Requester) -> bool {
@@ -30,6 +33,25 @@ impl Access {
         ))
     }
 
+    /// Root, or an approver of `target` (its own `approvers`, else the
+    /// top-level ones).
+    pub(super) async fn require_target_approver(
+        &self,
+        by: &Requester,
+        target: &Target,
+    ) -> Result<(), AccessError> {
+        if is_member(by, self.config.approvers_of(target)).await {
+            return Ok(());
+        }
+        Err(AccessError::forbidden(
+            format!(
+                "uid {} may not grant or approve access to `{}`",
+                by.uid, target.name
+            ),
+            format!("ask one of: {}", self.approvers_for(target).join(", ")),
+        ))
+    }
+
     pub(super) async fn require_auditor(&self, by: &Requester) -> Result<(), AccessError> {
         if is_member(by, &self.config.audit.auditors).await {
             return Ok(());
@@ -44,11 +66,13 @@ impl Access {
 /// Whether `by` is root or in `list` (by user name, uid, or group). Decided
 /// by the uid the kernel vouches for, never by the login uid, and looked up
 /// afresh each time (no cache), so a removed approver loses the right at once.
-async fn is_member(by: &Requester, list: &[Approver]) -> bool {
-    let uid = by.uid;
-    if uid == 0 {
-        return true;
-    }
+pub(super) async fn is_member(by: &Requester, list: &[Approver]) -> bool {
+    by.uid == 0 || is_member_uid(by.uid, list).await
+}
+
+/// Whether `uid` is in `list` (by user name, uid, or group); root only if
+/// the list names it.
+pub(super) async fn is_member_uid(uid: u32, list: &[Approver]) -> bool {
     if list.is_empty() {
         return false;
     }

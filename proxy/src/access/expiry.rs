@@ -45,6 +45,7 @@ impl Access {
     pub async fn run_expiry(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             self.record_expiries().await;
+            self.record_request_expiries().await;
             let next = self.until_next_expiry().await;
             let mut changed = self.index.subscribe();
             tokio::select! {
@@ -150,6 +151,7 @@ mod tests {
                 kind: EndKind::Expired,
             }),
             scopes: Vec::new(),
+            request_id: None,
         }
     }
 

@@ -161,6 +161,7 @@ mod tests {
             created_at: 0,
             ended: None,
             scopes: Vec::new(),
+            request_id: None,
         }
     }
 

@@ -10,7 +10,9 @@ mod authz;
 mod expiry;
 pub mod index;
 pub mod model;
+pub mod notice;
 mod refusals;
+mod requests;
 pub mod store;
 
 use std::{
@@ -22,13 +24,20 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 pub use index::{Cover, GrantIndex, Keys};
-pub use model::{EndKind, Ending, Grant, GrantState, Principal, Scope, Subject};
+pub use model::{
+    AccessRequest, Approval, EndKind, Ending, Grant, GrantState, Outcome, Principal, RequestKind,
+    RequestState, Scope, Subject,
+};
 pub use refusals::{Refusal, Why};
-pub use store::{GrantStore, NewGrant, StoreError};
+pub use requests::{ApproveAsk, Decided, RequestAsk};
+pub use store::{
+    AccessStore, Approved, Delivery, GrantStore, NewGrant, NewRequest, Outbox, RequestStore,
+    Route, StoreError,
+};
 
 use crate::{
     audit::{query, AuditLog, Event, EventKind, Record, UserInfo},
-    config::Config,
+    config::{self, Config},
     host::users::{self, Users},
     time::{self, Clock, UnixMs},
 };
@@ -168,7 +177,7 @@ pub struct Access {
     /// happened while no daemon ran, and its record is late.
     started_at: UnixMs,
     clock: Clock,
-    store: Arc<Mutex<Box<dyn GrantStore>>>,
+    store: Arc<Mutex<Box<dyn AccessStore>>>,
     index: watch::Sender<Arc<GrantIndex>>,
     refusals: Refusals,
     audit: AuditLog,
@@ -181,7 +190,7 @@ impl Access {
     /// honoured (their expiry is recorded by [`Access::record_expiries`]).
     pub fn new(
         config: Arc<Config>,
-        store: impl GrantStore + 'static,
+        store: impl AccessStore + 'static,
         audit: AuditLog,
         users: Users,
     ) -> Result<Arc<Self>, StoreError> {
@@ -192,12 +201,22 @@ impl Access {
     /// paused clock).
     pub fn with_clock(
         config: Arc<Config>,
-        store: impl GrantStore + 'static,
+        mut store: impl AccessStore + 'static,
         audit: AuditLog,
         users: Users,
         clock: Clock,
     ) -> Result<Arc<Self>, StoreError> {
         let now = clock.now_ms();
+        store.set_routes(
+            config
+                .notify
+                .iter()
+                .map(|n| Route {
+                    name: n.name.clone(),
+                    events: n.events.clone(),
+                })
+                .collect(),
+        );
         let index = build_index(&config, &store.open_grants(now)?, now);
         let (tx, _) = watch::channel(Arc::new(index));
         Ok(Arc::new(Self {
@@ -227,28 +246,13 @@ impl Access {
         self.index.borrow().len()
     }
 
-    /// Creates a grant (approvers only).
+    /// Creates a grant (approvers of its target only), never for the
+    /// approver themselves: the human behind the caller, or a group they are
+    /// in. They ask with `request` or `break-glass` like everyone else.
     pub async fn grant(&self, by: &Requester, ask: GrantAsk) -> Result<Grant, AccessError> {
-        self.require_approver(by).await?;
-        let reason = ask.reason.trim().to_owned();
-        if reason.is_empty() {
-            return Err(AccessError::invalid(
-                "a reason is required",
-                "give a ticket or a sentence, e.g. --reason INC-1234",
-            ));
-        }
-        if reason.len() > 1024 {
-            return Err(AccessError::invalid(
-                "the reason is longer than 1024 bytes",
-                "shorten it",
-            ));
-        }
-        let Some(target) = self.config.targets.iter().find(|t| t.name == ask.target) else {
-            return Err(AccessError::not_found(
-                format!("no target named `{}`", ask.target),
-                format!("targets: {}", self.target_names()),
-            ));
-        };
+        let target = self.find_target(&ask.target)?;
+        self.require_target_approver(by, target).await?;
+        let reason = requests::check_reason(&ask.reason)?;
         let now = self.clock.now_ms();
         let starts_at = ask.starts_at.unwrap_or(now).max(now);
         let ends_at = match (ask.ends_at, ask.duration_secs) {
@@ -282,6 +286,7 @@ impl Access {
             ));
         }
         let (subject, subject_name) = resolve_subject(&ask.who).await?;
+        self.refuse_self_grant(by, subject, target).await?;
         let granted_by = by.principal(&self.users).await;
         let new = NewGrant {
             subject,
@@ -292,6 +297,7 @@ impl Access {
             reason,
             granted_by: granted_by.clone(),
             scopes: Vec::new(),
+            request_id: None,
         };
         let grant = self
             .with_store(move |store| store.insert(&new, now))
@@ -303,6 +309,37 @@ impl Access {
         ));
         self.rebuild().await?;
         Ok(grant)
+    }
+
+    /// Refuses a grant whose `subject` is the human behind `by` or a group
+    /// they are in.
+    async fn refuse_self_grant(
+        &self,
+        by: &Requester,
+        subject: Subject,
+        target: &config::Target,
+    ) -> Result<(), AccessError> {
+        let human = by.human_uid();
+        let own = match subject {
+            Subject::User(uid) => uid == human,
+            Subject::Group(gid) => self.users.groups(human).await.contains(&gid),
+        };
+        if !own {
+            return Ok(());
+        }
+        Err(AccessError::forbidden(
+            match subject {
+                Subject::User(_) => "nobody may grant access to themselves".to_owned(),
+                Subject::Group(_) => {
+                    "nobody may grant access to a group they belong to".to_owned()
+                }
+            },
+            format!(
+                "ask for it: jitproxy request {0} --for 1h --reason \"...\" (approved by {1}), or in an emergency: jitproxy break-glass {0} --reason \"...\"",
+                target.name,
+                self.approvers_for(target).join(", ")
+            ),
+        ))
     }
 
     /// Approvers end anyone's grants.
@@ -462,7 +499,7 @@ impl Access {
     /// Runs `f` on the store, off the runtime (store calls block on disk).
     async fn with_store<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut dyn GrantStore) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut dyn AccessStore) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, AccessError> {
         let store = Arc::clone(&self.store);
         tokio::task::spawn_blocking(move || {
@@ -500,6 +537,9 @@ fn grant_event(kind: EventKind, grant: &Grant, by: Option<&Principal>) -> Event 
     });
     if let Some(by) = by {
         detail["by"] = serde_json::json!(by);
+    }
+    if let Some(request_id) = grant.request_id {
+        detail["request_id"] = serde_json::json!(request_id);
     }
     event.detail = Some(detail);
     event

@@ -61,6 +61,8 @@ pub struct Grant {
     /// Per-request scopes (HTTP methods and paths); none means every
     /// request. Not enforced yet.
     pub scopes: Vec<Scope>,
+    /// The access request it was given for, if any (else `jitproxy grant`).
+    pub request_id: Option<i64>,
 }
 
 /// A recorded end: when, by whom, how.
@@ -209,6 +211,137 @@ impl FromStr for Scope {
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}", self.method.as_deref().unwrap_or("*"), self.path)
+    }
+}
+
+/// A request for access (`jitproxy request`), or the record of an
+/// immediate grant that went the same way (auto-approved, break-glass).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessRequest {
+    pub id: i64,
+    /// Who asked, as the kernel vouched for them; the access is for
+    /// [`AccessRequest::human_uid`].
+    pub requester: Principal,
+    pub target: String,
+    /// How long the grant should last, from when it is given.
+    pub duration_ms: i64,
+    pub reason: String,
+    pub kind: RequestKind,
+    pub created_at: UnixMs,
+    /// A request still pending then expires.
+    pub expires_at: UnixMs,
+    /// Distinct approvals needed before the grant exists.
+    pub needed: u32,
+    /// Approvals so far, oldest first.
+    pub approvals: Vec<Approval>,
+    /// How it was decided, once it was.
+    pub outcome: Option<Outcome>,
+}
+
+/// One approver's yes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    pub by: Principal,
+    pub at: UnixMs,
+    pub reason: Option<String>,
+}
+
+/// How a request came to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// Asked for, and approved by people.
+    Asked,
+    /// Granted at once by an `auto_approve` rule.
+    AutoApproved,
+    /// Taken at once in an emergency (`jitproxy break-glass`).
+    BreakGlass,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Its grant exists.
+    Granted { at: UnixMs, grant_id: i64 },
+    Denied {
+        at: UnixMs,
+        by: Principal,
+        reason: String,
+    },
+    /// Nobody decided it in time.
+    Expired { at: UnixMs },
+}
+
+/// Where a request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestState {
+    Pending,
+    Approved,
+    Denied,
+    Expired,
+}
+
+impl AccessRequest {
+    /// The human the access is for: the same rule as for connections
+    /// ([`crate::access::principal_uid`]).
+    pub fn human_uid(&self) -> u32 {
+        crate::access::principal_uid(self.requester.uid, self.requester.login_uid)
+    }
+
+    /// Its state at `now`: a pending request past its expiry is expired even
+    /// before the expiry task records it.
+    pub fn state(&self, now: UnixMs) -> RequestState {
+        match &self.outcome {
+            Some(Outcome::Granted { .. }) => RequestState::Approved,
+            Some(Outcome::Denied { .. }) => RequestState::Denied,
+            Some(Outcome::Expired { .. }) => RequestState::Expired,
+            None if self.expires_at <= now => RequestState::Expired,
+            None => RequestState::Pending,
+        }
+    }
+
+    /// The grant it led to.
+    pub fn grant_id(&self) -> Option<i64> {
+        match self.outcome {
+            Some(Outcome::Granted { grant_id, .. }) => Some(grant_id),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for RequestState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Denied => "denied",
+            Self::Expired => "expired",
+        })
+    }
+}
+
+impl RequestKind {
+    /// The stable code, as stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Asked => "asked",
+            Self::AutoApproved => "auto_approved",
+            Self::BreakGlass => "break_glass",
+        }
+    }
+}
+
+impl FromStr for RequestKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "asked" => Ok(Self::Asked),
+            "auto_approved" => Ok(Self::AutoApproved),
+            "break_glass" => Ok(Self::BreakGlass),
+            other => Err(format!("unknown request kind `{other}`")),
+        }
     }
 }
 

@@ -5,7 +5,10 @@
 
 use std::error::Error as StdError;
 
-use super::model::{Ending, Grant, Principal, Scope, Subject};
+use super::{
+    model::{AccessRequest, Approval, Ending, Grant, Principal, RequestKind, Scope, Subject},
+    notice::Notice,
+};
 use crate::time::UnixMs;
 
 /// A backend's own error, boxed.
@@ -33,6 +36,10 @@ pub enum StoreError {
     /// honoured: access is refused rather than guessed.
     #[error("grant {id} in the grant database is corrupt ({why}); it is not honoured")]
     Corrupt { id: i64, why: String },
+    /// A stored request that does not read back as one: it cannot be
+    /// decided, and grants nothing.
+    #[error("request {id} in the grant database is corrupt ({why})")]
+    CorruptRequest { id: i64, why: String },
 }
 
 /// A grant to be created.
@@ -46,6 +53,58 @@ pub struct NewGrant {
     pub reason: String,
     pub granted_by: Principal,
     pub scopes: Vec<Scope>,
+    pub request_id: Option<i64>,
+}
+
+/// A request to be stored. `needed` approvals make its grant; an immediate
+/// one (auto-approved, break-glass) is stored with its grant at once.
+#[derive(Debug, Clone)]
+pub struct NewRequest {
+    pub requester: Principal,
+    pub target: String,
+    pub duration_ms: i64,
+    pub reason: String,
+    pub kind: RequestKind,
+    pub expires_at: UnixMs,
+    pub needed: u32,
+}
+
+/// What an approval did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Approved {
+    /// Counted; more approvals are needed.
+    Counted(AccessRequest),
+    /// The last approval needed: the grant exists.
+    Granted(AccessRequest, Grant),
+    /// The request was no longer pending (decided or expired meanwhile).
+    NotPending(AccessRequest),
+    /// This approver (the same human) had approved it already.
+    AlreadyApproved(AccessRequest),
+}
+
+/// Which webhooks get which events: a [`Notice`] is queued once per route
+/// whose `events` name it (empty: all).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub name: String,
+    pub events: Vec<String>,
+}
+
+impl Route {
+    pub fn wants(&self, event: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == event)
+    }
+}
+
+/// A queued notice for one webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub id: i64,
+    pub route: String,
+    /// Stable across retries: the receiver's idempotency key.
+    pub key: String,
+    pub notice: Notice,
+    pub attempts: u32,
 }
 
 /// Where grants are kept, durably: an acknowledged grant survives a crash.
@@ -78,3 +137,75 @@ pub trait GrantStore: Send {
     /// `grant.expired` record one.
     fn expire(&mut self, now: UnixMs) -> Result<Vec<Grant>, StoreError>;
 }
+
+/// Where access requests and their approvals are kept, with the same
+/// guarantees as grants. Each change queues its [`Notice`]s in the
+/// [`Outbox`] in the same transaction.
+pub trait RequestStore: Send {
+    /// Stores a pending request; with `grant`, the request is decided at
+    /// once (auto-approved, break-glass) and the grant stored with it.
+    fn insert_request(
+        &mut self,
+        new: &NewRequest,
+        grant: Option<&NewGrant>,
+        now: UnixMs,
+    ) -> Result<(AccessRequest, Option<Grant>), StoreError>;
+
+    fn get_request(&self, id: i64) -> Result<Option<AccessRequest>, StoreError>;
+
+    /// Requests made since `since`, newest first, at most `limit`.
+    fn requests(&self, since: UnixMs, limit: usize) -> Result<Vec<AccessRequest>, StoreError>;
+
+    /// Adds `approval` (by the human `approver_uid`) to pending request
+    /// `id`; when it is the last one needed, stores `grant` (linked to the
+    /// request). Checked and done in one transaction, so two approvers at
+    /// once cannot both make the grant.
+    fn approve(
+        &mut self,
+        id: i64,
+        approver_uid: u32,
+        approval: &Approval,
+        grant: &NewGrant,
+        now: UnixMs,
+    ) -> Result<Approved, StoreError>;
+
+    /// Denies pending request `id`; `None` if it is not pending.
+    fn deny(
+        &mut self,
+        id: i64,
+        by: &Principal,
+        reason: &str,
+        now: UnixMs,
+    ) -> Result<Option<AccessRequest>, StoreError>;
+
+    /// Marks every pending request whose expiry is past as expired and
+    /// returns them; each is returned once, ever.
+    fn expire_requests(&mut self, now: UnixMs) -> Result<Vec<AccessRequest>, StoreError>;
+}
+
+/// The durable queue of notices for the webhooks: a notice stays until its
+/// webhook took it (at least once, with the same key every time).
+pub trait Outbox: Send {
+    /// Which webhooks future changes queue notices for.
+    fn set_routes(&mut self, routes: Vec<Route>);
+
+    /// Undelivered notices due by `now`, oldest first, at most `limit`.
+    fn due(&self, now: UnixMs, limit: usize) -> Result<Vec<Delivery>, StoreError>;
+
+    /// When the next undelivered notice is due, if any.
+    fn next_due(&self) -> Result<Option<UnixMs>, StoreError>;
+
+    /// Delivery `id` was taken.
+    fn delivered(&mut self, id: i64, now: UnixMs) -> Result<(), StoreError>;
+
+    /// Delivery `id` failed; try again at `retry_at`.
+    fn failed(&mut self, id: i64, retry_at: UnixMs, error: &str) -> Result<(), StoreError>;
+
+    /// Notices not delivered yet.
+    fn undelivered(&self) -> Result<u64, StoreError>;
+}
+
+/// Everything the grant service keeps: grants, requests, and the outbox.
+pub trait AccessStore: GrantStore + RequestStore + Outbox {}
+
+impl<T: GrantStore + RequestStore + Outbox> AccessStore for T {}

@@ -46,13 +46,22 @@ pub enum EventKind {
     /// Retention removed a log file: the log names its last record, so the
     /// chain's new start is accounted for.
     LogRemoved,
+    /// Someone asked for access (`jitproxy request`).
+    RequestCreated,
+    /// An approver said yes (one of the approvals a target may need).
+    RequestApproved,
+    RequestDenied,
+    /// A pending request nobody decided in time.
+    RequestExpired,
+    /// Immediate access taken in an emergency.
+    BreakGlassUsed,
     /// Written by another version; never produced by this one.
     Other(String),
 }
 
 impl EventKind {
     /// Every kind this version writes, for parsing.
-    const KNOWN: [Self; 17] = [
+    const KNOWN: [Self; 22] = [
         Self::GrantCreated,
         Self::GrantRevoked,
         Self::GrantDropped,
@@ -70,6 +79,11 @@ impl EventKind {
         Self::LogRecovered,
         Self::LogCheckpointed,
         Self::LogRemoved,
+        Self::RequestCreated,
+        Self::RequestApproved,
+        Self::RequestDenied,
+        Self::RequestExpired,
+        Self::BreakGlassUsed,
     ];
 
     /// The stable code, as stored.
@@ -92,6 +106,11 @@ impl EventKind {
             Self::LogRecovered => "log.recovered",
             Self::LogCheckpointed => "log.checkpointed",
             Self::LogRemoved => "log.removed",
+            Self::RequestCreated => "request.created",
+            Self::RequestApproved => "request.approved",
+            Self::RequestDenied => "request.denied",
+            Self::RequestExpired => "request.expired",
+            Self::BreakGlassUsed => "break_glass.used",
             Self::Other(code) => code,
         }
     }

@@ -54,6 +54,7 @@ pub fn run(grants: u32, lookups: u32) -> Report {
             created_at: now,
             ended: None,
             scopes: Vec::new(),
+            request_id: None,
         })
         .collect();
     let started = Instant::now();

@@ -51,6 +51,8 @@ pub struct Config {
     pub approvers: Vec<Approver>,
     pub audit: AuditConfig,
     pub targets: Vec<Target>,
+    /// Webhooks told of requests, decisions, break-glass use and grants.
+    pub notify: Vec<Notify>,
 }
 
 /// The `[audit]` table.
@@ -98,6 +100,112 @@ pub struct Target {
     pub max_grant: Duration,
     /// Connection limits per (user, target).
     pub limits: Limit,
+    /// Who may ask for access, who approves it, and how.
+    pub access: AccessPolicy,
+}
+
+/// How access to a target is asked for and given: `jitproxy request`,
+/// `approve`, `deny` and `break-glass`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessPolicy {
+    /// Who may request access; `None`: everyone.
+    pub requesters: Option<Vec<Approver>>,
+    /// Who approves requests and grants access (besides root); `None`: the
+    /// top-level `approvers`.
+    pub approvers: Option<Vec<Approver>>,
+    /// Distinct approvers, none of them the requester, before a grant exists.
+    pub approvals: u32,
+    /// A pending request expires this long after it was made.
+    pub request_ttl: Duration,
+    /// Requests granted at once, without an approver, recorded as such.
+    pub auto_approve: Vec<AutoApprove>,
+    /// Who may take immediate access in an emergency (`jitproxy break-glass`).
+    pub break_glass: Vec<Approver>,
+    /// Longest break-glass grant.
+    pub break_glass_max: Duration,
+}
+
+impl Default for AccessPolicy {
+    fn default() -> Self {
+        Self {
+            requesters: None,
+            approvers: None,
+            approvals: 1,
+            request_ttl: Duration::from_secs(24 * 3600),
+            auto_approve: Vec::new(),
+            break_glass: Vec::new(),
+            break_glass_max: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+/// An `auto_approve` rule: requests by `who` for at most `max` are granted
+/// at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoApprove {
+    pub who: Vec<Approver>,
+    pub max: Duration,
+}
+
+/// A `[[notify]]` webhook.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    /// Names it in logs and status (its URL may hold a secret, so it never
+    /// appears there).
+    pub name: String,
+    pub url: NotifyUrl,
+    pub format: NotifyFormat,
+    /// Event codes it gets; empty: all.
+    pub events: Vec<String>,
+}
+
+/// Where a webhook's URL is: in the config, or in a root-only file (a Slack
+/// webhook URL is a secret).
+#[derive(Clone, PartialEq, Eq)]
+pub enum NotifyUrl {
+    Inline(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for NotifyUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // Never printed: it may carry the webhook's secret.
+            Self::Inline(_) => f.write_str("Inline(..)"),
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+        }
+    }
+}
+
+/// The body a webhook gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotifyFormat {
+    /// Slack incoming-webhook JSON (`text`).
+    Slack,
+    /// jitproxy's own JSON: event, request, grant, who, target, window.
+    Json,
+}
+
+/// Event codes a webhook can get.
+pub const NOTIFY_EVENTS: &[&str] = &[
+    "request.created",
+    "request.approved",
+    "request.denied",
+    "request.expired",
+    "break_glass.used",
+    "grant.created",
+    "grant.ended",
+];
+
+impl Config {
+    /// Who approves requests for `target` (besides root).
+    pub fn approvers_of<'a>(&'a self, target: &'a Target) -> &'a [Approver] {
+        target
+            .access
+            .approvers
+            .as_deref()
+            .unwrap_or(&self.approvers)
+    }
 }
 
 /// Connection limits of a target, per (user, target): new connections per

@@ -43,6 +43,31 @@ pub(super) struct RawConfig {
     pub(super) audit: RawAudit,
     #[serde(default, rename = "target")]
     pub(super) targets: Vec<RawTarget>,
+    #[serde(default, rename = "notify")]
+    pub(super) notify: Vec<Spanned<RawNotify>>,
+}
+
+/// A `[[notify]]` webhook.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawNotify {
+    pub(super) name: Spanned<String>,
+    #[serde(default)]
+    pub(super) url: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) url_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub(super) format: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) events: Vec<Spanned<String>>,
+}
+
+/// An entry of a target's `auto_approve`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAutoApprove {
+    pub(super) who: Vec<Spanned<String>>,
+    pub(super) max: Spanned<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -72,6 +97,20 @@ pub(super) struct RawTarget {
     pub(super) max_grant: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) limits: Option<Spanned<Limit>>,
+    #[serde(default)]
+    pub(super) requesters: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) approvers: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub(super) approvals: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub(super) request_ttl: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) auto_approve: Vec<Spanned<RawAutoApprove>>,
+    #[serde(default)]
+    pub(super) break_glass: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) break_glass_max: Option<Spanned<String>>,
 }
 
 mod defaults {

@@ -13,9 +13,10 @@ use toml::Spanned;
 
 use super::{
     check_listen_port,
-    raw::{line_col, RawAudit, RawConfig, RawTarget},
-    Approver, AuditConfig, Config, ConfigError, HostSpec, Limit, Target, UnprivilegedPorts,
-    MAX_CONNECTIONS_LIMIT,
+    raw::{line_col, RawAudit, RawConfig, RawNotify, RawTarget},
+    AccessPolicy, Approver, AuditConfig, AutoApprove, Config, ConfigError, HostSpec, Limit,
+    Notify, NotifyFormat, NotifyUrl, Target, UnprivilegedPorts, MAX_CONNECTIONS_LIMIT,
+    NOTIFY_EVENTS,
 };
 
 /// Validates a parsed config for a host where `unprivileged` ports may be
@@ -67,6 +68,7 @@ pub(super) fn validate(
     let approvers = errors.principals(&raw.approvers, "approvers")?;
     let audit = audit(&errors, &raw.audit)?;
     let targets = targets(&errors, raw.targets, &defaults)?;
+    let notify = notify(&errors, &raw.notify)?;
     Ok(Config {
         source: file.to_owned(),
         listen_port: raw.listen_port.into_inner(),
@@ -83,7 +85,103 @@ pub(super) fn validate(
         approvers,
         audit,
         targets,
+        notify,
     })
+}
+
+/// Every `[[notify]]` webhook.
+fn notify(errors: &Errors<'_>, raw: &[Spanned<RawNotify>]) -> Result<Vec<Notify>, ConfigError> {
+    let mut names = HashSet::new();
+    raw.iter()
+        .enumerate()
+        .map(|(i, spanned)| {
+            let n = spanned.get_ref();
+            let key = |k: &str| format!("notify[{i}].{k}");
+            let name = n.name.get_ref();
+            if !is_name(name) {
+                return Err(errors.at(
+                    &n.name,
+                    key("name"),
+                    format!("`{name}` is not a valid name; use letters, digits, '-', '_' or '.'"),
+                ));
+            }
+            if !names.insert(name.clone()) {
+                return Err(errors.at(&n.name, key("name"), format!("duplicate notify name `{name}`")));
+            }
+            let url = match (&n.url, &n.url_file) {
+                (Some(url), None) => {
+                    check_webhook_url(url.get_ref()).map_err(|m| errors.at(url, key("url"), m))?;
+                    NotifyUrl::Inline(url.get_ref().clone())
+                }
+                (None, Some(path)) if path.get_ref().is_absolute() => {
+                    NotifyUrl::File(path.get_ref().clone())
+                }
+                (None, Some(path)) => {
+                    return Err(errors.at(path, key("url_file"), "must be an absolute path"))
+                }
+                _ => {
+                    return Err(errors.at(
+                        spanned,
+                        key("url"),
+                        "give exactly one of `url` and `url_file` (a root-only file holding the URL, for a URL that is a secret)",
+                    ))
+                }
+            };
+            let format = match n.format.as_ref().map(|f| f.get_ref().as_str()) {
+                None | Some("json") => NotifyFormat::Json,
+                Some("slack") => NotifyFormat::Slack,
+                Some(other) => {
+                    return Err(errors.at(
+                        n.format.as_ref().unwrap_or(&n.name),
+                        key("format"),
+                        format!("`{other}` is not a format; use \"slack\" or \"json\""),
+                    ))
+                }
+            };
+            let mut events = Vec::new();
+            for (j, event) in n.events.iter().enumerate() {
+                if !NOTIFY_EVENTS.contains(&event.get_ref().as_str()) {
+                    return Err(errors.at(
+                        event,
+                        format!("notify[{i}].events[{j}]"),
+                        format!("`{}` is not an event; use one of {}", event.get_ref(), NOTIFY_EVENTS.join(", ")),
+                    ));
+                }
+                events.push(event.get_ref().clone());
+            }
+            Ok(Notify {
+                name: name.clone(),
+                url,
+                format,
+                events,
+            })
+        })
+        .collect()
+}
+
+/// A webhook URL: `http://` or `https://`, a host, nothing that could
+/// smuggle another request. Also checked when read from a `url_file`.
+pub fn check_webhook_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or("must start with http:// or https://")?;
+    let authority = rest.split('/').next().unwrap_or("");
+    if authority.is_empty() || authority.contains('@') {
+        return Err("needs a host (and no user:password@)".to_owned());
+    }
+    if url.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err("must not hold spaces or control characters".to_owned());
+    }
+    Ok(())
+}
+
+/// Target and webhook names: letters, digits, `-`, `_`, `.`.
+fn is_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
 }
 
 /// `listen_port`: a port, and one that no unprivileged user can bind while
@@ -194,11 +292,7 @@ fn target(
     seen: &mut Seen,
 ) -> Result<Target, ConfigError> {
     let name = raw.name.get_ref();
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-    {
+    if !is_name(name) {
         return Err(errors.at(
             &raw.name,
             format!("target[{i}].name"),
@@ -275,12 +369,86 @@ fn target(
         Some(l) => errors.limit(l, &format!("target[{i}].limits"))?,
         None => defaults.limits,
     };
+    let access = access_policy(errors, i, raw, max_grant)?;
     Ok(Target {
         name: name.clone(),
         hosts,
         ports,
         max_grant,
         limits,
+        access,
+    })
+}
+
+/// A target's request, approval and break-glass keys.
+fn access_policy(
+    errors: &Errors<'_>,
+    i: usize,
+    raw: &RawTarget,
+    max_grant: Duration,
+) -> Result<AccessPolicy, ConfigError> {
+    let key = |k: &str| format!("target[{i}].{k}");
+    let defaults = AccessPolicy::default();
+    let at_most_max_grant = |d: &Spanned<String>, k: &str| -> Result<Duration, ConfigError> {
+        let duration = errors.duration(d, &key(k))?;
+        if duration > max_grant {
+            return Err(errors.at(
+                d,
+                key(k),
+                format!(
+                    "is longer than the target's max_grant ({})",
+                    humantime::format_duration(max_grant)
+                ),
+            ));
+        }
+        Ok(duration)
+    };
+    let requesters = raw
+        .requesters
+        .as_ref()
+        .map(|list| errors.principals(list, &key("requesters")))
+        .transpose()?;
+    let approvers = raw
+        .approvers
+        .as_ref()
+        .map(|list| errors.principals(list, &key("approvers")))
+        .transpose()?;
+    let approvals = match &raw.approvals {
+        Some(n) if !(1..=10).contains(n.get_ref()) => {
+            return Err(errors.at(n, key("approvals"), "must be from 1 to 10"))
+        }
+        Some(n) => *n.get_ref(),
+        None => defaults.approvals,
+    };
+    let request_ttl = match &raw.request_ttl {
+        Some(d) => errors.duration(d, &key("request_ttl"))?,
+        None => defaults.request_ttl,
+    };
+    let mut auto_approve = Vec::new();
+    for (j, rule) in raw.auto_approve.iter().enumerate() {
+        let r = rule.get_ref();
+        let rule_key = format!("auto_approve[{j}]");
+        if r.who.is_empty() {
+            return Err(errors.at(rule, key(&format!("{rule_key}.who")), "needs at least one `user:NAME` or `group:NAME`"));
+        }
+        auto_approve.push(AutoApprove {
+            who: errors.principals(&r.who, &key(&format!("{rule_key}.who")))?,
+            max: at_most_max_grant(&r.max, &format!("{rule_key}.max"))?,
+        });
+    }
+    let break_glass = errors.principals(&raw.break_glass, &key("break_glass"))?;
+    let break_glass_max = match &raw.break_glass_max {
+        Some(d) => at_most_max_grant(d, "break_glass_max")?,
+        None => defaults.break_glass_max.min(max_grant),
+    };
+    Ok(AccessPolicy {
+        requesters,
+        approvers,
+        approvals,
+        request_ttl,
+        auto_approve,
+        break_glass,
+        break_glass_max,
     })
 }
 

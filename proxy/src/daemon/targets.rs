@@ -187,6 +187,7 @@ mod tests {
             ports: ports.to_vec(),
             max_grant: std::time::Duration::from_secs(3600),
             limits: crate::config::Limit::default(),
+            access: crate::config::AccessPolicy::default(),
         }
     }
 

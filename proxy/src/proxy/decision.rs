@@ -280,6 +280,7 @@ mod tests {
             created_at: T0 - 1000,
             ended: None,
             scopes: Vec::new(),
+            request_id: None,
         }
     }
 

@@ -4,13 +4,22 @@
 //!
 //! Rows are read strictly: an unknown subject kind or end kind, or scopes
 //! that do not parse, make the row corrupt, and a corrupt row grants nothing.
+//!
+//! Grants are here; access requests in [`requests`], the webhooks' outbox
+//! in [`outbox`]. Every change queues its notices in the same transaction.
+
+mod outbox;
+mod requests;
 
 use std::path::Path;
 
 use rusqlite::{params, Connection, OptionalExtension as _, Row};
 
 use crate::{
-    access::{EndKind, Ending, Grant, GrantStore, NewGrant, Principal, Scope, StoreError, Subject},
+    access::{
+        notice::Notice, EndKind, Ending, Grant, GrantStore, NewGrant, Principal, Route, Scope,
+        StoreError, Subject,
+    },
     time::UnixMs,
 };
 
@@ -78,6 +87,55 @@ const MIGRATIONS: &[&str] = &[
     UPDATE grants SET ended_at = ends_at, end_kind = 'expired'
      WHERE ended_at IS NULL AND ends_at <= CAST(strftime('%s', 'now') AS INTEGER) * 1000;
 ",
+    // 3: access requests and their approvals; the webhooks' outbox; a grant
+    // names the request it was given for.
+    r"
+    ALTER TABLE grants ADD COLUMN request_id INTEGER;
+    CREATE TABLE requests (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        requester_uid   INTEGER NOT NULL,
+        requester_name  TEXT,
+        requester_login_uid INTEGER,
+        target          TEXT    NOT NULL,
+        duration_ms     INTEGER NOT NULL,
+        reason          TEXT    NOT NULL,
+        kind            TEXT    NOT NULL CHECK (kind IN ('asked', 'auto_approved', 'break_glass')),
+        created_at      INTEGER NOT NULL,
+        expires_at      INTEGER NOT NULL,
+        needed          INTEGER NOT NULL,
+        outcome         TEXT CHECK (outcome IN ('granted', 'denied', 'expired')),
+        decided_at      INTEGER,
+        grant_id        INTEGER REFERENCES grants (id),
+        denied_by_uid   INTEGER,
+        denied_by_name  TEXT,
+        denied_by_login_uid INTEGER,
+        deny_reason     TEXT
+    );
+    CREATE INDEX requests_pending ON requests (expires_at) WHERE outcome IS NULL;
+    CREATE TABLE approvals (
+        request_id      INTEGER NOT NULL REFERENCES requests (id),
+        human_uid       INTEGER NOT NULL,
+        by_uid          INTEGER NOT NULL,
+        by_name         TEXT,
+        by_login_uid    INTEGER,
+        at              INTEGER NOT NULL,
+        reason          TEXT,
+        PRIMARY KEY (request_id, human_uid)
+    );
+    CREATE TABLE outbox (
+        id              INTEGER PRIMARY KEY AUTOINCREMENT,
+        route           TEXT    NOT NULL,
+        body            TEXT    NOT NULL,
+        created_at      INTEGER NOT NULL,
+        attempts        INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        delivered_at    INTEGER,
+        last_error      TEXT
+    );
+    CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE delivered_at IS NULL;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    INSERT INTO meta (key, value) VALUES ('database_id', lower(hex(randomblob(8))));
+",
 ];
 
 impl From<rusqlite::Error> for StoreError {
@@ -90,6 +148,11 @@ impl From<rusqlite::Error> for StoreError {
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Connection,
+    /// Which webhooks changes queue notices for.
+    routes: Vec<Route>,
+    /// Random, made with the database: the first part of every idempotency
+    /// key, so keys of a new database never repeat an old one's.
+    database_id: String,
 }
 
 impl SqliteStore {
@@ -119,8 +182,17 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let mut store = Self { conn };
+        let mut store = Self {
+            conn,
+            routes: Vec::new(),
+            database_id: String::new(),
+        };
         store.migrate()?;
+        store.database_id = store.conn.query_row(
+            "SELECT value FROM meta WHERE key = 'database_id'",
+            [],
+            |r| r.get(0),
+        )?;
         Ok(store)
     }
 
@@ -156,42 +228,16 @@ impl SqliteStore {
 impl GrantStore for SqliteStore {
     /// Stores a new grant and returns it with its id.
     fn insert(&mut self, new: &NewGrant, now: UnixMs) -> Result<Grant, StoreError> {
-        let (kind, id) = new.subject.parts();
-        let scopes: Vec<String> = new.scopes.iter().map(ToString::to_string).collect();
-        self.conn.execute(
-            "INSERT INTO grants (subject_kind, subject_id, subject_name, target, starts_at, ends_at, reason,
-                                 granted_by_uid, granted_by_name, granted_by_login_uid, created_at, scopes)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![
-                kind,
-                id,
-                new.subject_name,
-                new.target,
-                new.starts_at,
-                new.ends_at,
-                new.reason,
-                new.granted_by.uid,
-                new.granted_by.name,
-                new.granted_by.login_uid,
-                now,
-                serde_json::to_string(&scopes).unwrap_or_else(|_| "[]".to_owned()),
-            ],
-        )?;
-        let id = self.conn.last_insert_rowid();
-        self.get(id)?
-            .ok_or_else(|| StoreError::from(rusqlite::Error::QueryReturnedNoRows))
+        let tx = self.conn.transaction()?;
+        let grant = insert_grant(&tx, new, now)?;
+        let notice = Notice::of_grant("grant.created", &grant, Some(&grant.granted_by), now);
+        enqueue(&tx, &self.routes, &[notice], now)?;
+        tx.commit()?;
+        Ok(grant)
     }
 
     fn get(&self, id: i64) -> Result<Option<Grant>, StoreError> {
-        self.conn
-            .query_row(
-                &format!("SELECT {COLUMNS} FROM grants WHERE id = ?1"),
-                [id],
-                read_row,
-            )
-            .optional()?
-            .map(StoredRow::into_grant)
-            .transpose()
+        grant_in(&self.conn, id)
     }
 
     /// Grants whose window has not closed by `now` and that were not ended.
@@ -232,14 +278,18 @@ impl GrantStore for SqliteStore {
                 ],
             )?;
             if changed == 1 {
-                ended.push(id);
+                if let Some(grant) = grant_in(&tx, id)? {
+                    ended.push(grant);
+                }
             }
         }
+        let notices: Vec<Notice> = ended
+            .iter()
+            .map(|g| Notice::of_grant("grant.ended", g, by.as_ref(), *at))
+            .collect();
+        enqueue(&tx, &self.routes, &notices, *at)?;
         tx.commit()?;
-        ended
-            .into_iter()
-            .filter_map(|id| self.get(id).transpose())
-            .collect()
+        Ok(ended)
     }
 
     /// Ends, as expired at their window's end, the grants whose window closed
@@ -256,17 +306,84 @@ impl GrantStore for SqliteStore {
             let rows = stmt.query_map([now], read_row)?;
             usable(rows)?
         };
-        tx.commit()?;
         expired.sort_by_key(|g| g.id);
+        let notices: Vec<Notice> = expired
+            .iter()
+            .map(|g| Notice::of_grant("grant.ended", g, None, g.effective_end()))
+            .collect();
+        enqueue(&tx, &self.routes, &notices, now)?;
+        tx.commit()?;
         Ok(expired)
     }
+}
+
+/// Inserts a grant row in `conn` (a transaction's) and reads it back.
+fn insert_grant(conn: &Connection, new: &NewGrant, now: UnixMs) -> Result<Grant, StoreError> {
+    let (kind, id) = new.subject.parts();
+    let scopes: Vec<String> = new.scopes.iter().map(ToString::to_string).collect();
+    conn.execute(
+        "INSERT INTO grants (subject_kind, subject_id, subject_name, target, starts_at, ends_at, reason,
+                             granted_by_uid, granted_by_name, granted_by_login_uid, created_at, scopes,
+                             request_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+        params![
+            kind,
+            id,
+            new.subject_name,
+            new.target,
+            new.starts_at,
+            new.ends_at,
+            new.reason,
+            new.granted_by.uid,
+            new.granted_by.name,
+            new.granted_by.login_uid,
+            now,
+            serde_json::to_string(&scopes).unwrap_or_else(|_| "[]".to_owned()),
+            new.request_id,
+        ],
+    )?;
+    grant_in(conn, conn.last_insert_rowid())?
+        .ok_or_else(|| StoreError::from(rusqlite::Error::QueryReturnedNoRows))
+}
+
+/// Grant `id` as `conn` sees it.
+fn grant_in(conn: &Connection, id: i64) -> Result<Option<Grant>, StoreError> {
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM grants WHERE id = ?1"),
+        [id],
+        read_row,
+    )
+    .optional()?
+    .map(StoredRow::into_grant)
+    .transpose()
+}
+
+/// Queues `notices` for every route that wants them, in `conn` (the
+/// transaction of the change they tell of).
+fn enqueue(
+    conn: &Connection,
+    routes: &[Route],
+    notices: &[Notice],
+    now: UnixMs,
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO outbox (route, body, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?3)",
+    )?;
+    for notice in notices {
+        let body = serde_json::to_string(notice)
+            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        for route in routes.iter().filter(|r| r.wants(&notice.event)) {
+            stmt.execute(params![route.name, body, now])?;
+        }
+    }
+    Ok(())
 }
 
 /// The columns of a grant row, in the order [`read_row`] reads them.
 const COLUMNS: &str =
     "id, subject_kind, subject_id, subject_name, target, starts_at, ends_at, reason,
     granted_by_uid, granted_by_name, granted_by_login_uid, created_at,
-    ended_at, ended_by_uid, ended_by_name, ended_by_login_uid, end_kind, scopes";
+    ended_at, ended_by_uid, ended_by_name, ended_by_login_uid, end_kind, scopes, request_id";
 
 /// A row as stored, before it is checked.
 struct StoredRow {
@@ -284,6 +401,7 @@ struct StoredRow {
     ended_by: Option<Principal>,
     end_kind: Option<String>,
     scopes: String,
+    request_id: Option<i64>,
 }
 
 fn read_row(row: &Row<'_>) -> rusqlite::Result<StoredRow> {
@@ -314,6 +432,7 @@ fn read_row(row: &Row<'_>) -> rusqlite::Result<StoredRow> {
         ended_by,
         end_kind: row.get(16)?,
         scopes: row.get(17)?,
+        request_id: row.get(18)?,
     })
 }
 
@@ -363,6 +482,7 @@ impl StoredRow {
             created_at: self.created_at,
             ended,
             scopes,
+            request_id: self.request_id,
         })
     }
 }
@@ -426,6 +546,7 @@ mod tests {
             reason: "INC-1".into(),
             granted_by: root(),
             scopes: Vec::new(),
+            request_id: None,
         }
     }
 
