@@ -6,7 +6,7 @@
 //!
 //! - top: [`cmd`] (the command line), [`daemon`] (wiring), [`control`] (the
 //!   control API), [`bench`];
-//! - [`store`]: grant store backends;
+//! - [`store`]: grant store backends; [`notify`]: webhook delivery;
 //! - [`proxy`]: the data path;
 //! - [`access`]: grants and who may do what;
 //! - [`audit`]: the tamper-evident log;
@@ -23,6 +23,7 @@ pub mod control;
 pub mod daemon;
 pub mod host;
 pub mod kernel;
+pub mod notify;
 pub mod proxy;
 pub mod store;
 pub mod time;

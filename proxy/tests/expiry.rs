@@ -157,6 +157,7 @@ fn insert_grant(db: &Path, starts_at: UnixMs, ends_at: UnixMs) -> i64 {
             login_uid: None,
         },
         scopes: Vec::new(),
+        request_id: None,
     };
     store.insert(&new, starts_at).expect("store a grant").id
 }

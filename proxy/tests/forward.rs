@@ -559,6 +559,7 @@ impl RunningProxy {
                             login_uid: None,
                         },
                         scopes: Vec::new(),
+                        request_id: None,
                     },
                     now,
                 )

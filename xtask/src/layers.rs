@@ -24,7 +24,7 @@ const LAYERS: &[&[&str]] = &[
     &["kernel"],
     &["audit"],
     &["access"],
-    &["proxy", "store"],
+    &["proxy", "store", "notify"],
     &["control", "bench"],
     &["daemon"],
     &["cmd"],

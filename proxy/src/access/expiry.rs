@@ -75,6 +75,9 @@ impl Access {
                 return 0;
             }
         };
+        if !expired.is_empty() {
+            self.outbox_wake.notify_one();
+        }
         for grant in &expired {
             let recorded = Recorded::of(grant.effective_end(), self.started_at);
             if recorded == Recorded::Late {

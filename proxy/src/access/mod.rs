@@ -31,8 +31,8 @@ pub use model::{
 pub use refusals::{Refusal, Why};
 pub use requests::{ApproveAsk, Decided, RequestAsk};
 pub use store::{
-    AccessStore, Approved, Delivery, GrantStore, NewGrant, NewRequest, Outbox, RequestStore,
-    Route, StoreError,
+    AccessStore, Approved, Delivery, GrantStore, NewGrant, NewRequest, Outbox, RequestStore, Route,
+    StoreError,
 };
 
 use crate::{
@@ -182,6 +182,8 @@ pub struct Access {
     refusals: Refusals,
     audit: AuditLog,
     users: Users,
+    /// Woken when a change may have queued notices in the outbox.
+    outbox_wake: tokio::sync::Notify,
 }
 
 impl Access {
@@ -228,6 +230,7 @@ impl Access {
             refusals: Refusals::default(),
             audit,
             users,
+            outbox_wake: tokio::sync::Notify::new(),
         }))
     }
 
@@ -302,6 +305,7 @@ impl Access {
         let grant = self
             .with_store(move |store| store.insert(&new, now))
             .await?;
+        self.outbox_wake.notify_one();
         self.audit.record(grant_event(
             EventKind::GrantCreated,
             &grant,
@@ -406,6 +410,7 @@ impl Access {
             kind,
         };
         let ended = self.with_store(move |s| s.end(&ids, &ending)).await?;
+        self.outbox_wake.notify_one();
         for grant in &ended {
             self.audit
                 .record(grant_event(end_event(kind), grant, Some(&by)));
@@ -451,15 +456,33 @@ impl Access {
     }
 
     /// The requester's last refused connection, and who can grant access.
-    pub fn why(&self, by: &Requester) -> Why {
+    /// The requester's last refused connection, who can approve access to
+    /// its target, and whether the requester may ask for it or break glass.
+    pub async fn why(&self, by: &Requester) -> Why {
+        let last_refusal = self.refusals.last_of(&[by.human_uid(), by.uid]);
+        let target = last_refusal
+            .as_ref()
+            .and_then(|r| self.config.targets.iter().find(|t| t.name == r.target));
+        let Some(target) = target else {
+            return Why {
+                last_refusal,
+                approvers: std::iter::once("root".to_owned())
+                    .chain(self.config.approvers.iter().map(ToString::to_string))
+                    .collect(),
+                can_request: true,
+                can_break_glass: false,
+            };
+        };
+        let human = by.human_uid();
         Why {
-            last_refusal: self.refusals.last_of(&[by.human_uid(), by.uid]),
-            approvers: self
-                .config
-                .approvers
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
+            approvers: self.approvers_for(target),
+            can_request: match &target.access.requesters {
+                None => true,
+                Some(list) => human == 0 || authz::is_member_uid(human, list).await,
+            },
+            can_break_glass: human == 0
+                || authz::is_member_uid(human, &target.access.break_glass).await,
+            last_refusal,
         }
     }
 
@@ -477,14 +500,54 @@ impl Access {
             .map_err(|e| AccessError::internal(format!("cannot read the audit log: {e}")))
     }
 
-    /// Per-user totals over the filtered records.
+    /// Break-glass uses, and per-user totals, over the filtered records.
     pub async fn audit_summary(
         &self,
         by: &Requester,
         filter: query::Filter,
-    ) -> Result<Vec<query::UserSummary>, AccessError> {
+    ) -> Result<(Vec<query::BreakGlassUse>, Vec<query::UserSummary>), AccessError> {
         let records = self.audit_query(by, filter).await?;
-        Ok(query::summarize(&records))
+        Ok((
+            query::break_glass_uses(&records),
+            query::summarize(&records),
+        ))
+    }
+
+    /// Undelivered notices due now, oldest first (the webhook task).
+    pub async fn outbox_due(&self, limit: usize) -> Result<Vec<Delivery>, AccessError> {
+        let now = self.clock.now_ms();
+        self.with_store(move |s| s.due(now, limit)).await
+    }
+
+    /// When the next undelivered notice is due.
+    pub async fn outbox_next_due(&self) -> Result<Option<UnixMs>, AccessError> {
+        self.with_store(|s| s.next_due()).await
+    }
+
+    pub async fn outbox_delivered(&self, id: i64) -> Result<(), AccessError> {
+        let now = self.clock.now_ms();
+        self.with_store(move |s| s.delivered(id, now)).await
+    }
+
+    pub async fn outbox_failed(
+        &self,
+        id: i64,
+        retry_at: UnixMs,
+        error: &str,
+    ) -> Result<(), AccessError> {
+        let error = error.to_owned();
+        self.with_store(move |s| s.failed(id, retry_at, &error))
+            .await
+    }
+
+    /// Notices not delivered yet (status).
+    pub async fn outbox_undelivered(&self) -> Result<u64, AccessError> {
+        self.with_store(|s| s.undelivered()).await
+    }
+
+    /// Resolves when a change may have queued notices.
+    pub async fn outbox_changed(&self) {
+        self.outbox_wake.notified().await;
     }
 
     /// Rebuilds the index from the store and publishes it.

@@ -27,8 +27,15 @@ pub struct Refusal {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Why {
     pub last_refusal: Option<Refusal>,
-    /// Who can grant access (from the config), for the hint.
+    /// Who can approve access to the refused target (root, and the
+    /// configured approvers), for the hint.
     pub approvers: Vec<String>,
+    /// Whether the requester may ask for access to it (`jitproxy request`).
+    #[serde(default)]
+    pub can_request: bool,
+    /// Whether the requester may take it in an emergency (`break-glass`).
+    #[serde(default)]
+    pub can_break_glass: bool,
 }
 
 /// The last refusal of each uid.

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::{
     authz::{is_member, is_member_uid},
-    AccessError, AccessRequest, Access, Approval, Approved, Grant, NewGrant, NewRequest,
-    Outcome, Principal, RequestKind, RequestState, Requester, Subject,
+    Access, AccessError, AccessRequest, Approval, Approved, Grant, NewGrant, NewRequest, Outcome,
+    Principal, RequestKind, RequestState, Requester, Subject,
 };
 use crate::{
     audit::{Event, EventKind, UserInfo},
@@ -80,7 +80,9 @@ impl Access {
             .with_store(move |s| s.requests(now - ttl, LIST_LIMIT))
             .await?;
         if let Some(pending) = open.iter().find(|r| {
-            r.human_uid() == human && r.target == target.name && r.state(now) == RequestState::Pending
+            r.human_uid() == human
+                && r.target == target.name
+                && r.state(now) == RequestState::Pending
         }) {
             return Err(AccessError::invalid(
                 format!(
@@ -110,18 +112,25 @@ impl Access {
             needed: target.access.approvals,
         };
         let grant = match auto {
-            true => Some(self.new_grant_for(&new, human, now, duration_ms, &requester).await),
+            true => Some(
+                self.new_grant_for(&new, human, now, duration_ms, &requester)
+                    .await,
+            ),
             false => None,
         };
         let (request, grant) = self
             .with_store(move |s| s.insert_request(&new, grant.as_ref(), now))
             .await?;
-        self.audit.record(request_event(
-            EventKind::RequestCreated,
-            &request,
-            Some(&requester),
-            &self.users,
-        ).await);
+        self.outbox_wake.notify_one();
+        self.audit.record(
+            request_event(
+                EventKind::RequestCreated,
+                &request,
+                Some(&requester),
+                &self.users,
+            )
+            .await,
+        );
         match grant {
             Some(grant) => {
                 self.audit.record(super::grant_event(
@@ -179,11 +188,15 @@ impl Access {
             expires_at: now,
             needed: 0,
         };
-        let grant = self.new_grant_for(&new, human, now, duration_ms, &requester).await;
+        let grant = self
+            .new_grant_for(&new, human, now, duration_ms, &requester)
+            .await;
         let (request, grant) = self
             .with_store(move |s| s.insert_request(&new, Some(&grant), now))
             .await?;
-        let grant = grant.ok_or_else(|| AccessError::internal("the break-glass grant was not stored"))?;
+        self.outbox_wake.notify_one();
+        let grant =
+            grant.ok_or_else(|| AccessError::internal("the break-glass grant was not stored"))?;
         if self.config.notify.is_empty() {
             tracing::warn!(
                 request_id = request.id,
@@ -191,8 +204,13 @@ impl Access {
             );
         }
         tracing::warn!(request_id = request.id, grant_id = grant.id, uid = human, target = %request.target, "BREAK-GLASS access taken");
-        let mut event =
-            request_event(EventKind::BreakGlassUsed, &request, Some(&requester), &self.users).await;
+        let mut event = request_event(
+            EventKind::BreakGlassUsed,
+            &request,
+            Some(&requester),
+            &self.users,
+        )
+        .await;
         event.grant_id = Some(grant.id);
         self.audit.record(event);
         self.audit.record(super::grant_event(
@@ -274,6 +292,7 @@ impl Access {
         let approved = self
             .with_store(move |s| s.approve(id, human, &approval, &grant, now))
             .await?;
+        self.outbox_wake.notify_one();
         let (request, grant) = match approved {
             Approved::Counted(request) => (request, None),
             Approved::Granted(request, grant) => (request, Some(grant)),
@@ -285,8 +304,13 @@ impl Access {
                 ))
             }
         };
-        let mut event =
-            request_event(EventKind::RequestApproved, &request, Some(&approver), &self.users).await;
+        let mut event = request_event(
+            EventKind::RequestApproved,
+            &request,
+            Some(&approver),
+            &self.users,
+        )
+        .await;
         if let Some(d) = event.detail.as_mut() {
             d["approval_reason"] = serde_json::json!(ask.reason);
         }
@@ -323,12 +347,19 @@ impl Access {
         let denied = self
             .with_store(move |s| s.deny(id, &who, &reason, now))
             .await?;
+        self.outbox_wake.notify_one();
         let Some(denied) = denied else {
             let current = self.get_any(id).await?;
             return Err(not_pending(&current, now));
         };
         self.audit.record(
-            request_event(EventKind::RequestDenied, &denied, Some(&denier), &self.users).await,
+            request_event(
+                EventKind::RequestDenied,
+                &denied,
+                Some(&denier),
+                &self.users,
+            )
+            .await,
         );
         Ok(denied)
     }
@@ -362,16 +393,19 @@ impl Access {
             ));
         }
         let ttl = target_ttl_ms(&self.config.targets);
-        let all = self.with_store(move |s| s.requests(now - ttl, LIST_LIMIT)).await?;
+        let all = self
+            .with_store(move |s| s.requests(now - ttl, LIST_LIMIT))
+            .await?;
         Ok(all
             .into_iter()
             .filter(|r| {
                 r.state(now) == RequestState::Pending
                     && decidable.contains(&r.target)
                     && r.human_uid() != human
-                    && !r.approvals.iter().any(|a| {
-                        super::principal_uid(a.by.uid, a.by.login_uid) == human
-                    })
+                    && !r
+                        .approvals
+                        .iter()
+                        .any(|a| super::principal_uid(a.by.uid, a.by.login_uid) == human)
             })
             .collect())
     }
@@ -380,7 +414,12 @@ impl Access {
     pub async fn get_request(&self, by: &Requester, id: i64) -> Result<AccessRequest, AccessError> {
         let request = self.get_any(id).await?;
         let visible = request.human_uid() == by.human_uid()
-            || match self.config.targets.iter().find(|t| t.name == request.target) {
+            || match self
+                .config
+                .targets
+                .iter()
+                .find(|t| t.name == request.target)
+            {
                 Some(target) => is_member(by, self.config.approvers_of(target)).await,
                 None => by.uid == 0,
             };
@@ -394,8 +433,22 @@ impl Access {
     /// configured approvers.
     pub fn approvers_for(&self, target: &Target) -> Vec<String> {
         std::iter::once("root".to_owned())
-            .chain(self.config.approvers_of(target).iter().map(ToString::to_string))
+            .chain(
+                self.config
+                    .approvers_of(target)
+                    .iter()
+                    .map(ToString::to_string),
+            )
             .collect()
+    }
+
+    /// [`Access::approvers_for`] the target named `name` (just root for a
+    /// target no longer in the config).
+    pub fn approvers_of_named(&self, name: &str) -> Vec<String> {
+        match self.config.targets.iter().find(|t| t.name == name) {
+            Some(target) => self.approvers_for(target),
+            None => vec!["root".to_owned()],
+        }
     }
 
     /// Records the expiry of every pending request past its `request_ttl`
@@ -409,6 +462,9 @@ impl Access {
                 return 0;
             }
         };
+        if !expired.is_empty() {
+            self.outbox_wake.notify_one();
+        }
         for request in &expired {
             self.audit
                 .record(request_event(EventKind::RequestExpired, request, None, &self.users).await);

@@ -85,6 +85,12 @@ pub fn read(dir: &Path, filter: &Filter) -> io::Result<Vec<Record>> {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UserSummary {
     pub user: String,
+    /// Emergency grants taken (`break_glass.used`); users with any come
+    /// first.
+    #[serde(default)]
+    pub break_glass: u64,
+    #[serde(default)]
+    pub requests: u64,
     pub grants: u64,
     pub connections: u64,
     pub denials: u64,
@@ -93,7 +99,34 @@ pub struct UserSummary {
     pub targets: BTreeSet<String>,
 }
 
-/// Per-user totals over `records`.
+/// One use of break-glass, for the top of `audit summary`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BreakGlassUse {
+    pub time: Timestamp,
+    pub user: String,
+    pub target: String,
+    pub reason: String,
+    pub grant_id: Option<i64>,
+}
+
+/// Every break-glass use in `records`, oldest first.
+pub fn break_glass_uses(records: &[Record]) -> Vec<BreakGlassUse> {
+    records
+        .iter()
+        .filter(|r| r.event.kind == EventKind::BreakGlassUsed)
+        .map(|r| BreakGlassUse {
+            time: r.time,
+            user: r.event.user.as_ref().map_or_else(String::new, |u| {
+                u.name.clone().unwrap_or_else(|| u.uid.to_string())
+            }),
+            target: r.event.target.clone().unwrap_or_default(),
+            reason: r.event.reason.clone().unwrap_or_default(),
+            grant_id: r.event.grant_id,
+        })
+        .collect()
+}
+
+/// Per-user totals over `records`; users who broke glass first.
 pub fn summarize(records: &[Record]) -> Vec<UserSummary> {
     let mut by_user: BTreeMap<String, UserSummary> = BTreeMap::new();
     for r in records {
@@ -105,6 +138,8 @@ pub fn summarize(records: &[Record]) -> Vec<UserSummary> {
             ..UserSummary::default()
         });
         match e.kind {
+            EventKind::BreakGlassUsed => s.break_glass += 1,
+            EventKind::RequestCreated => s.requests += 1,
             EventKind::GrantCreated => s.grants += 1,
             EventKind::ConnectionAllowed => s.connections += 1,
             EventKind::ConnectionDenied | EventKind::ConnectionRateLimited => s.denials += 1,
@@ -121,5 +156,8 @@ pub fn summarize(records: &[Record]) -> Vec<UserSummary> {
             }
         }
     }
-    by_user.into_values().collect()
+    let mut users: Vec<UserSummary> = by_user.into_values().collect();
+    // Stable: by name within each half.
+    users.sort_by_key(|u| u.break_glass == 0);
+    users
 }

@@ -30,12 +30,18 @@ use crate::{
 pub(super) fn block_on(
     command: impl std::future::Future<Output = Result<(), CmdError>>,
 ) -> Result<Exit, CmdError> {
+    block_on_exit(async { command.await.map(|()| Exit::Success) })
+}
+
+/// [`block_on`] for a command that picks its own exit code.
+pub(super) fn block_on_exit(
+    command: impl std::future::Future<Output = Result<Exit, CmdError>>,
+) -> Result<Exit, CmdError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CmdError::failure(format!("cannot start the async runtime: {e}")))?
         .block_on(command)
-        .map(|()| Exit::Success)
 }
 
 /// The window of a new grant, as typed on the command line.
@@ -218,20 +224,32 @@ pub(super) async fn why(socket: &Path, json: bool) -> Result<(), CmdError> {
     let who = r.user.clone().unwrap_or_else(|| r.uid.to_string());
     match r.code.as_str() {
         "no_grant" => {
-            let approvers = if why.approvers.is_empty() {
-                "root".to_owned()
+            let approvers = why.approvers.join(", ");
+            if why.can_request {
+                println!("to get access, ask for it:");
+                println!(
+                    "  jitproxy request {} --for 1h --reason \"<ticket or why>\"",
+                    Escaped(&r.target)
+                );
+                println!("who can approve it: {}", Escaped(&approvers));
             } else {
-                format!("root or {}", why.approvers.join(", "))
-            };
-            println!(
-                "to get access, ask an approver ({}) to run:",
-                Escaped(approvers)
-            );
-            println!(
-                "  jitproxy grant {} {} --for 1h --reason \"<ticket or why>\"",
-                Escaped(who),
-                Escaped(&r.target)
-            );
+                println!(
+                    "you may not request access to {}; an approver ({}) can grant it:",
+                    Escaped(&r.target),
+                    Escaped(&approvers)
+                );
+                println!(
+                    "  jitproxy grant {} {} --for 1h --reason \"<ticket or why>\"",
+                    Escaped(who),
+                    Escaped(&r.target)
+                );
+            }
+            if why.can_break_glass {
+                println!(
+                    "in an emergency: jitproxy break-glass {} --reason \"<incident>\" (flagged, and approvers are told)",
+                    Escaped(&r.target)
+                );
+            }
         }
         "rate_limited" | "too_many_connections" => {
             println!("you have access, but opened connections too fast or too many at once; slow down or reuse connections");
@@ -334,7 +352,7 @@ pub(super) async fn status(socket: &Path, json: bool) -> Result<(), CmdError> {
 }
 
 /// `2h`, `90m`, `1h30m`.
-fn parse_duration(s: &str) -> Result<Duration, CmdError> {
+pub(super) fn parse_duration(s: &str) -> Result<Duration, CmdError> {
     let d = humantime::parse_duration(s).map_err(|e| {
         CmdError::usage(format!(
             "`{s}` is not a duration ({e}); write e.g. 30m, 2h or 1h30m"
@@ -505,6 +523,11 @@ fn audit_row(r: &Record) -> [String; 7] {
         EventKind::ConnectionClosed => {
             format!("ended by {}", e.ended_by.as_deref().unwrap_or("?"))
         }
+        EventKind::RequestCreated
+        | EventKind::RequestApproved
+        | EventKind::RequestDenied
+        | EventKind::RequestExpired
+        | EventKind::BreakGlassUsed => request_outcome(e),
         _ => e
             .code
             .clone()
@@ -526,6 +549,42 @@ fn audit_row(r: &Record) -> [String; 7] {
     ]
 }
 
+/// The OUTCOME cell of a request's record: which request, how far, and the
+/// grant it led to.
+fn request_outcome(e: &crate::audit::Event) -> String {
+    let detail = e.detail.as_ref();
+    let field = |k: &str| detail.and_then(|d| d.get(k));
+    let mut out = format!(
+        "request #{}",
+        field("request_id")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0)
+    );
+    if e.kind == EventKind::RequestApproved {
+        out.push_str(&format!(
+            " ({} of {})",
+            field("approvals")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0),
+            field("needed")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0)
+        ));
+    }
+    if let Some(by) = field("by")
+        .and_then(|b| b.get("name"))
+        .and_then(|n| n.as_str())
+    {
+        if e.kind != EventKind::RequestCreated && e.kind != EventKind::BreakGlassUsed {
+            out.push_str(&format!(" by {by}"));
+        }
+    }
+    if let Some(g) = e.grant_id {
+        out.push_str(&format!(" → grant #{g}"));
+    }
+    out
+}
+
 /// `jitproxy audit summary`.
 pub(super) async fn audit_summary(
     socket: &Path,
@@ -539,12 +598,33 @@ pub(super) async fn audit_summary(
         print_json(&summary);
         return Ok(());
     }
-    let rows: Vec<[String; 7]> = summary
+    if !summary.break_glass.is_empty() {
+        println!("BREAK-GLASS USED:");
+        let rows: Vec<[String; 5]> = summary
+            .break_glass
+            .iter()
+            .map(|b| {
+                [
+                    local(b.time),
+                    b.user.clone(),
+                    b.target.clone(),
+                    b.grant_id
+                        .map_or_else(String::new, |g| format!("grant #{g}")),
+                    b.reason.clone(),
+                ]
+            })
+            .collect();
+        print_table(&["TIME", "USER", "TARGET", "GRANT", "REASON"], &rows);
+        println!();
+    }
+    let rows: Vec<[String; 9]> = summary
         .users
         .iter()
         .map(|u| {
             [
                 u.user.clone(),
+                u.break_glass.to_string(),
+                u.requests.to_string(),
                 u.grants.to_string(),
                 u.connections.to_string(),
                 u.denials.to_string(),
@@ -557,6 +637,8 @@ pub(super) async fn audit_summary(
     print_table(
         &[
             "USER",
+            "BREAK-GLASS",
+            "REQUESTS",
             "GRANTS",
             "CONNECTIONS",
             "DENIALS",

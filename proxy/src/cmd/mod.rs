@@ -9,6 +9,7 @@ mod client;
 mod escape;
 mod local;
 mod render;
+mod requests;
 
 use std::{fmt, path::PathBuf, process::ExitCode};
 
@@ -221,6 +222,73 @@ enum Command {
     #[command(after_help = "Examples:\n  jitproxy drop payments-api\n  jitproxy drop")]
     Drop {
         target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ask for access to a target for yourself; its approvers decide.
+    #[command(
+        after_help = "Exits 0 once asked (or, with --wait, once approved); with --wait, 4 if denied or expired.\nExamples:\n  jitproxy request payments-api --for 1h --reason INC-1234\n  jitproxy request payments-api --for 30m --reason \"debug refunds\" --wait"
+    )]
+    Request {
+        /// A target name from the daemon's config.
+        target: String,
+        /// How long, once approved: 30m, 2h.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: String,
+        /// Why: a ticket or a sentence (required).
+        #[arg(long)]
+        reason: String,
+        /// Wait until it is decided, then print the grant (or the denial).
+        #[arg(long)]
+        wait: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Pending requests you may decide (approvers), or your own (--mine).
+    #[command(after_help = "Examples:\n  jitproxy requests\n  jitproxy requests --mine --json")]
+    Requests {
+        #[arg(long)]
+        mine: bool,
+        /// JSON Lines, times in RFC 3339.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending request (never your own); the last approval needed creates the grant.
+    #[command(
+        after_help = "Examples:\n  jitproxy approve 3\n  jitproxy approve 3 --for 30m --reason \"30m is enough\""
+    )]
+    Approve {
+        /// Request id (see `jitproxy requests`).
+        id: i64,
+        /// A shorter window than asked for.
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a pending request, with a reason the requester sees.
+    #[command(after_help = "Example:\n  jitproxy deny 3 --reason \"use staging first\"")]
+    Deny {
+        id: i64,
+        #[arg(long)]
+        reason: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Take access at once in an emergency: short, flagged in the audit log, always notified.
+    #[command(
+        name = "break-glass",
+        after_help = "Example:\n  jitproxy break-glass payments-api --reason \"SEV1 INC-99: payments down\""
+    )]
+    BreakGlass {
+        target: String,
+        /// How long (default and at most the target's break_glass_max).
+        #[arg(long = "for", value_name = "DURATION")]
+        duration: Option<String>,
+        #[arg(long)]
+        reason: String,
         #[arg(long)]
         json: bool,
     },
@@ -440,6 +508,45 @@ impl Command {
             Self::Drop { target, json } => {
                 client::block_on(client::drop_access(&socket, target, json))
             }
+            Self::Request {
+                target,
+                duration,
+                reason,
+                wait,
+                json,
+            } => client::block_on_exit(requests::request(
+                &socket, target, &duration, reason, wait, json,
+            )),
+            Self::Requests { mine, json } => {
+                client::block_on(requests::requests(&socket, mine, json))
+            }
+            Self::Approve {
+                id,
+                duration,
+                reason,
+                json,
+            } => client::block_on(requests::approve(
+                &socket,
+                id,
+                duration.as_deref(),
+                reason,
+                json,
+            )),
+            Self::Deny { id, reason, json } => {
+                client::block_on(requests::deny(&socket, id, reason, json))
+            }
+            Self::BreakGlass {
+                target,
+                duration,
+                reason,
+                json,
+            } => client::block_on(requests::break_glass(
+                &socket,
+                target,
+                duration.as_deref(),
+                reason,
+                json,
+            )),
             Self::Why { json } => client::block_on(client::why(&socket, json)),
             Self::Status { json } => client::block_on(client::status(&socket, json)),
             Self::Audit {

@@ -4,6 +4,8 @@
 mod raw;
 mod validate;
 
+pub use validate::check_webhook_url;
+
 use std::{
     fmt,
     net::IpAddr,

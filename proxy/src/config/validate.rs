@@ -14,9 +14,8 @@ use toml::Spanned;
 use super::{
     check_listen_port,
     raw::{line_col, RawAudit, RawConfig, RawNotify, RawTarget},
-    AccessPolicy, Approver, AuditConfig, AutoApprove, Config, ConfigError, HostSpec, Limit,
-    Notify, NotifyFormat, NotifyUrl, Target, UnprivilegedPorts, MAX_CONNECTIONS_LIMIT,
-    NOTIFY_EVENTS,
+    AccessPolicy, Approver, AuditConfig, AutoApprove, Config, ConfigError, HostSpec, Limit, Notify,
+    NotifyFormat, NotifyUrl, Target, UnprivilegedPorts, MAX_CONNECTIONS_LIMIT, NOTIFY_EVENTS,
 };
 
 /// Validates a parsed config for a host where `unprivileged` ports may be
@@ -429,7 +428,11 @@ fn access_policy(
         let r = rule.get_ref();
         let rule_key = format!("auto_approve[{j}]");
         if r.who.is_empty() {
-            return Err(errors.at(rule, key(&format!("{rule_key}.who")), "needs at least one `user:NAME` or `group:NAME`"));
+            return Err(errors.at(
+                rule,
+                key(&format!("{rule_key}.who")),
+                "needs at least one `user:NAME` or `group:NAME`",
+            ));
         }
         auto_approve.push(AutoApprove {
             who: errors.principals(&r.who, &key(&format!("{rule_key}.who")))?,

@@ -10,7 +10,10 @@ pub use crate::access::RevokeAsk as RevokeRequest;
 pub use crate::access::{Refusal, Why as WhyView};
 
 use crate::{
-    access::{EndKind, Grant, GrantAsk, GrantState, Principal, Subject},
+    access::{
+        notice::subject_label, AccessRequest, ApproveAsk, EndKind, Grant, GrantAsk, GrantState,
+        Outcome, Principal, RequestAsk, RequestKind, RequestState, Subject,
+    },
     audit,
     time::{timestamp, UnixMs},
 };
@@ -79,19 +82,16 @@ pub struct GrantView {
     pub ended_by: Option<Principal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end_kind: Option<EndKind>,
+    /// The access request it was given for (`jitproxy request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<i64>,
 }
 
 impl GrantView {
     pub fn new(grant: &Grant, now: UnixMs) -> Self {
-        let who = match (grant.subject, &grant.subject_name) {
-            (Subject::User(_), Some(name)) => format!("user:{name}"),
-            (Subject::User(uid), None) => format!("user:{uid}"),
-            (Subject::Group(_), Some(name)) => format!("group:{name}"),
-            (Subject::Group(gid), None) => format!("group:{gid}"),
-        };
         Self {
             id: grant.id,
-            who,
+            who: subject_label(grant.subject, grant.subject_name.as_deref()),
             subject: grant.subject,
             target: grant.target.clone(),
             starts_at: timestamp(grant.starts_at),
@@ -103,8 +103,166 @@ impl GrantView {
             ended_at: grant.ended.as_ref().map(|e| timestamp(e.at)),
             ended_by: grant.ended.as_ref().and_then(|e| e.by.clone()),
             end_kind: grant.ended.as_ref().map(|e| e.kind),
+            request_id: grant.request_id,
         }
     }
+}
+
+/// `POST /v1/requests`: ask for access for yourself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRequestBody {
+    pub target: String,
+    pub duration_secs: u64,
+    /// Why: a ticket or a sentence. Required.
+    pub reason: String,
+}
+
+impl From<NewRequestBody> for RequestAsk {
+    fn from(r: NewRequestBody) -> Self {
+        Self {
+            target: r.target,
+            duration_secs: r.duration_secs,
+            reason: r.reason,
+        }
+    }
+}
+
+/// `POST /v1/requests/ID/approve`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveBody {
+    /// A shorter window than asked for.
+    #[serde(default)]
+    pub duration_secs: Option<u64>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl From<ApproveBody> for ApproveAsk {
+    fn from(b: ApproveBody) -> Self {
+        Self {
+            duration_secs: b.duration_secs,
+            reason: b.reason,
+        }
+    }
+}
+
+/// `POST /v1/requests/ID/deny`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyBody {
+    /// Required: the requester sees it.
+    pub reason: String,
+}
+
+/// `POST /v1/break-glass`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakGlassBody {
+    pub target: String,
+    /// Default and at most: the target's `break_glass_max`.
+    #[serde(default)]
+    pub duration_secs: Option<u64>,
+    pub reason: String,
+}
+
+/// A request as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestView {
+    pub id: i64,
+    /// Who the access is for: `user:alice`, `user:1001`.
+    pub who: String,
+    /// Who asked, as the kernel vouched (with their login uid behind sudo).
+    pub requester: Principal,
+    pub target: String,
+    pub duration_secs: i64,
+    pub reason: String,
+    pub kind: RequestKind,
+    pub state: RequestState,
+    pub created_at: Timestamp,
+    pub expires_at: Timestamp,
+    pub approvals: Vec<ApprovalView>,
+    pub needed: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_at: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denied_by: Option<Principal>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denial_reason: Option<String>,
+    /// The grant it led to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<GrantView>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant_id: Option<i64>,
+    /// Who can approve it: root and the target's approvers.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalView {
+    pub by: Principal,
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+impl RequestView {
+    pub fn new(
+        request: &AccessRequest,
+        grant: Option<&Grant>,
+        approvers: Vec<String>,
+        now: UnixMs,
+    ) -> Self {
+        let human = request.human_uid();
+        let name = (request.requester.uid == human)
+            .then_some(request.requester.name.as_deref())
+            .flatten();
+        let (decided_at, denied_by, denial_reason) = match &request.outcome {
+            None => (None, None, None),
+            Some(Outcome::Granted { at, .. } | Outcome::Expired { at }) => {
+                (Some(timestamp(*at)), None, None)
+            }
+            Some(Outcome::Denied { at, by, reason }) => {
+                (Some(timestamp(*at)), Some(by.clone()), Some(reason.clone()))
+            }
+        };
+        Self {
+            id: request.id,
+            who: subject_label(Subject::User(human), name),
+            requester: request.requester.clone(),
+            target: request.target.clone(),
+            duration_secs: request.duration_ms / 1000,
+            reason: request.reason.clone(),
+            kind: request.kind,
+            state: request.state(now),
+            created_at: timestamp(request.created_at),
+            expires_at: timestamp(request.expires_at),
+            approvals: request
+                .approvals
+                .iter()
+                .map(|a| ApprovalView {
+                    by: a.by.clone(),
+                    at: timestamp(a.at),
+                    reason: a.reason.clone(),
+                })
+                .collect(),
+            needed: request.needed,
+            decided_at,
+            denied_by,
+            denial_reason,
+            grant: grant.map(|g| GrantView::new(g, now)),
+            grant_id: request.grant_id(),
+            approvers,
+        }
+    }
+}
+
+/// `GET /v1/requests`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestList {
+    pub requests: Vec<RequestView>,
 }
 
 /// `GET /v1/grants` and the answers of revoke and drop.
@@ -187,6 +345,9 @@ pub struct AuditRecords {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AuditSummary {
+    /// Emergency access taken in the period, listed first.
+    #[serde(default)]
+    pub break_glass: Vec<audit::query::BreakGlassUse>,
     pub users: Vec<audit::query::UserSummary>,
 }
 

@@ -26,13 +26,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     proto::{
-        AuditRecords, AuditSummary, DropRequest, ErrorBody, GrantList, GrantRequest, GrantView,
+        ApproveBody, AuditRecords, AuditSummary, BreakGlassBody, DenyBody, DropRequest, ErrorBody,
+        GrantList, GrantRequest, GrantView, NewRequestBody, RequestList, RequestView,
         RevokeRequest, StatusView, MAX_BODY,
     },
     ApiError, Peer,
 };
 use crate::{
-    access::{Access, AccessError, Grant},
+    access::{Access, AccessError, AccessRequest, Decided, Grant},
     audit::query::Filter,
     host::proc::Process,
     time::now_ms,
@@ -47,6 +48,8 @@ const ENDPOINTS: &[&str] = &[
     "/v1/drop",
     "/v1/audit/query",
     "/v1/audit/summary",
+    "/v1/requests",
+    "/v1/break-glass",
 ];
 
 /// A connection may take this long in all (slow clients cannot pin tasks).
@@ -251,7 +254,7 @@ async fn route(
     let by = peer.requester();
     Ok(match (&method, path.as_str()) {
         (&Method::GET, "/v1/status") => json(StatusCode::OK, &status().await),
-        (&Method::GET, "/v1/why") => json(StatusCode::OK, &access.why(&by)),
+        (&Method::GET, "/v1/why") => json(StatusCode::OK, &access.why(&by).await),
         (&Method::GET, "/v1/grants") => {
             let all = query.split('&').any(|kv| kv == "all=true" || kv == "all=1");
             list(StatusCode::OK, &access.list(&by, all).await?)
@@ -274,15 +277,57 @@ async fn route(
             let ended = to_completion(async move { access.drop_own(&by, target).await }).await?;
             list(StatusCode::OK, &ended)
         }
+        (&Method::POST, "/v1/requests") => {
+            let ask = body::<NewRequestBody>(req).await?.into();
+            let access2 = Arc::clone(access);
+            let decided = to_completion(async move { access2.request(&by, ask).await }).await?;
+            decided_view(access, StatusCode::CREATED, &decided)
+        }
+        (&Method::GET, "/v1/requests") => {
+            let mine = query
+                .split('&')
+                .any(|kv| kv == "mine=true" || kv == "mine=1");
+            let requests = access.requests(&by, mine).await?;
+            let now = now_ms();
+            json(
+                StatusCode::OK,
+                &RequestList {
+                    requests: requests
+                        .iter()
+                        .map(|r| {
+                            RequestView::new(r, None, access.approvers_of_named(&r.target), now)
+                        })
+                        .collect(),
+                },
+            )
+        }
+        (&Method::POST, "/v1/break-glass") => {
+            let ask = body::<BreakGlassBody>(req).await?;
+            let access2 = Arc::clone(access);
+            let (request, grant) = to_completion(async move {
+                access2
+                    .break_glass(&by, &ask.target, ask.duration_secs, &ask.reason)
+                    .await
+            })
+            .await?;
+            decided_view(
+                access,
+                StatusCode::CREATED,
+                &Decided::Granted(request, grant),
+            )
+        }
+        (_, p) if p.starts_with("/v1/requests/") => {
+            return request_route(req, &method, p, by, access).await
+        }
         (&Method::POST, "/v1/audit/query") => {
             let records = access.audit_query(&by, body::<Filter>(req).await?).await?;
             json(StatusCode::OK, &AuditRecords { records })
         }
         (&Method::POST, "/v1/audit/summary") => {
-            let users = access
+            let (break_glass, users) = access
                 .audit_summary(&by, body::<Filter>(req).await?)
                 .await?;
-            json(StatusCode::OK, &AuditSummary { users })
+            json(StatusCode::OK, &AuditSummary { break_glass, users })
         }
         (_, p) if ENDPOINTS.contains(&p) => {
             return Err(ApiError::new(
@@ -298,6 +343,70 @@ async fn route(
             ))
         }
     })
+}
+
+/// `/v1/requests/ID` (GET), `/v1/requests/ID/approve` and `.../deny` (POST).
+async fn request_route(
+    req: Request<Incoming>,
+    method: &Method,
+    path: &str,
+    by: crate::access::Requester,
+    access: &Arc<Access>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let rest = path.strip_prefix("/v1/requests/").unwrap_or_default();
+    let (id, action) = rest.split_once('/').unwrap_or((rest, ""));
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::bad_request(
+            format!("`{id}` is not a request id"),
+            "request ids are numbers; see `jitproxy requests`",
+        )
+    })?;
+    let decided = match (method, action) {
+        (&Method::GET, "") => Decided::Pending(access.get_request(&by, id).await?),
+        (&Method::POST, "approve") => {
+            let ask = body::<ApproveBody>(req).await?.into();
+            let access = Arc::clone(access);
+            to_completion(async move { access.approve(&by, id, ask).await }).await?
+        }
+        (&Method::POST, "deny") => {
+            let reason = body::<DenyBody>(req).await?.reason;
+            let access = Arc::clone(access);
+            Decided::Pending(
+                to_completion(async move { access.deny(&by, id, &reason).await }).await?,
+            )
+        }
+        (_, "" | "approve" | "deny") => {
+            return Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{method} is not supported on {path}"),
+                "see docs/control-api.md",
+            ))
+        }
+        _ => {
+            return Err(ApiError::not_found(
+                format!("no such endpoint {path}"),
+                "see docs/control-api.md",
+            ))
+        }
+    };
+    Ok(decided_view(access, StatusCode::OK, &decided))
+}
+
+/// A request (and the grant it led to, if any) as the API shows it.
+fn decided_view(access: &Access, status: StatusCode, decided: &Decided) -> Response<Full<Bytes>> {
+    let (request, grant): (&AccessRequest, Option<&Grant>) = match decided {
+        Decided::Pending(r) => (r, None),
+        Decided::Granted(r, g) => (r, Some(g)),
+    };
+    json(
+        status,
+        &RequestView::new(
+            request,
+            grant,
+            access.approvers_of_named(&request.target),
+            now_ms(),
+        ),
+    )
 }
 
 /// Runs a grant change to its end on a task of its own, so that a client

@@ -173,6 +173,11 @@ pub async fn run(
         shutdown.clone(),
     ));
     tasks.spawn(Arc::clone(&access).run_expiry(shutdown.clone()));
+    tasks.spawn(crate::notify::run(
+        Arc::clone(&access),
+        Arc::clone(&config),
+        shutdown.clone(),
+    ));
     if let Some(logs) = kernel.take_logs() {
         tasks.spawn(logs.forward(shutdown.clone()));
     }

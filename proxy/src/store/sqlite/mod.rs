@@ -370,8 +370,7 @@ fn enqueue(
         "INSERT INTO outbox (route, body, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?3)",
     )?;
     for notice in notices {
-        let body = serde_json::to_string(notice)
-            .map_err(|e| StoreError::Backend(Box::new(e)))?;
+        let body = serde_json::to_string(notice).map_err(|e| StoreError::Backend(Box::new(e)))?;
         for route in routes.iter().filter(|r| r.wants(&notice.event)) {
             stmt.execute(params![route.name, body, now])?;
         }
@@ -663,7 +662,7 @@ mod tests {
             .conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, i64::try_from(MIGRATIONS.len()).unwrap());
         // Recorded by the daemon that ran when it closed: not again.
         let ended = store.get(closed).unwrap().unwrap().ended.unwrap();
         assert_eq!((ended.kind, ended.at), (EndKind::Expired, now - 60_000));

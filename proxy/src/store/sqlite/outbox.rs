@@ -47,7 +47,9 @@ impl Outbox for SqliteStore {
                     attempts,
                 }),
                 // Written by this code, so never expected; kept, not lost.
-                Err(e) => tracing::error!(id, error = %e, "an outbox notice does not parse; left queued"),
+                Err(e) => {
+                    tracing::error!(id, error = %e, "an outbox notice does not parse; left queued")
+                }
             }
         }
         Ok(due)

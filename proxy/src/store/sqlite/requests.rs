@@ -351,3 +351,219 @@ impl StoredRequest {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::{GrantStore as _, Outbox as _, Route, Subject};
+
+    fn person(uid: u32) -> Principal {
+        Principal {
+            uid,
+            name: Some(format!("u{uid}")),
+            login_uid: None,
+        }
+    }
+
+    fn asked(uid: u32, needed: u32, expires_at: UnixMs) -> NewRequest {
+        NewRequest {
+            requester: person(uid),
+            target: "api".to_owned(),
+            duration_ms: 3_600_000,
+            reason: "INC-1".to_owned(),
+            kind: RequestKind::Asked,
+            expires_at,
+            needed,
+        }
+    }
+
+    fn grant_for(uid: u32, now: UnixMs) -> NewGrant {
+        NewGrant {
+            subject: Subject::User(uid),
+            subject_name: None,
+            target: "api".to_owned(),
+            starts_at: now,
+            ends_at: now + 3_600_000,
+            reason: "INC-1".to_owned(),
+            granted_by: person(0),
+            scopes: Vec::new(),
+            request_id: None,
+        }
+    }
+
+    fn approval(uid: u32, at: UnixMs) -> Approval {
+        Approval {
+            by: person(uid),
+            at,
+            reason: None,
+        }
+    }
+
+    fn store_with_route() -> SqliteStore {
+        let mut store = SqliteStore::in_memory().unwrap();
+        store.set_routes(vec![Route {
+            name: "hook".to_owned(),
+            events: Vec::new(),
+        }]);
+        store
+    }
+
+    fn queued_events(store: &SqliteStore) -> Vec<String> {
+        store
+            .due(i64::MAX, 100)
+            .unwrap()
+            .into_iter()
+            .map(|d| d.notice.event)
+            .collect()
+    }
+
+    #[test]
+    fn two_distinct_approvals_make_one_grant() {
+        let mut store = store_with_route();
+        let (request, none) = store
+            .insert_request(&asked(1001, 2, 10_000), None, 1)
+            .unwrap();
+        assert!(none.is_none());
+        let first = store
+            .approve(request.id, 2001, &approval(2001, 2), &grant_for(1001, 2), 2)
+            .unwrap();
+        assert!(matches!(&first, Approved::Counted(r) if r.approvals.len() == 1));
+        // The same human again counts for nothing.
+        let again = store
+            .approve(request.id, 2001, &approval(2001, 3), &grant_for(1001, 3), 3)
+            .unwrap();
+        assert!(matches!(again, Approved::AlreadyApproved(_)));
+        let Approved::Granted(decided, grant) = store
+            .approve(request.id, 2002, &approval(2002, 4), &grant_for(1001, 4), 4)
+            .unwrap()
+        else {
+            panic!("the second approval made no grant");
+        };
+        assert_eq!(grant.request_id, Some(request.id));
+        assert_eq!(decided.grant_id(), Some(grant.id));
+        assert_eq!(store.open_grants(5).unwrap().len(), 1);
+        // Decided: a third approval changes nothing.
+        let late = store
+            .approve(request.id, 2003, &approval(2003, 5), &grant_for(1001, 5), 5)
+            .unwrap();
+        assert!(matches!(late, Approved::NotPending(_)));
+        assert_eq!(store.open_grants(5).unwrap().len(), 1);
+        assert_eq!(
+            queued_events(&store),
+            [
+                "request.created",
+                "request.approved",
+                "request.approved",
+                "grant.created"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_expired_request_is_expired_once_and_cannot_be_decided() {
+        let mut store = store_with_route();
+        let (request, _) = store.insert_request(&asked(1001, 1, 100), None, 1).unwrap();
+        // Past its expiry, before the expiry task ran: still refused.
+        let late = store
+            .approve(
+                request.id,
+                2001,
+                &approval(2001, 150),
+                &grant_for(1001, 150),
+                150,
+            )
+            .unwrap();
+        assert!(matches!(late, Approved::NotPending(_)));
+        assert!(store
+            .deny(request.id, &person(2001), "no", 150)
+            .unwrap()
+            .is_none());
+        let expired = store.expire_requests(200).unwrap();
+        assert_eq!(expired.len(), 1);
+        assert!(matches!(
+            expired[0].outcome,
+            Some(Outcome::Expired { at: 100 })
+        ));
+        assert!(
+            store.expire_requests(300).unwrap().is_empty(),
+            "expired twice"
+        );
+        assert!(store.open_grants(300).unwrap().is_empty());
+        assert_eq!(
+            queued_events(&store),
+            ["request.created", "request.expired"]
+        );
+    }
+
+    #[test]
+    fn a_denial_keeps_its_reason_and_ends_the_request() {
+        let mut store = store_with_route();
+        let (request, _) = store
+            .insert_request(&asked(1001, 1, 10_000), None, 1)
+            .unwrap();
+        let denied = store
+            .deny(request.id, &person(2001), "use staging", 5)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            &denied.outcome,
+            Some(Outcome::Denied { reason, by, .. }) if reason == "use staging" && by.uid == 2001
+        ));
+        assert!(store
+            .deny(request.id, &person(2002), "again", 6)
+            .unwrap()
+            .is_none());
+        let after = store
+            .approve(request.id, 2002, &approval(2002, 7), &grant_for(1001, 7), 7)
+            .unwrap();
+        assert!(matches!(after, Approved::NotPending(_)));
+    }
+
+    #[test]
+    fn an_immediate_request_is_stored_with_its_grant() {
+        let mut store = store_with_route();
+        let new = NewRequest {
+            kind: RequestKind::BreakGlass,
+            ..asked(1001, 0, 1)
+        };
+        let (request, grant) = store
+            .insert_request(&new, Some(&grant_for(1001, 1)), 1)
+            .unwrap();
+        let grant = grant.unwrap();
+        assert_eq!(request.grant_id(), Some(grant.id));
+        assert_eq!(grant.request_id, Some(request.id));
+        assert_eq!(queued_events(&store), ["break_glass.used", "grant.created"]);
+    }
+
+    #[test]
+    fn a_delivery_keeps_its_key_until_it_is_delivered() {
+        let mut store = store_with_route();
+        store
+            .insert_request(&asked(1001, 1, 10_000), None, 1)
+            .unwrap();
+        let first = store.due(10, 10).unwrap();
+        assert_eq!(first.len(), 1);
+        store
+            .failed(first[0].id, 1_000, "the webhook answered 503")
+            .unwrap();
+        assert!(
+            store.due(999, 10).unwrap().is_empty(),
+            "due before its retry"
+        );
+        assert_eq!(store.next_due().unwrap(), Some(1_000));
+        let retry = store.due(1_000, 10).unwrap();
+        assert_eq!(
+            (retry[0].key.as_str(), retry[0].attempts),
+            (first[0].key.as_str(), 1)
+        );
+        store.delivered(retry[0].id, 1_001).unwrap();
+        assert!(store.due(i64::MAX, 10).unwrap().is_empty());
+        assert_eq!(store.undelivered().unwrap(), 0);
+        // No route, no notice.
+        store.set_routes(Vec::new());
+        store
+            .insert_request(&asked(1002, 1, 10_000), None, 2)
+            .unwrap();
+        assert_eq!(store.undelivered().unwrap(), 0);
+    }
+}
