@@ -27,6 +27,11 @@ use sha2::{Digest as _, Sha256};
 /// uid/gid of `nobody`, the "other user" of the tests.
 pub const NOBODY: u32 = 65534;
 
+/// An approver that is not root, added to every test config that names no
+/// `approvers`: grants to root come from it ([`Daemon::operator`]), since
+/// nobody may grant access to themselves.
+pub const OPERATOR: u32 = 4900;
+
 // The port plan. Each test has an index within its file that picks its
 // cgroup, its stand-in API's loopback address and its daemon's listen port,
 // so tests run in parallel. Listen ports are below 1024, since jitproxy
@@ -198,8 +203,13 @@ impl Daemon {
         let config_path = match config {
             Some(text) => {
                 let path = dir.path().join("config.toml");
+                let operator = if text.lines().any(|l| l.trim_start().starts_with("approvers")) {
+                    String::new()
+                } else {
+                    format!("approvers = [\"user:{OPERATOR}\"]\n")
+                };
                 let text = format!(
-                    "state_dir = \"{}\"\ncontrol_socket = \"{}\"\n{}",
+                    "state_dir = \"{}\"\ncontrol_socket = \"{}\"\n{operator}{}",
                     dir.path().join("state").display(),
                     dir.path().join("control.sock").display(),
                     text
@@ -379,6 +389,14 @@ impl Daemon {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
+    }
+
+    /// `jitproxy ARGS` as [`OPERATOR`] (an approver, not root) against this
+    /// daemon; panics unless it succeeds.
+    pub fn operator(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.client_as(OPERATOR, OPERATOR, None, args);
+        assert_eq!(code, 0, "jitproxy {args:?} as the operator failed:\n{out}{err}");
+        out
     }
 
     /// `jitproxy ARGS` as root against this daemon; panics unless it succeeds.

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use jitproxy_e2e::{output, Behaviour, Cgroup, Daemon, Upstream, NOBODY, PYTHON};
+use jitproxy_e2e::{output, Behaviour, Cgroup, Daemon, Upstream, NOBODY, OPERATOR, PYTHON};
 use serde_json::Value;
 
 fn api_addr(index: u8) -> SocketAddr {
@@ -68,7 +68,7 @@ fn verify(state_dir: &Path) -> (i32, String) {
 fn every_connection_leaves_exactly_its_records() {
     let (api, cgroup, daemon) = start(1, "records", "");
     let url = format!("http://{}/r", api.addr());
-    daemon.client(&["grant", "root", "api-1", "--for", "1h", "--reason", "AUD-1"]);
+    daemon.operator(&["grant", "root", "api-1", "--for", "1h", "--reason", "AUD-1"]);
     assert!(curl(&cgroup, 0, &url));
     assert!(curl(&cgroup, 0, &url));
     assert!(!curl(&cgroup, NOBODY, &url), "nobody has no grant");
@@ -82,7 +82,7 @@ fn every_connection_leaves_exactly_its_records() {
     }
     let grant = all.iter().find(|r| r["type"] == "grant.created").unwrap();
     assert_eq!(grant["reason"], "AUD-1");
-    assert_eq!(grant["detail"]["by"]["uid"], 0);
+    assert_eq!(grant["detail"]["by"]["uid"], OPERATOR);
 
     // Per connection: allowed then closed, or denied alone; nothing else.
     let mut by_conn: HashMap<u64, Vec<&str>> = HashMap::new();
@@ -155,7 +155,7 @@ fn every_connection_leaves_exactly_its_records() {
 #[test]
 fn after_kill9_under_load_every_forwarded_connection_has_its_record() {
     let (api, cgroup, mut daemon) = start(2, "crash", "");
-    daemon.client(&["grant", "root", "api-2", "--for", "1h", "--reason", "load"]);
+    daemon.operator(&["grant", "root", "api-2", "--for", "1h", "--reason", "load"]);
     // A client that opens connection after connection, each asking for its
     // own path, and prints "i local_port" for every connection it opened.
     let script = format!(
@@ -248,7 +248,7 @@ for i in range(100000):
 fn fixture() -> (tempfile::TempDir, PathBuf) {
     let (api, cgroup, mut daemon) = start(3, "tamper", "");
     let url = format!("http://{}/t", api.addr());
-    daemon.client(&["grant", "root", "api-3", "--for", "1h", "--reason", "T"]);
+    daemon.operator(&["grant", "root", "api-3", "--for", "1h", "--reason", "T"]);
     for _ in 0..5 {
         assert!(curl(&cgroup, 0, &url));
     }
@@ -397,7 +397,7 @@ fn a_full_disk_closes_access_until_space_returns() {
     let extra = format!("[audit]\ndir = \"{}\"\n", fs_dir.0.display());
     let (api, cgroup, mut daemon) = start(4, "diskfull", &extra);
     let url = format!("http://{}/d", api.addr());
-    daemon.client(&["grant", "root", "api-4", "--for", "1h", "--reason", "disk"]);
+    daemon.operator(&["grant", "root", "api-4", "--for", "1h", "--reason", "disk"]);
     assert!(curl(&cgroup, 0, &url), "works before the disk fills");
 
     // Fill the file system.
@@ -491,7 +491,7 @@ fn every_record_is_copied_to_a_syslog_collector() {
     }
     let extra = format!("[audit]\nsyslog = \"{addr}\"\n");
     let (api, cgroup, daemon) = start(5, "syslog", &extra);
-    daemon.client(&["grant", "root", "api-5", "--for", "1h", "--reason", "SYS-1"]);
+    daemon.operator(&["grant", "root", "api-5", "--for", "1h", "--reason", "SYS-1"]);
     assert!(curl(&cgroup, 0, &format!("http://{}/s", api.addr())));
 
     // RFC 6587 octet counting: "LEN <110>1 TIME HOST jitproxy PID audit - {record}".

@@ -20,7 +20,7 @@ use std::{
 
 use jitproxy_e2e::{
     client_port, listen_port, output, Behaviour, Cgroup, Daemon, Held, Upstream, GRANTS_PORTS,
-    NOBODY, PYTHON,
+    NOBODY, OPERATOR, PYTHON,
 };
 use serde_json::Value;
 
@@ -108,7 +108,7 @@ impl World {
     }
 
     fn grant(&self, who: &str, duration: &str) -> i64 {
-        let out = self.daemon.client(&[
+        let out = self.daemon.operator(&[
             "grant",
             who,
             &self.target,
@@ -260,7 +260,8 @@ fn without_a_grant_refused_with_a_reason_then_granted_works() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("no live grant"), "{out}");
     assert!(
-        out.contains(&format!("jitproxy grant nobody {}", w.target)),
+        out.contains(&format!("jitproxy request {} --for", w.target))
+            && out.contains(&format!("who can approve it: root, user:{OPERATOR}")),
         "why gives no next step:\n{out}"
     );
 
@@ -551,7 +552,7 @@ sys.stdin.read()
 fn grants_survive_restart_and_kill9_but_expired_ones_are_not_honoured() {
     let mut w = World::new(7, "restart", Behaviour::Http, "");
     w.grant("nobody", "1h");
-    let short = w.daemon.client(&[
+    let short = w.daemon.operator(&[
         "grant", "4244", &w.target, "--for", "2s", "--reason", "short", "--json",
     ]);
     let short_ends = unix_seconds(&serde_json::from_str::<Value>(&short).unwrap()["ends_at"]);
@@ -781,7 +782,7 @@ fn malformed_control_requests_get_errors_and_change_nothing() {
 #[test]
 fn a_grant_that_ends_while_the_daemon_is_down_gets_one_expiry_record_at_the_next_start() {
     let mut w = World::new(14, "lateexpiry", Behaviour::Http, "");
-    let out = w.daemon.client(&[
+    let out = w.daemon.operator(&[
         "grant", "nobody", &w.target, "--for", "3s", "--reason", "short", "--json",
     ]);
     let grant: Value = serde_json::from_str(&out).unwrap();

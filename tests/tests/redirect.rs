@@ -83,7 +83,7 @@ impl World {
         let daemon = Daemon::start(&cgroup, Some(config)).expect("daemon starts");
         for &who in grantees {
             for target in [format!("api-{index}"), format!("api6-{index}")] {
-                daemon.client(&["grant", who, &target, "--for", "1h", "--reason", "e2e"]);
+                daemon.operator(&["grant", who, &target, "--for", "1h", "--reason", "e2e"]);
             }
         }
         Self {
@@ -672,7 +672,7 @@ fn dns_names_are_resolved_into_targets() {
         listen_port(index)
     );
     let daemon = Daemon::start(&cgroup, Some(&config)).unwrap();
-    daemon.client(&["grant", "root", "by-name", "--for", "1h", "--reason", "e2e"]);
+    daemon.operator(&["grant", "root", "by-name", "--for", "1h", "--reason", "e2e"]);
     let (ok, body, p) = curl(
         &mut cgroup.command("curl"),
         &format!("http://127.0.0.1:{port}/byname"),

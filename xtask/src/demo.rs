@@ -1,8 +1,10 @@
 //! `cargo xtask demo`: jitproxy on its embedded default config, watching a
 //! child cgroup, with a stand-in production API on 127.0.0.2:8080. Shows a
-//! refused connection and why, a grant, requests redirected through the proxy
-//! with the caller's identity, a caller outside the cgroup untouched, access
-//! given back, and targets closed while the daemon is down.
+//! refused connection and why, an engineer's access request and its
+//! approval (and an approver refused a grant to themselves), requests
+//! redirected through the proxy with the caller's identity, a caller outside
+//! the cgroup untouched, targets closed while the daemon is down, and access
+//! given back.
 //! Removes everything it started, also on Ctrl-C.
 
 use std::net::SocketAddr;
@@ -51,43 +53,55 @@ pub fn run() -> Result<()> {
 
     util::step("no grant yet: curl from inside the watched cgroup is refused");
     println!(
-        "$ curl {url}    # as root, inside {}",
+        "nobody$ curl {url}    # inside {}",
         cgroup.path().display()
     );
-    if curl(&mut cgroup.command("curl")) {
+    if curl(&mut cgroup.command_as(NOBODY, NOBODY, "curl")) {
         bail!("a target was reachable without a grant");
     }
-    println!("$ jitproxy why");
-    print!("{}", daemon.client(&["why"]));
+    as_nobody(&daemon, &["why"]);
     check()?;
 
-    util::step("an approver grants a time window (root here; `approvers` in the config)");
-    for who in ["root", "nobody"] {
-        let args = [
-            "grant", who, "demo-api", "--for", "10m", "--reason", "DEMO-1",
-        ];
-        println!("$ jitproxy {}", args.join(" "));
-        print!("{}", daemon.client(&args));
+    util::step("the engineer asks for access; an approver (root here) approves it");
+    as_nobody(&daemon, &[
+        "request", "demo-api", "--for", "10m", "--reason", "DEMO-1",
+    ]);
+    println!("root$ jitproxy requests");
+    print!("{}", daemon.client(&["requests"]));
+    println!("root$ jitproxy approve 1");
+    print!("{}", daemon.client(&["approve", "1"]));
+    println!("root$ jitproxy grant root demo-api --for 10m --reason DEMO-2    # an approver grants themselves access");
+    let (code, out, err) = daemon.client_as(
+        0,
+        0,
+        None,
+        &["grant", "root", "demo-api", "--for", "10m", "--reason", "DEMO-2"],
+    );
+    print!("{out}{err}");
+    if code == 0 {
+        bail!("root granted itself access");
     }
-    println!("$ jitproxy grants --all");
+    println!("root$ jitproxy grants --all");
     print!("{}", daemon.client(&["grants", "--all"]));
     check()?;
 
-    util::step("granted: curl from inside the cgroup, as root and as nobody");
-    println!("$ curl {url}    # as root");
-    curl(&mut cgroup.command("curl"));
-    println!("$ curl {url}    # as nobody");
+    util::step("granted: nobody's curl goes through the proxy; root, without a grant, is refused");
+    println!("nobody$ curl {url}");
     curl(&mut cgroup.command_as(NOBODY, NOBODY, "curl"));
+    println!("root$ curl {url}");
+    if curl(&mut cgroup.command("curl")) {
+        bail!("root reached a target without a grant");
+    }
     check()?;
 
-    println!("\nWhat jitproxy recorded for them (its audit events):");
+    println!("\nWhat jitproxy recorded for nobody's request (its audit event):");
     let allowed = daemon.events_of("connection.allowed");
     for event in &allowed {
         print_event(event);
     }
-    if allowed.len() != 2 {
+    if allowed.len() != 1 {
         bail!(
-            "expected 2 redirected connections, saw {}:\n{}",
+            "expected 1 redirected connection, saw {}:\n{}",
             allowed.len(),
             daemon.log_text()
         );
@@ -101,27 +115,26 @@ pub fn run() -> Result<()> {
     );
     check()?;
 
-    util::step("nobody gives their access back: `jitproxy drop demo-api`");
-    let (_, out, err) = daemon.client_as(NOBODY, NOBODY, None, &["drop", "demo-api"]);
-    print!("{out}{err}");
-    println!("$ curl {url}    # as nobody");
-    if curl(&mut cgroup.command_as(NOBODY, NOBODY, "curl")) {
-        bail!("access outlived a dropped grant");
-    }
-    check()?;
-
     util::step("kill -9 the daemon: the pinned programs stay, targets are closed, not open");
     daemon.kill9();
-    println!("$ curl {url}    # as root, daemon down");
-    if curl(&mut cgroup.command("curl")) {
+    println!("nobody$ curl {url}    # daemon down");
+    if curl(&mut cgroup.command_as(NOBODY, NOBODY, "curl")) {
         bail!("a target was reachable while the daemon was down");
     }
     daemon.restart()?;
-    println!("$ curl {url}    # as root, after restart: the grant survived");
-    curl(&mut cgroup.command("curl"));
+    println!("nobody$ curl {url}    # after restart: the grant survived");
+    curl(&mut cgroup.command_as(NOBODY, NOBODY, "curl"));
+    check()?;
+
+    util::step("nobody gives their access back: `jitproxy drop demo-api`");
+    as_nobody(&daemon, &["drop", "demo-api"]);
+    println!("nobody$ curl {url}");
+    if curl(&mut cgroup.command_as(NOBODY, NOBODY, "curl")) {
+        bail!("access outlived a dropped grant");
+    }
 
     util::step("the audit trail: every grant and connection, hash-chained and signed");
-    println!("$ jitproxy audit");
+    println!("root$ jitproxy audit");
     print!("{}", daemon.client(&["audit"]));
     daemon.stop()?;
     let config = daemon.state_dir();
@@ -130,7 +143,7 @@ pub fn run() -> Result<()> {
             .args(["audit", "verify", "--state-dir"])
             .arg(&config),
     );
-    println!("$ jitproxy audit verify");
+    println!("root$ jitproxy audit verify");
     print!("{out}{err}");
     if !ok {
         bail!("the demo's audit log does not verify");
@@ -141,6 +154,13 @@ pub fn run() -> Result<()> {
     drop(cgroup);
     println!("done. Next: README.md (install, grants) and docs/architecture.md.");
     Ok(())
+}
+
+/// `jitproxy ARGS` as nobody, shown as typed and answered.
+fn as_nobody(daemon: &Daemon, args: &[&str]) {
+    println!("nobody$ jitproxy {}", args.join(" "));
+    let (_, out, err) = daemon.client_as(NOBODY, NOBODY, None, args);
+    print!("{out}{err}");
 }
 
 fn print_event(e: &Value) {

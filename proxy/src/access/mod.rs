@@ -333,10 +333,12 @@ impl Access {
         }
         Err(AccessError::forbidden(
             match subject {
-                Subject::User(_) => "nobody may grant access to themselves".to_owned(),
-                Subject::Group(_) => {
-                    "nobody may grant access to a group they belong to".to_owned()
+                Subject::User(uid) => {
+                    format!("you (uid {uid}) may not grant access to yourself")
                 }
+                Subject::Group(gid) => format!(
+                    "you (uid {human}) may not grant access to a group you belong to (gid {gid})"
+                ),
             },
             format!(
                 "ask for it: jitproxy request {0} --for 1h --reason \"...\" (approved by {1}), or in an emergency: jitproxy break-glass {0} --reason \"...\"",
