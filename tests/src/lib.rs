@@ -37,7 +37,8 @@ pub const OPERATOR: u32 = 4900;
 // so tests run in parallel. Listen ports are below 1024, since jitproxy
 // refuses one that an unprivileged user could bind (the kernel keeps
 // redirecting to it while the daemon is down), one block of 100 per file:
-// redirect.rs from 600, grants.rs from 700, audit.rs from 800. The demo
+// redirect.rs from 600, grants.rs from 700, audit.rs from 800, requests.rs
+// from 900 (70 of them). The demo
 // uses the default, 971; the bench (xtask/src/bench.rs) 970.
 
 /// First listen port of the tests in `tests/tests/redirect.rs`.
@@ -46,6 +47,9 @@ pub const REDIRECT_PORTS: u16 = 600;
 pub const GRANTS_PORTS: u16 = 700;
 /// First listen port of the tests in `tests/tests/audit.rs`.
 pub const AUDIT_PORTS: u16 = 800;
+/// First listen port of the tests in `tests/tests/requests.rs` (up to 969:
+/// the bench has 970).
+pub const REQUESTS_PORTS: u16 = 900;
 
 /// The listen port of test `index` in the file whose block starts at `block`.
 pub fn listen_port(block: u16, index: u8) -> u16 {
@@ -182,6 +186,9 @@ pub struct Daemon {
     child: Option<Child>,
     log: PathBuf,
     extra_env: Vec<(String, String)>,
+    /// Whether the daemon itself runs inside the cgroup it watches (as it
+    /// does when it watches the whole host).
+    inside: bool,
 }
 
 impl Daemon {
@@ -192,10 +199,25 @@ impl Daemon {
         Self::start_with_env(cgroup, config, &[])
     }
 
+    /// [`Daemon::start`], with the daemon's own process inside `cgroup`, so
+    /// that its own connections (upstream, webhooks) meet the programs.
+    pub fn start_inside(cgroup: &Cgroup, config: &str) -> Result<Self> {
+        Self::start_full(cgroup, Some(config), &[], true)
+    }
+
     pub fn start_with_env(
         cgroup: &Cgroup,
         config: Option<&str>,
         env: &[(&str, &str)],
+    ) -> Result<Self> {
+        Self::start_full(cgroup, config, env, false)
+    }
+
+    fn start_full(
+        cgroup: &Cgroup,
+        config: Option<&str>,
+        env: &[(&str, &str)],
+        inside: bool,
     ) -> Result<Self> {
         let dir = tempfile::Builder::new()
             .prefix("jitproxy-test-")
@@ -203,7 +225,10 @@ impl Daemon {
         let config_path = match config {
             Some(text) => {
                 let path = dir.path().join("config.toml");
-                let operator = if text.lines().any(|l| l.trim_start().starts_with("approvers")) {
+                let operator = if text
+                    .lines()
+                    .any(|l| l.trim_start().starts_with("approvers"))
+                {
                     String::new()
                 } else {
                     format!("approvers = [\"user:{OPERATOR}\"]\n")
@@ -230,6 +255,7 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
+            inside,
         };
         daemon.spawn()?;
         Ok(daemon)
@@ -240,7 +266,16 @@ impl Daemon {
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = if self.inside {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg(r#"echo $$ > "$0/cgroup.procs" && exec "$@""#)
+                .arg(&self.cgroup)
+                .arg(&self.bin);
+            cmd
+        } else {
+            Command::new(&self.bin)
+        };
         cmd.args(["--log-format", "json", "run", "--cgroup"])
             .arg(&self.cgroup)
             .stdin(Stdio::null())
@@ -368,6 +403,24 @@ impl Daemon {
         login_uid: Option<u32>,
         args: &[&str],
     ) -> (i32, String, String) {
+        let out = self
+            .client_command(uid, gid, login_uid, args)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run jitproxy {args:?}: {e}"));
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// The command [`Daemon::client_as`] runs, as `uid` (its own group), to
+    /// start and wait for as one likes.
+    pub fn client_as_command(&self, uid: u32, args: &[&str]) -> Command {
+        self.client_command(uid, uid, None, args)
+    }
+
+    fn client_command(&self, uid: u32, gid: u32, login_uid: Option<u32>, args: &[&str]) -> Command {
         let mut cmd = Command::new("sh");
         let login = login_uid.map_or(String::new(), |l| {
             format!("echo {l} > /proc/self/loginuid && ")
@@ -381,21 +434,17 @@ impl Daemon {
             .args(args)
             .arg("--socket")
             .arg(self.socket());
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run jitproxy {args:?}: {e}"));
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        cmd
     }
 
     /// `jitproxy ARGS` as [`OPERATOR`] (an approver, not root) against this
     /// daemon; panics unless it succeeds.
     pub fn operator(&self, args: &[&str]) -> String {
         let (code, out, err) = self.client_as(OPERATOR, OPERATOR, None, args);
-        assert_eq!(code, 0, "jitproxy {args:?} as the operator failed:\n{out}{err}");
+        assert_eq!(
+            code, 0,
+            "jitproxy {args:?} as the operator failed:\n{out}{err}"
+        );
         out
     }
 

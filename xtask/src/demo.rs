@@ -52,10 +52,7 @@ pub fn run() -> Result<()> {
     };
 
     util::step("no grant yet: curl from inside the watched cgroup is refused");
-    println!(
-        "nobody$ curl {url}    # inside {}",
-        cgroup.path().display()
-    );
+    println!("nobody$ curl {url}    # inside {}", cgroup.path().display());
     if curl(&mut cgroup.command_as(NOBODY, NOBODY, "curl")) {
         bail!("a target was reachable without a grant");
     }
@@ -63,9 +60,10 @@ pub fn run() -> Result<()> {
     check()?;
 
     util::step("the engineer asks for access; an approver (root here) approves it");
-    as_nobody(&daemon, &[
-        "request", "demo-api", "--for", "10m", "--reason", "DEMO-1",
-    ]);
+    as_nobody(
+        &daemon,
+        &["request", "demo-api", "--for", "10m", "--reason", "DEMO-1"],
+    );
     println!("root$ jitproxy requests");
     print!("{}", daemon.client(&["requests"]));
     println!("root$ jitproxy approve 1");
@@ -75,7 +73,9 @@ pub fn run() -> Result<()> {
         0,
         0,
         None,
-        &["grant", "root", "demo-api", "--for", "10m", "--reason", "DEMO-2"],
+        &[
+            "grant", "root", "demo-api", "--for", "10m", "--reason", "DEMO-2",
+        ],
     );
     print!("{out}{err}");
     if code == 0 {

@@ -43,7 +43,8 @@ pub struct ApproveAsk {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decided {
     Pending(AccessRequest),
-    Granted(AccessRequest, Grant),
+    /// Boxed: a grant is large next to the pending case.
+    Granted(AccessRequest, Box<Grant>),
 }
 
 impl Decided {
@@ -139,7 +140,7 @@ impl Access {
                     Some(&grant.granted_by),
                 ));
                 self.rebuild().await?;
-                Ok(Decided::Granted(request, grant))
+                Ok(Decided::Granted(request, Box::new(grant)))
             }
             None => Ok(Decided::Pending(request)),
         }
@@ -295,7 +296,7 @@ impl Access {
         self.outbox_wake.notify_one();
         let (request, grant) = match approved {
             Approved::Counted(request) => (request, None),
-            Approved::Granted(request, grant) => (request, Some(grant)),
+            Approved::Granted(request, grant) => (request, Some(*grant)),
             Approved::NotPending(request) => return Err(not_pending(&request, now)),
             Approved::AlreadyApproved(_) => {
                 return Err(AccessError::invalid(
@@ -323,7 +324,7 @@ impl Access {
                     Some(&approver),
                 ));
                 self.rebuild().await?;
-                Ok(Decided::Granted(request, grant))
+                Ok(Decided::Granted(request, Box::new(grant)))
             }
             None => Ok(Decided::Pending(request)),
         }

@@ -74,8 +74,8 @@ pub struct NewRequest {
 pub enum Approved {
     /// Counted; more approvals are needed.
     Counted(AccessRequest),
-    /// The last approval needed: the grant exists.
-    Granted(AccessRequest, Grant),
+    /// The last approval needed: the grant exists (boxed: it is large).
+    Granted(AccessRequest, Box<Grant>),
     /// The request was no longer pending (decided or expired meanwhile).
     NotPending(AccessRequest),
     /// This approver (the same human) had approved it already.

@@ -85,7 +85,8 @@ fn loudness(event: &Event) -> Loudness {
         | EventKind::ConnectionRateLimited
         | EventKind::ConnectionFailed
         | EventKind::ConnectionDestroyed
-        | EventKind::LogRecovered => Loudness::Warn,
+        | EventKind::LogRecovered
+        | EventKind::BreakGlassUsed => Loudness::Warn,
         EventKind::ConnectionClosed
             if event
                 .ended_by

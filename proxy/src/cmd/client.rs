@@ -571,10 +571,12 @@ fn request_outcome(e: &crate::audit::Event) -> String {
                 .unwrap_or(0)
         ));
     }
-    if let Some(by) = field("by")
-        .and_then(|b| b.get("name"))
-        .and_then(|n| n.as_str())
-    {
+    // Who decided: by name, else by uid (the requester is the USER column).
+    let by = field("by").and_then(|b| match b.get("name").and_then(|n| n.as_str()) {
+        Some(name) => Some(name.to_owned()),
+        None => b.get("uid").map(|uid| format!("uid {uid}")),
+    });
+    if let Some(by) = by {
         if e.kind != EventKind::RequestCreated && e.kind != EventKind::BreakGlassUsed {
             out.push_str(&format!(" by {by}"));
         }

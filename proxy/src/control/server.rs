@@ -313,7 +313,7 @@ async fn route(
             decided_view(
                 access,
                 StatusCode::CREATED,
-                &Decided::Granted(request, grant),
+                &Decided::Granted(request, Box::new(grant)),
             )
         }
         (_, p) if p.starts_with("/v1/requests/") => {
@@ -396,7 +396,7 @@ async fn request_route(
 fn decided_view(access: &Access, status: StatusCode, decided: &Decided) -> Response<Full<Bytes>> {
     let (request, grant): (&AccessRequest, Option<&Grant>) = match decided {
         Decided::Pending(r) => (r, None),
-        Decided::Granted(r, g) => (r, Some(g)),
+        Decided::Granted(r, g) => (r, Some(&**g)),
     };
     json(
         status,

@@ -171,7 +171,7 @@ impl RequestStore for SqliteStore {
                 Notice::of_grant("grant.created", &grant, Some(&approval.by), now),
             ];
             enqueue(&tx, &self.routes, &notices, now)?;
-            Approved::Granted(decided, grant)
+            Approved::Granted(decided, Box::new(grant))
         } else {
             enqueue(&tx, &self.routes, &[approved(&counted)], now)?;
             Approved::Counted(counted)
