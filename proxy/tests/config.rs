@@ -370,6 +370,107 @@ fn bad_audit_settings_are_named() {
 }
 
 #[test]
+fn bad_request_policy_is_named() {
+    let target =
+        "[[target]]\nname = \"a\"\nhosts = [\"10.0.0.1\"]\nports = [443]\nmax_grant = \"1h\"\n";
+    let cases = [
+        ("approvals = 0", "target[0].approvals", "from 1 to 10"),
+        (
+            "request_ttl = \"soon\"",
+            "target[0].request_ttl",
+            "not a duration",
+        ),
+        (
+            "break_glass_max = \"2h\"",
+            "target[0].break_glass_max",
+            "longer than the target's max_grant",
+        ),
+        (
+            "break_glass = [\"alice\"]",
+            "target[0].break_glass[0]",
+            "must be `user:NAME` or `group:NAME`",
+        ),
+        (
+            "requesters = [\"team:x\"]",
+            "target[0].requesters[0]",
+            "must be `user:NAME`",
+        ),
+        (
+            "auto_approve = [{ who = [\"group:oncall\"], max = \"3h\" }]",
+            "target[0].auto_approve[0].max",
+            "longer than the target's max_grant",
+        ),
+        (
+            "auto_approve = [{ who = [], max = \"5m\" }]",
+            "target[0].auto_approve[0].who",
+            "at least one",
+        ),
+    ];
+    for (line, key, needle) in cases {
+        let text = format!("# c\n{target}{line}\n");
+        let message = assert_refused(&text, 7, key);
+        assert!(message.contains(needle), "{line}: {message}");
+    }
+}
+
+#[test]
+fn bad_webhooks_are_named() {
+    // (the table after `[[notify]]` on line 2, the line of the error, key, message)
+    let cases = [
+        (
+            "name = \"h\"",
+            2,
+            "notify[0].url",
+            "exactly one of `url` and `url_file`",
+        ),
+        (
+            "name = \"h\"\nurl = \"ftp://x/\"",
+            4,
+            "notify[0].url",
+            "http:// or https://",
+        ),
+        (
+            "name = \"h\"\nurl = \"http://user:pw@x/\"",
+            4,
+            "notify[0].url",
+            "no user:password@",
+        ),
+        (
+            "name = \"h\"\nurl_file = \"relative\"",
+            4,
+            "notify[0].url_file",
+            "absolute path",
+        ),
+        (
+            "name = \"h\"\nurl = \"http://x/\"\nformat = \"xml\"",
+            5,
+            "notify[0].format",
+            "\"slack\" or \"json\"",
+        ),
+        (
+            "name = \"h\"\nurl = \"http://x/\"\nevents = [\"grant.made\"]",
+            5,
+            "notify[0].events[0]",
+            "is not an event",
+        ),
+        (
+            "name = \"h h\"\nurl = \"http://x/\"",
+            3,
+            "notify[0].name",
+            "not a valid name",
+        ),
+    ];
+    for (body, line, key, needle) in cases {
+        let text = format!("# c\n[[notify]]\n{body}\n");
+        let message = assert_refused(&text, line, key);
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    let twice = "[[notify]]\nname = \"h\"\nurl = \"http://x/\"\n[[notify]]\nname = \"h\"\nurl = \"http://y/\"\n";
+    let message = assert_refused(twice, 5, "notify[1].name");
+    assert!(message.contains("duplicate notify name"), "{message}");
+}
+
+#[test]
 fn bad_max_grant_is_named() {
     let text = r#"[[target]]
 name = "api"
