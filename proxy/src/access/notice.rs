@@ -26,8 +26,11 @@ pub struct Notice {
     /// what the clock did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<Principal>,
-    /// The request's or grant's reason; for a denial, the denial's.
+    /// The request's or grant's reason.
     pub reason: String,
+    /// What the approver or denier said (a denial always says why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request: Option<RequestNotice>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -68,13 +71,13 @@ pub fn subject_label(subject: Subject, name: Option<&str>) -> String {
 }
 
 impl Notice {
-    /// `event` about `request` at `at`, done by `by`; `reason` replaces the
-    /// request's own (a denial's).
+    /// `event` about `request` at `at`, done by `by`, who said
+    /// `decision_reason` (an approval's or a denial's).
     pub fn of_request(
         event: &str,
         request: &AccessRequest,
         by: Option<&Principal>,
-        reason: Option<&str>,
+        decision_reason: Option<&str>,
         at: UnixMs,
     ) -> Self {
         let human = request.human_uid();
@@ -96,7 +99,8 @@ impl Notice {
             target: request.target.clone(),
             who: subject_label(Subject::User(human), name),
             by: by.cloned(),
-            reason: reason.unwrap_or(&request.reason).to_owned(),
+            reason: request.reason.clone(),
+            decision_reason: decision_reason.map(str::to_owned),
             request: Some(RequestNotice {
                 id: request.id,
                 kind: request.kind,
@@ -120,6 +124,7 @@ impl Notice {
             who: subject_label(grant.subject, grant.subject_name.as_deref()),
             by: by.cloned(),
             reason: grant.reason.clone(),
+            decision_reason: None,
             request: None,
             grant: Some(GrantNotice {
                 id: grant.id,
@@ -171,7 +176,9 @@ impl Notice {
             ),
             "request.denied" => format!(
                 "request #{id} of {} on `{}` denied{by}: {}",
-                self.who, self.target, self.reason
+                self.who,
+                self.target,
+                self.decision_reason.as_deref().unwrap_or("")
             ),
             "request.expired" => format!(
                 "request #{id} of {} on `{}` expired undecided",

@@ -325,6 +325,6 @@ pub(super) async fn break_glass(
     if let Some(g) = &v.grant {
         println!("BREAK-GLASS: {}", granted(g));
     }
-    println!("this is flagged in the audit log, and the approvers are notified");
+    println!("this is flagged in the audit log and sent to the configured webhooks");
     Ok(())
 }
