@@ -523,9 +523,11 @@ fn break_glass_gives_access_at_once_and_alerts_the_webhook() {
 fn every_event_reaches_a_receiver_that_refuses_at_first_and_one_restart_later() {
     // Refuses the first three deliveries (503), then takes them.
     let receiver = Receiver::start(receiver_addr(8), 3);
+    // A webhook URL can be a secret (Slack's are): it must never show.
+    let secret = "T0SECRET/B0SECRET/s3cr3t-token";
     let notify = format!(
         "[[notify]]\nname = \"hook\"\nurl = \"{}\"\n",
-        receiver.url("/hook")
+        receiver.url(&format!("/services/{secret}"))
     );
     let mut w = World::new(8, "req-outbox", "", &notify);
     let id = id_of(&w.request("1h", "INC-8"));
@@ -571,6 +573,15 @@ fn every_event_reaches_a_receiver_that_refuses_at_first_and_one_restart_later() 
             .count(),
         1
     );
+
+    let status = w.ok(0, &["status"]) + &w.ok(0, &["status", "--json"]);
+    assert!(status.contains("webhooks: hook"), "{status}");
+    for (what, text) in [("daemon log", w.daemon.log_text()), ("status", status)] {
+        assert!(
+            !text.contains("s3cr3t"),
+            "the webhook URL's secret is in the {what}:\n{text}"
+        );
+    }
 }
 
 #[test]

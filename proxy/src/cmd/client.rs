@@ -313,6 +313,13 @@ pub(super) async fn status(socket: &Path, json: bool) -> Result<(), CmdError> {
             Escaped(why)
         ),
     }
+    if !s.notify.webhooks.is_empty() {
+        println!(
+            "webhooks: {} ({} notice(s) not delivered yet)",
+            Escaped(s.notify.webhooks.join(", ")),
+            s.notify.undelivered
+        );
+    }
     let k = &s.kernel;
     println!(
         "kernel: {} redirected, {} UDP refused, {} MPTCP refused, {} refused with the record map full, \

@@ -284,6 +284,9 @@ pub struct StatusView {
     pub live: Vec<LiveConnections>,
     pub open_grants: usize,
     pub audit: AuditStatus,
+    /// The webhooks, by name (never their URLs), and notices waiting.
+    #[serde(default)]
+    pub notify: NotifyStatus,
     /// What the kernel programs counted since they were loaded.
     #[serde(default)]
     pub kernel: KernelCounters,
@@ -321,6 +324,14 @@ pub struct KernelCounters {
     pub records_by_uid: Vec<(u32, u64)>,
     #[serde(default)]
     pub max_records_per_uid: u32,
+}
+
+/// The webhooks' state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NotifyStatus {
+    pub webhooks: Vec<String>,
+    /// Notices not yet taken by their webhook.
+    pub undelivered: u64,
 }
 
 /// The audit log's state.

@@ -10,7 +10,9 @@ use crate::{
     access::Access,
     config::Config,
     control::{
-        proto::{AuditStatus, KernelCounters, LiveConnections, StatusView, TargetStatus},
+        proto::{
+            AuditStatus, KernelCounters, LiveConnections, NotifyStatus, StatusView, TargetStatus,
+        },
         server::StatusFn,
     },
     host::users::Users,
@@ -91,6 +93,10 @@ impl Status {
                 records_written: audit.written(),
                 records_dropped: audit.dropped(),
                 syslog_dropped: audit.syslog_dropped(),
+            },
+            notify: NotifyStatus {
+                webhooks: config.notify.iter().map(|n| n.name.clone()).collect(),
+                undelivered: self.access.outbox_undelivered().await.unwrap_or(0),
             },
             kernel: KernelCounters {
                 redirected: counters.redirected,
