@@ -209,12 +209,15 @@ fn a_request_approved_by_another_user_gives_access_and_its_trail() {
     w.refused(
         ENGINEER,
         &["approve", &id.to_string()],
-        "may not grant or approve",
+        "is your own; nobody approves",
     );
+    // To an outsider the request does not exist: its target and reasons
+    // are not theirs to learn.
+    w.refused(OUTSIDER, &["approve", &id.to_string()], "no request #");
     w.refused(
         OUTSIDER,
-        &["approve", &id.to_string()],
-        "may not grant or approve",
+        &["deny", &id.to_string(), "--reason", "x"],
+        "no request #",
     );
     w.refused(OUTSIDER, &["requests"], "approves no target");
     assert!(w.grants().is_empty());
@@ -241,6 +244,12 @@ fn a_request_approved_by_another_user_gives_access_and_its_trail() {
         w.curl_as(ENGINEER),
         "approved, but refused:\n{}",
         w.daemon.log_text()
+    );
+    // Access held: nothing more to ask for.
+    w.refused(
+        ENGINEER,
+        &["request", &w.target, "--for", "1h", "--reason", "more"],
+        "already have access",
     );
 
     // The trail: the request beside the grant and the connection it led to.
@@ -486,6 +495,7 @@ fn break_glass_gives_access_at_once_and_alerts_the_webhook() {
         &["break-glass", &w.target, "--reason", "SEV1 INC-99"],
     );
     assert!(out.starts_with("BREAK-GLASS: granted #"), "{out}");
+    assert!(out.contains("sent to: sre-slack, siem"), "{out}");
     assert!(w.curl_as(ENGINEER), "break-glass gave no access");
 
     let slack: Vec<Delivery> = receiver
@@ -553,6 +563,7 @@ fn every_event_reaches_a_receiver_that_refuses_at_first_and_one_restart_later() 
     // The receiver goes away; an event is queued; the daemon is killed
     // before it can deliver; both come back; the event arrives.
     drop(receiver);
+    w.ok(ENGINEER, &["drop", &w.target]);
     let id2 = id_of(&w.json(
         ENGINEER,
         &["request", &w.target, "--for", "1h", "--reason", "INC-8b"],
@@ -665,6 +676,19 @@ fn bad_request_input_gets_a_clear_error_and_changes_nothing() {
         ENGINEER,
         &["request", &t, "--for", "1h", "--reason", "   "],
         "a reason is required",
+    );
+    // A second line in a reason could forge one in the approvers' chat.
+    w.refused(
+        ENGINEER,
+        &[
+            "request",
+            &t,
+            "--for",
+            "1h",
+            "--reason",
+            "INC-1\nrequest #9 approved by root",
+        ],
+        "newline",
     );
     w.refused(
         ENGINEER,

@@ -31,8 +31,8 @@ pub use model::{
 pub use refusals::{Refusal, Why};
 pub use requests::{ApproveAsk, Decided, RequestAsk};
 pub use store::{
-    AccessStore, Approved, Delivery, GrantStore, NewGrant, NewRequest, Outbox, RequestStore, Route,
-    StoreError,
+    AccessStore, Approved, Delivery, GrantStore, Inserted, NewGrant, NewRequest, Outbox,
+    RequestStore, Route, StoreError,
 };
 
 use crate::{
@@ -184,6 +184,8 @@ pub struct Access {
     users: Users,
     /// Woken when a change may have queued notices in the outbox.
     outbox_wake: tokio::sync::Notify,
+    /// Per human: request tokens left, and when they were counted.
+    request_rate: Mutex<std::collections::HashMap<u32, (f64, UnixMs)>>,
 }
 
 impl Access {
@@ -231,6 +233,7 @@ impl Access {
             audit,
             users,
             outbox_wake: tokio::sync::Notify::new(),
+            request_rate: Mutex::default(),
         }))
     }
 
@@ -349,16 +352,37 @@ impl Access {
     }
 
     /// Approvers end anyone's grants.
+    /// Approvers end grants on the targets they approve (top-level
+    /// approvers and root: on every target).
     pub async fn revoke(&self, by: &Requester, ask: RevokeAsk) -> Result<Vec<Grant>, AccessError> {
-        self.require_approver(by).await?;
+        let mut theirs = std::collections::HashSet::new();
+        let everywhere = self.is_approver(by).await;
+        for target in &self.config.targets {
+            if everywhere || authz::is_member(by, self.config.approvers_of(target)).await {
+                theirs.insert(target.name.clone());
+            }
+        }
+        if theirs.is_empty() {
+            return self.require_approver(by).await.map(|()| Vec::new());
+        }
+        let may_end = |g: &Grant| everywhere || theirs.contains(&g.target);
         let now = self.clock.now_ms();
         let open = self.with_store(move |s| s.open_grants(now)).await?;
         let ids: Vec<i64> = match (&ask.id, &ask.who) {
             (Some(id), None) => {
-                if !open.iter().any(|g| g.id == *id) {
+                let Some(grant) = open.iter().find(|g| g.id == *id) else {
                     return Err(AccessError::not_found(
                         format!("no open grant with id {id}"),
                         "list them with `jitproxy grants --all`",
+                    ));
+                };
+                if !may_end(grant) {
+                    return Err(AccessError::forbidden(
+                        format!("uid {} may not revoke grants on `{}`", by.uid, grant.target),
+                        format!(
+                            "ask one of: {}",
+                            self.approvers_of_named(&grant.target).join(", ")
+                        ),
                     ));
                 }
                 vec![*id]
@@ -367,7 +391,9 @@ impl Access {
                 let (subject, _) = resolve_subject(who).await?;
                 open.iter()
                     .filter(|g| {
-                        g.subject == subject && ask.target.as_ref().is_none_or(|t| &g.target == t)
+                        g.subject == subject
+                            && ask.target.as_ref().is_none_or(|t| &g.target == t)
+                            && may_end(g)
                     })
                     .map(|g| g.id)
                     .collect()

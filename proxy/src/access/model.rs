@@ -219,9 +219,12 @@ impl fmt::Display for Scope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessRequest {
     pub id: i64,
-    /// Who asked, as the kernel vouched for them; the access is for
-    /// [`AccessRequest::human_uid`].
+    /// Who asked, as the kernel vouched for them.
     pub requester: Principal,
+    /// The human the access is for ([`crate::access::principal_uid`] of the
+    /// requester: the login uid behind `sudo`), and their name then.
+    pub human: u32,
+    pub human_name: Option<String>,
     pub target: String,
     /// How long the grant should last, from when it is given.
     pub duration_ms: i64,
@@ -283,10 +286,9 @@ pub enum RequestState {
 }
 
 impl AccessRequest {
-    /// The human the access is for: the same rule as for connections
-    /// ([`crate::access::principal_uid`]).
+    /// The human the access is for.
     pub fn human_uid(&self) -> u32 {
-        crate::access::principal_uid(self.requester.uid, self.requester.login_uid)
+        self.human
     }
 
     /// Its state at `now`: a pending request past its expiry is expired even

@@ -64,6 +64,16 @@ pub struct GrantNotice {
     pub end_kind: Option<EndKind>,
 }
 
+/// A principal for people: its name (else `uid N`), and the login uid
+/// behind it when it differs (root after `sudo`: `root (login 1001)`).
+pub fn principal_label(p: &Principal) -> String {
+    let who = p.name.clone().unwrap_or_else(|| format!("uid {}", p.uid));
+    match p.login_uid {
+        Some(login) => format!("{who} (login {login})"),
+        None => who,
+    }
+}
+
 /// `user:NAME` (or `user:UID`), `group:NAME` (or `group:GID`).
 pub fn subject_label(subject: Subject, name: Option<&str>) -> String {
     let (kind, id) = subject.parts();
@@ -146,12 +156,10 @@ impl Notice {
 
     /// One line for people (the Slack `text`).
     pub fn text(&self) -> String {
-        let by = self.by.as_ref().map_or_else(String::new, |p| {
-            format!(
-                " by {}",
-                p.name.clone().unwrap_or_else(|| format!("uid {}", p.uid))
-            )
-        });
+        let by = self
+            .by
+            .as_ref()
+            .map_or_else(String::new, |p| format!(" by {}", principal_label(p)));
         let request = self.request.as_ref();
         let id = request.map_or(0, |r| r.id);
         let window = self.grant.as_ref().map_or_else(String::new, |g| {

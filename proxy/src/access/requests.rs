@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::{
     authz::{is_member, is_member_uid},
-    Access, AccessError, AccessRequest, Approval, Approved, Grant, NewGrant, NewRequest, Outcome,
-    Principal, RequestKind, RequestState, Requester, Subject,
+    Access, AccessError, AccessRequest, Approval, Approved, Grant, Inserted, NewGrant, NewRequest,
+    Outcome, Principal, RequestKind, RequestState, Requester, Subject,
 };
 use crate::{
     audit::{Event, EventKind, UserInfo},
@@ -20,8 +20,12 @@ use crate::{
 
 /// How far back `jitproxy requests --mine` looks.
 const MINE_SINCE_MS: i64 = 7 * 24 * 3600 * 1000;
-/// Most requests a list reads from the store.
+/// Most of one user's requests `--mine` lists.
 const LIST_LIMIT: usize = 1000;
+/// Requests (and break-glass uses) one human may make at once...
+const REQUEST_BURST: f64 = 5.0;
+/// ...and then one per this long.
+const REQUEST_REFILL_MS: i64 = 120_000;
 
 /// A request for access, as asked (`POST /v1/requests`).
 #[derive(Debug, Clone)]
@@ -75,35 +79,18 @@ impl Access {
         }
         let reason = check_reason(&ask.reason)?;
         let duration_ms = self.window_ms(target, ask.duration_secs, target.max_grant)?;
+        self.refuse_if_covered(human, target).await?;
+        self.take_request_token(human)?;
         let now = self.clock.now_ms();
-        let ttl = target_ttl_ms(&self.config.targets);
-        let open = self
-            .with_store(move |s| s.requests(now - ttl, LIST_LIMIT))
-            .await?;
-        if let Some(pending) = open.iter().find(|r| {
-            r.human_uid() == human
-                && r.target == target.name
-                && r.state(now) == RequestState::Pending
-        }) {
-            return Err(AccessError::invalid(
-                format!(
-                    "you already have a pending request for `{}` (#{})",
-                    target.name, pending.id
-                ),
-                format!(
-                    "wait for it (`jitproxy requests --mine`), or ask an approver ({}) to decide #{}",
-                    self.approvers_for(target).join(", "),
-                    pending.id
-                ),
-            ));
-        }
         let requester = self.principal_of(by).await;
         let auto = self.auto_rule(target, human, duration_ms).await;
         let new = NewRequest {
             requester: requester.clone(),
+            human,
+            human_name: self.users.name(human).await,
             target: target.name.clone(),
             duration_ms,
-            reason: reason.clone(),
+            reason,
             kind: if auto {
                 RequestKind::AutoApproved
             } else {
@@ -113,25 +100,34 @@ impl Access {
             needed: target.access.approvals,
         };
         let grant = match auto {
-            true => Some(
-                self.new_grant_for(&new, human, now, duration_ms, &requester)
-                    .await,
-            ),
+            true => Some(self.new_grant_for(&new, now, duration_ms, &requester)),
             false => None,
         };
-        let (request, grant) = self
+        let inserted = self
             .with_store(move |s| s.insert_request(&new, grant.as_ref(), now))
             .await?;
+        let (request, grant) = match inserted {
+            Inserted::Stored(request, grant) => (request, grant),
+            Inserted::AlreadyPending(pending) => {
+                return Err(AccessError::invalid(
+                    format!(
+                        "you already have a pending request for `{}` (#{})",
+                        target.name, pending.id
+                    ),
+                    format!(
+                        "wait for it (`jitproxy requests --mine`), or ask an approver ({}) to decide #{}",
+                        self.approvers_for(target).join(", "),
+                        pending.id
+                    ),
+                ))
+            }
+        };
         self.outbox_wake.notify_one();
-        self.audit.record(
-            request_event(
-                EventKind::RequestCreated,
-                &request,
-                Some(&requester),
-                &self.users,
-            )
-            .await,
-        );
+        self.audit.record(request_event(
+            EventKind::RequestCreated,
+            &request,
+            Some(&requester),
+        ));
         match grant {
             Some(grant) => {
                 self.audit.record(super::grant_event(
@@ -140,7 +136,7 @@ impl Access {
                     Some(&grant.granted_by),
                 ));
                 self.rebuild().await?;
-                Ok(Decided::Granted(request, Box::new(grant)))
+                Ok(Decided::Granted(request, grant))
             }
             None => Ok(Decided::Pending(request)),
         }
@@ -178,10 +174,14 @@ impl Access {
         let max = target.access.break_glass_max;
         let secs = duration_secs.unwrap_or(max.as_secs());
         let duration_ms = self.window_ms(target, secs, max)?;
+        self.refuse_if_covered(human, target).await?;
+        self.take_request_token(human)?;
         let now = self.clock.now_ms();
         let requester = self.principal_of(by).await;
         let new = NewRequest {
             requester: requester.clone(),
+            human,
+            human_name: self.users.name(human).await,
             target: target.name.clone(),
             duration_ms,
             reason,
@@ -189,29 +189,25 @@ impl Access {
             expires_at: now,
             needed: 0,
         };
-        let grant = self
-            .new_grant_for(&new, human, now, duration_ms, &requester)
-            .await;
-        let (request, grant) = self
+        let grant = self.new_grant_for(&new, now, duration_ms, &requester);
+        let inserted = self
             .with_store(move |s| s.insert_request(&new, Some(&grant), now))
             .await?;
         self.outbox_wake.notify_one();
-        let grant =
-            grant.ok_or_else(|| AccessError::internal("the break-glass grant was not stored"))?;
-        if self.config.notify.is_empty() {
+        let Inserted::Stored(request, Some(grant)) = inserted else {
+            return Err(AccessError::internal(
+                "the break-glass grant was not stored",
+            ));
+        };
+        let grant = *grant;
+        if self.notified_of("break_glass.used").is_empty() {
             tracing::warn!(
                 request_id = request.id,
-                "break-glass used, and no [[notify]] webhook is configured to tell anyone"
+                "break-glass used, and no [[notify]] webhook takes break_glass.used to tell anyone"
             );
         }
         tracing::warn!(request_id = request.id, grant_id = grant.id, uid = human, target = %request.target, "BREAK-GLASS access taken");
-        let mut event = request_event(
-            EventKind::BreakGlassUsed,
-            &request,
-            Some(&requester),
-            &self.users,
-        )
-        .await;
+        let mut event = request_event(EventKind::BreakGlassUsed, &request, Some(&requester));
         event.grant_id = Some(grant.id);
         self.audit.record(event);
         self.audit.record(super::grant_event(
@@ -232,9 +228,7 @@ impl Access {
         id: i64,
         ask: ApproveAsk,
     ) -> Result<Decided, AccessError> {
-        let request = self.pending_request(id).await?;
-        let target = self.find_target(&request.target)?;
-        self.require_target_approver(by, target).await?;
+        let (request, target) = self.decidable(by, id).await?;
         let human = by.human_uid();
         if human == request.human_uid() {
             return Err(AccessError::forbidden(
@@ -273,23 +267,16 @@ impl Access {
             at: now,
             reason,
         };
-        let grant = self
-            .new_grant_for(
-                &NewRequest {
-                    requester: request.requester.clone(),
-                    target: request.target.clone(),
-                    duration_ms,
-                    reason: request.reason.clone(),
-                    kind: request.kind,
-                    expires_at: request.expires_at,
-                    needed: request.needed,
-                },
-                request.human_uid(),
-                now,
-                duration_ms,
-                &approver,
-            )
-            .await;
+        let grant = new_grant(
+            request.human,
+            request.human_name.clone(),
+            &request.target,
+            &request.reason,
+            now,
+            duration_ms,
+            &approver,
+        );
+        let approval_reason = approval.reason.clone();
         let approved = self
             .with_store(move |s| s.approve(id, human, &approval, &grant, now))
             .await?;
@@ -305,15 +292,9 @@ impl Access {
                 ))
             }
         };
-        let mut event = request_event(
-            EventKind::RequestApproved,
-            &request,
-            Some(&approver),
-            &self.users,
-        )
-        .await;
-        if let Some(d) = event.detail.as_mut() {
-            d["approval_reason"] = serde_json::json!(ask.reason);
+        let mut event = request_event(EventKind::RequestApproved, &request, Some(&approver));
+        if let (Some(d), Some(said)) = (event.detail.as_mut(), approval_reason) {
+            d["approval_reason"] = serde_json::json!(said);
         }
         self.audit.record(event);
         match grant {
@@ -338,9 +319,7 @@ impl Access {
         id: i64,
         reason: &str,
     ) -> Result<AccessRequest, AccessError> {
-        let request = self.pending_request(id).await?;
-        let target = self.find_target(&request.target)?;
-        self.require_target_approver(by, target).await?;
+        self.decidable(by, id).await?;
         let reason = check_reason(reason)?;
         let now = self.clock.now_ms();
         let denier = self.principal_of(by).await;
@@ -353,15 +332,11 @@ impl Access {
             let current = self.get_any(id).await?;
             return Err(not_pending(&current, now));
         };
-        self.audit.record(
-            request_event(
-                EventKind::RequestDenied,
-                &denied,
-                Some(&denier),
-                &self.users,
-            )
-            .await,
-        );
+        self.audit.record(request_event(
+            EventKind::RequestDenied,
+            &denied,
+            Some(&denier),
+        ));
         Ok(denied)
     }
 
@@ -376,10 +351,9 @@ impl Access {
         let now = self.clock.now_ms();
         let human = by.human_uid();
         if mine {
-            let all = self
-                .with_store(move |s| s.requests(now - MINE_SINCE_MS, LIST_LIMIT))
-                .await?;
-            return Ok(all.into_iter().filter(|r| r.human_uid() == human).collect());
+            return self
+                .with_store(move |s| s.requests_of(human, now - MINE_SINCE_MS, LIST_LIMIT))
+                .await;
         }
         let mut decidable = Vec::new();
         for target in &self.config.targets {
@@ -393,10 +367,7 @@ impl Access {
                 "see your own requests with `jitproxy requests --mine`",
             ));
         }
-        let ttl = target_ttl_ms(&self.config.targets);
-        let all = self
-            .with_store(move |s| s.requests(now - ttl, LIST_LIMIT))
-            .await?;
+        let all = self.with_store(move |s| s.pending_requests(now)).await?;
         Ok(all
             .into_iter()
             .filter(|r| {
@@ -468,7 +439,7 @@ impl Access {
         }
         for request in &expired {
             self.audit
-                .record(request_event(EventKind::RequestExpired, request, None, &self.users).await);
+                .record(request_event(EventKind::RequestExpired, request, None));
         }
         expired.len()
     }
@@ -523,36 +494,103 @@ impl Access {
         false
     }
 
-    /// The grant a request leads to: for its human, from `now`.
-    async fn new_grant_for(
+    /// The grant a request being stored leads to.
+    fn new_grant_for(
         &self,
         request: &NewRequest,
-        human: u32,
         now: UnixMs,
         duration_ms: i64,
         granted_by: &Principal,
     ) -> NewGrant {
-        NewGrant {
-            subject: Subject::User(human),
-            subject_name: self.users.name(human).await,
-            target: request.target.clone(),
-            starts_at: now,
-            ends_at: now.saturating_add(duration_ms),
-            reason: request.reason.clone(),
-            granted_by: granted_by.clone(),
-            scopes: Vec::new(),
-            request_id: None,
-        }
+        new_grant(
+            request.human,
+            request.human_name.clone(),
+            &request.target,
+            &request.reason,
+            now,
+            duration_ms,
+            granted_by,
+        )
     }
 
-    /// Request `id`, if it is still pending; a clear error otherwise.
-    async fn pending_request(&self, id: i64) -> Result<AccessRequest, AccessError> {
+    /// Request `id` and its target, if `by` may decide it and it is still
+    /// pending. To anyone who may not decide it, it does not exist (its
+    /// target, state and reasons are not theirs to learn), except to its
+    /// requester, who is told that nobody approves their own request.
+    async fn decidable(
+        &self,
+        by: &Requester,
+        id: i64,
+    ) -> Result<(AccessRequest, &Target), AccessError> {
         let request = self.get_any(id).await?;
+        let target = self.find_target(&request.target)?;
+        if !is_member(by, self.config.approvers_of(target)).await {
+            if request.human_uid() == by.human_uid() {
+                return Err(AccessError::forbidden(
+                    format!(
+                        "request #{id} is your own; nobody approves or denies their own request"
+                    ),
+                    format!("ask an approver: {}", self.approvers_for(target).join(", ")),
+                ));
+            }
+            return Err(unknown_request(id));
+        }
         let now = self.clock.now_ms();
         if request.state(now) != RequestState::Pending {
             return Err(not_pending(&request, now));
         }
-        Ok(request)
+        Ok((request, target))
+    }
+
+    /// Refuses a request or break-glass by `human` who already holds a live
+    /// grant of their own on `target`: there is nothing to ask for.
+    async fn refuse_if_covered(&self, human: u32, target: &Target) -> Result<(), AccessError> {
+        let now = self.clock.now_ms();
+        let open = self.with_store(move |s| s.open_grants(now)).await?;
+        let Some(grant) = open.iter().find(|g| {
+            g.subject == Subject::User(human) && g.target == target.name && g.is_live(now)
+        }) else {
+            return Ok(());
+        };
+        Err(AccessError::invalid(
+            format!(
+                "you already have access to `{}` until {} (grant #{})",
+                target.name,
+                time::timestamp(grant.effective_end()),
+                grant.id
+            ),
+            "ask again when it ends, or give it back first with `jitproxy drop`",
+        ))
+    }
+
+    /// Takes one of `human`'s request tokens (requests and break-glass
+    /// alike), or refuses: one user cannot flood approvers and webhooks.
+    fn take_request_token(&self, human: u32) -> Result<(), AccessError> {
+        let mut buckets = self.request_rate.lock().unwrap_or_else(|p| p.into_inner());
+        let now = self.clock.now_ms();
+        let (tokens, at) = buckets.entry(human).or_insert((REQUEST_BURST, now));
+        let refilled =
+            f64::from(u32::try_from(now - *at).unwrap_or(u32::MAX)) / REQUEST_REFILL_MS as f64;
+        *tokens = (*tokens + refilled).min(REQUEST_BURST);
+        *at = now;
+        if *tokens < 1.0 {
+            return Err(AccessError::invalid(
+                format!("you made {REQUEST_BURST} requests in a short time; wait a minute or two"),
+                "see them with `jitproxy requests --mine`",
+            ));
+        }
+        *tokens -= 1.0;
+        Ok(())
+    }
+
+    /// The webhooks that take `event`, by name.
+    pub fn notified_of(&self, event: &str) -> Vec<String> {
+        self.config
+            .notify
+            .iter()
+            .filter(|n| n.events.is_empty() || n.events.iter().any(|e| e == event))
+            .map(|n| n.name.clone())
+            .collect()
     }
 
     async fn get_any(&self, id: i64) -> Result<AccessRequest, AccessError> {
@@ -562,13 +600,44 @@ impl Access {
     }
 }
 
-/// A reason: required, trimmed, at most 1024 bytes.
+/// The grant for `human` on `target`, from `now`, made by `granted_by`.
+fn new_grant(
+    human: u32,
+    human_name: Option<String>,
+    target: &str,
+    reason: &str,
+    now: UnixMs,
+    duration_ms: i64,
+    granted_by: &Principal,
+) -> NewGrant {
+    NewGrant {
+        subject: Subject::User(human),
+        subject_name: human_name,
+        target: target.to_owned(),
+        starts_at: now,
+        ends_at: now.saturating_add(duration_ms),
+        reason: reason.to_owned(),
+        granted_by: granted_by.clone(),
+        scopes: Vec::new(),
+        request_id: None,
+    }
+}
+
+/// A reason: required, trimmed, one line of at most 1024 bytes, no control
+/// characters (it is shown to approvers, in tables and in chat, where a
+/// newline could forge a second line).
 pub(super) fn check_reason(reason: &str) -> Result<String, AccessError> {
     let reason = reason.trim();
     if reason.is_empty() {
         return Err(AccessError::invalid(
             "a reason is required",
             "give a ticket or a sentence, e.g. --reason INC-1234",
+        ));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(AccessError::invalid(
+            "the reason holds a newline or another control character",
+            "give it on one line",
         ));
     }
     if reason.len() > 1024 {
@@ -610,17 +679,6 @@ fn not_pending(request: &AccessRequest, now: UnixMs) -> AccessError {
     AccessError::invalid(what, hint)
 }
 
-/// The longest `request_ttl` of `targets` (at least a day): how far back a
-/// pending request can have been made.
-fn target_ttl_ms(targets: &[Target]) -> i64 {
-    targets
-        .iter()
-        .map(|t| duration_to_ms(t.access.request_ttl))
-        .max()
-        .unwrap_or(0)
-        .max(24 * 3600 * 1000)
-}
-
 fn duration_to_ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
@@ -639,20 +697,14 @@ fn list_of(items: impl Iterator<Item = String>) -> String {
 }
 
 /// The audit record of a step of `request`, done by `by` (none: the clock).
-async fn request_event(
-    kind: EventKind,
-    request: &AccessRequest,
-    by: Option<&Principal>,
-    users: &crate::host::users::Users,
-) -> Event {
-    let human = request.human_uid();
+fn request_event(kind: EventKind, request: &AccessRequest, by: Option<&Principal>) -> Event {
     let mut event = Event::new(kind);
     event.target = Some(request.target.clone());
     event.reason = Some(request.reason.clone());
     event.grant_id = request.grant_id();
     event.user = Some(UserInfo {
-        name: users.name(human).await,
-        uid: human,
+        name: request.human_name.clone(),
+        uid: request.human,
         login_uid: None,
     });
     let mut detail = serde_json::json!({

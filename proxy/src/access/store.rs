@@ -61,12 +61,25 @@ pub struct NewGrant {
 #[derive(Debug, Clone)]
 pub struct NewRequest {
     pub requester: Principal,
+    /// The human the access is for, and their name.
+    pub human: u32,
+    pub human_name: Option<String>,
     pub target: String,
     pub duration_ms: i64,
     pub reason: String,
     pub kind: RequestKind,
     pub expires_at: UnixMs,
     pub needed: u32,
+}
+
+/// What storing a request did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    /// Stored; with its grant if it was decided at once.
+    Stored(AccessRequest, Option<Box<Grant>>),
+    /// Not stored: the same human already has this request pending on the
+    /// target (checked in the same transaction, so two at once make one).
+    AlreadyPending(AccessRequest),
 }
 
 /// What an approval did.
@@ -142,19 +155,30 @@ pub trait GrantStore: Send {
 /// guarantees as grants. Each change queues its [`Notice`]s in the
 /// [`Outbox`] in the same transaction.
 pub trait RequestStore: Send {
-    /// Stores a pending request; with `grant`, the request is decided at
-    /// once (auto-approved, break-glass) and the grant stored with it.
+    /// Stores a pending request, unless its human has one pending on the
+    /// target already; with `grant`, the request is decided at once
+    /// (auto-approved, break-glass) and the grant stored with it.
     fn insert_request(
         &mut self,
         new: &NewRequest,
         grant: Option<&NewGrant>,
         now: UnixMs,
-    ) -> Result<(AccessRequest, Option<Grant>), StoreError>;
+    ) -> Result<Inserted, StoreError>;
 
     fn get_request(&self, id: i64) -> Result<Option<AccessRequest>, StoreError>;
 
-    /// Requests made since `since`, newest first, at most `limit`.
-    fn requests(&self, since: UnixMs, limit: usize) -> Result<Vec<AccessRequest>, StoreError>;
+    /// Every request pending at `now` (not decided, not past its expiry),
+    /// oldest first.
+    fn pending_requests(&self, now: UnixMs) -> Result<Vec<AccessRequest>, StoreError>;
+
+    /// The requests of human `uid` made since `since`, newest first, at
+    /// most `limit`.
+    fn requests_of(
+        &self,
+        uid: u32,
+        since: UnixMs,
+        limit: usize,
+    ) -> Result<Vec<AccessRequest>, StoreError>;
 
     /// Adds `approval` (by the human `approver_uid`) to pending request
     /// `id`; when it is the last one needed, stores `grant` (linked to the

@@ -325,6 +325,15 @@ pub(super) async fn break_glass(
     if let Some(g) = &v.grant {
         println!("BREAK-GLASS: {}", granted(g));
     }
-    println!("this is flagged in the audit log and sent to the configured webhooks");
+    if v.notified.is_empty() {
+        println!(
+            "this is flagged in the audit log; no webhook takes break-glass alerts, so tell your approvers yourself"
+        );
+    } else {
+        println!(
+            "this is flagged in the audit log and sent to: {}",
+            Escaped(v.notified.join(", "))
+        );
+    }
     Ok(())
 }

@@ -198,6 +198,10 @@ pub struct RequestView {
     /// Who can approve it: root and the target's approvers.
     #[serde(default)]
     pub approvers: Vec<String>,
+    /// The webhooks told of this step (break-glass: those that take
+    /// `break_glass.used`), by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notified: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,6 +259,7 @@ impl RequestView {
             grant: grant.map(|g| GrantView::new(g, now)),
             grant_id: request.grant_id(),
             approvers,
+            notified: Vec::new(),
         }
     }
 }

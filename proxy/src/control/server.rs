@@ -310,11 +310,9 @@ async fn route(
                     .await
             })
             .await?;
-            decided_view(
-                access,
-                StatusCode::CREATED,
-                &Decided::Granted(request, Box::new(grant)),
-            )
+            let mut view = request_view(access, &Decided::Granted(request, Box::new(grant)));
+            view.notified = access.notified_of("break_glass.used");
+            json(StatusCode::CREATED, &view)
         }
         (_, p) if p.starts_with("/v1/requests/") => {
             return request_route(req, &method, p, by, access).await
@@ -393,20 +391,22 @@ async fn request_route(
 }
 
 /// A request (and the grant it led to, if any) as the API shows it.
-fn decided_view(access: &Access, status: StatusCode, decided: &Decided) -> Response<Full<Bytes>> {
+fn request_view(access: &Access, decided: &Decided) -> RequestView {
     let (request, grant): (&AccessRequest, Option<&Grant>) = match decided {
         Decided::Pending(r) => (r, None),
         Decided::Granted(r, g) => (r, Some(&**g)),
     };
-    json(
-        status,
-        &RequestView::new(
-            request,
-            grant,
-            access.approvers_of_named(&request.target),
-            now_ms(),
-        ),
+    RequestView::new(
+        request,
+        grant,
+        access.approvers_of_named(&request.target),
+        now_ms(),
     )
+}
+
+/// [`request_view`], answered with `status`.
+fn decided_view(access: &Access, status: StatusCode, decided: &Decided) -> Response<Full<Bytes>> {
+    json(status, &request_view(access, decided))
 }
 
 /// Runs a grant change to its end on a task of its own, so that a client

@@ -96,6 +96,8 @@ const MIGRATIONS: &[&str] = &[
         requester_uid   INTEGER NOT NULL,
         requester_name  TEXT,
         requester_login_uid INTEGER,
+        human_uid       INTEGER NOT NULL,
+        human_name      TEXT,
         target          TEXT    NOT NULL,
         duration_ms     INTEGER NOT NULL,
         reason          TEXT    NOT NULL,
@@ -112,6 +114,7 @@ const MIGRATIONS: &[&str] = &[
         deny_reason     TEXT
     );
     CREATE INDEX requests_pending ON requests (expires_at) WHERE outcome IS NULL;
+    CREATE INDEX requests_human ON requests (human_uid, created_at);
     CREATE TABLE approvals (
         request_id      INTEGER NOT NULL REFERENCES requests (id),
         human_uid       INTEGER NOT NULL,
@@ -125,6 +128,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE outbox (
         id              INTEGER PRIMARY KEY AUTOINCREMENT,
         route           TEXT    NOT NULL,
+        priority        INTEGER NOT NULL DEFAULT 0,
         body            TEXT    NOT NULL,
         created_at      INTEGER NOT NULL,
         attempts        INTEGER NOT NULL DEFAULT 0,
@@ -367,12 +371,15 @@ fn enqueue(
     now: UnixMs,
 ) -> Result<(), StoreError> {
     let mut stmt = conn.prepare_cached(
-        "INSERT INTO outbox (route, body, created_at, next_attempt_at) VALUES (?1, ?2, ?3, ?3)",
+        "INSERT INTO outbox (route, priority, body, created_at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?4)",
     )?;
     for notice in notices {
         let body = serde_json::to_string(notice).map_err(|e| StoreError::Backend(Box::new(e)))?;
+        // Break-glass goes out before anything queued ahead of it.
+        let priority = i64::from(notice.event == "break_glass.used");
         for route in routes.iter().filter(|r| r.wants(&notice.event)) {
-            stmt.execute(params![route.name, body, now])?;
+            stmt.execute(params![route.name, priority, body, now])?;
         }
     }
     Ok(())

@@ -12,6 +12,8 @@ use crate::{
 
 /// Delivered notices are removed after this long.
 const KEEP_DELIVERED_MS: i64 = 7 * 24 * 3600 * 1000;
+/// A notice that does not parse is tried again after this long.
+const PARKED_MS: i64 = 3600 * 1000;
 
 impl Outbox for SqliteStore {
     fn set_routes(&mut self, routes: Vec<Route>) {
@@ -21,7 +23,8 @@ impl Outbox for SqliteStore {
     fn due(&self, now: UnixMs, limit: usize) -> Result<Vec<Delivery>, StoreError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT id, route, body, attempts FROM outbox
-             WHERE delivered_at IS NULL AND next_attempt_at <= ?1 ORDER BY id LIMIT ?2",
+             WHERE delivered_at IS NULL AND next_attempt_at <= ?1
+             ORDER BY priority DESC, id LIMIT ?2",
         )?;
         let rows = stmt
             .query_map(
@@ -46,9 +49,15 @@ impl Outbox for SqliteStore {
                     notice,
                     attempts,
                 }),
-                // Written by this code, so never expected; kept, not lost.
+                // Written by this code, so never expected (a downgrade, a
+                // damaged file): kept, not lost, and set aside for an hour
+                // so that it cannot keep the delivery loop busy.
                 Err(e) => {
-                    tracing::error!(id, error = %e, "an outbox notice does not parse; left queued")
+                    tracing::error!(id, error = %e, "an outbox notice does not parse; left queued");
+                    self.conn.execute(
+                        "UPDATE outbox SET next_attempt_at = ?2, last_error = 'does not parse' WHERE id = ?1",
+                        params![id, now + PARKED_MS],
+                    )?;
                 }
             }
         }

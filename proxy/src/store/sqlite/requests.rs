@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OptionalExtension as _, Row};
 use super::{enqueue, insert_grant, SqliteStore};
 use crate::{
     access::{
-        notice::Notice, AccessRequest, Approval, Approved, Grant, NewGrant, NewRequest, Outcome,
+        notice::Notice, AccessRequest, Approval, Approved, Inserted, NewGrant, NewRequest, Outcome,
         Principal, RequestKind, RequestStore, StoreError,
     },
     time::UnixMs,
@@ -16,7 +16,7 @@ use crate::{
 /// The columns of a request row, in the order [`read_request`] reads them.
 const COLUMNS: &str = "id, requester_uid, requester_name, requester_login_uid, target,
     duration_ms, reason, kind, created_at, expires_at, needed, outcome, decided_at, grant_id,
-    denied_by_uid, denied_by_name, denied_by_login_uid, deny_reason";
+    denied_by_uid, denied_by_name, denied_by_login_uid, deny_reason, human_uid, human_name";
 
 impl RequestStore for SqliteStore {
     fn insert_request(
@@ -24,16 +24,33 @@ impl RequestStore for SqliteStore {
         new: &NewRequest,
         grant: Option<&NewGrant>,
         now: UnixMs,
-    ) -> Result<(AccessRequest, Option<Grant>), StoreError> {
+    ) -> Result<Inserted, StoreError> {
         let tx = self.conn.transaction()?;
+        if new.kind == RequestKind::Asked {
+            let pending: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM requests WHERE human_uid = ?1 AND target = ?2
+                       AND outcome IS NULL AND expires_at > ?3 LIMIT 1",
+                    params![new.human, new.target, now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(id) = pending {
+                let request = request_in(&tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
+                return Ok(Inserted::AlreadyPending(request));
+            }
+        }
         tx.execute(
-            "INSERT INTO requests (requester_uid, requester_name, requester_login_uid, target,
-                                   duration_ms, reason, kind, created_at, expires_at, needed)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO requests (requester_uid, requester_name, requester_login_uid, human_uid,
+                                   human_name, target, duration_ms, reason, kind, created_at,
+                                   expires_at, needed)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 new.requester.uid,
                 new.requester.name,
                 new.requester.login_uid,
+                new.human,
+                new.human_name,
                 new.target,
                 new.duration_ms,
                 new.reason,
@@ -83,31 +100,40 @@ impl RequestStore for SqliteStore {
         }
         enqueue(&tx, &self.routes, &notices, now)?;
         tx.commit()?;
-        Ok((request, granted))
+        Ok(Inserted::Stored(request, granted.map(Box::new)))
     }
 
     fn get_request(&self, id: i64) -> Result<Option<AccessRequest>, StoreError> {
         request_in(&self.conn, id)
     }
 
-    fn requests(&self, since: UnixMs, limit: usize) -> Result<Vec<AccessRequest>, StoreError> {
+    fn pending_requests(&self, now: UnixMs) -> Result<Vec<AccessRequest>, StoreError> {
         let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {COLUMNS} FROM requests WHERE created_at >= ?1 ORDER BY id DESC LIMIT ?2"
+            "SELECT {COLUMNS} FROM requests WHERE outcome IS NULL AND expires_at > ?1 ORDER BY id"
+        ))?;
+        let rows = stmt
+            .query_map([now], read_request)?
+            .collect::<Result<Vec<_>, _>>()?;
+        self.checked(rows)
+    }
+
+    fn requests_of(
+        &self,
+        uid: u32,
+        since: UnixMs,
+        limit: usize,
+    ) -> Result<Vec<AccessRequest>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM requests WHERE human_uid = ?1 AND created_at >= ?2
+             ORDER BY id DESC LIMIT ?3"
         ))?;
         let rows = stmt
             .query_map(
-                params![since, i64::try_from(limit).unwrap_or(i64::MAX)],
+                params![uid, since, i64::try_from(limit).unwrap_or(i64::MAX)],
                 read_request,
             )?
             .collect::<Result<Vec<_>, _>>()?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            match row.into_request(&self.conn) {
-                Ok(request) => out.push(request),
-                Err(e) => tracing::error!(error = %e, "skipping a corrupt request"),
-            }
-        }
-        Ok(out)
+        self.checked(rows)
     }
 
     fn approve(
@@ -232,6 +258,20 @@ impl RequestStore for SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// The requests among `rows`; corrupt ones are logged and left out.
+    fn checked(&self, rows: Vec<StoredRequest>) -> Result<Vec<AccessRequest>, StoreError> {
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            match row.into_request(&self.conn) {
+                Ok(request) => out.push(request),
+                Err(e) => tracing::error!(error = %e, "skipping a corrupt request"),
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// Request `id` with its approvals, as `conn` sees it.
 fn request_in(conn: &Connection, id: i64) -> Result<Option<AccessRequest>, StoreError> {
     conn.query_row(
@@ -260,6 +300,8 @@ struct StoredRequest {
     grant_id: Option<i64>,
     denied_by: Option<Principal>,
     deny_reason: Option<String>,
+    human: u32,
+    human_name: Option<String>,
 }
 
 fn read_request(row: &Row<'_>) -> rusqlite::Result<StoredRequest> {
@@ -290,6 +332,8 @@ fn read_request(row: &Row<'_>) -> rusqlite::Result<StoredRequest> {
         grant_id: row.get(13)?,
         denied_by,
         deny_reason: row.get(17)?,
+        human: row.get(18)?,
+        human_name: row.get(19)?,
     })
 }
 
@@ -339,6 +383,8 @@ impl StoredRequest {
         Ok(AccessRequest {
             id,
             requester: self.requester,
+            human: self.human,
+            human_name: self.human_name,
             target: self.target,
             duration_ms: self.duration_ms,
             reason: self.reason,
@@ -355,7 +401,7 @@ impl StoredRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::access::{GrantStore as _, Outbox as _, Route, Subject};
+    use crate::access::{Grant, GrantStore as _, Outbox as _, Route, Subject};
 
     fn person(uid: u32) -> Principal {
         Principal {
@@ -368,6 +414,8 @@ mod tests {
     fn asked(uid: u32, needed: u32, expires_at: UnixMs) -> NewRequest {
         NewRequest {
             requester: person(uid),
+            human: uid,
+            human_name: None,
             target: "api".to_owned(),
             duration_ms: 3_600_000,
             reason: "INC-1".to_owned(),
@@ -399,6 +447,19 @@ mod tests {
         }
     }
 
+    /// Stores `new` (with `grant`); what was stored.
+    fn insert(
+        store: &mut SqliteStore,
+        new: &NewRequest,
+        grant: Option<&NewGrant>,
+        now: UnixMs,
+    ) -> (AccessRequest, Option<Box<Grant>>) {
+        match store.insert_request(new, grant, now).unwrap() {
+            Inserted::Stored(request, grant) => (request, grant),
+            Inserted::AlreadyPending(r) => panic!("not stored: #{} is pending", r.id),
+        }
+    }
+
     fn store_with_route() -> SqliteStore {
         let mut store = SqliteStore::in_memory().unwrap();
         store.set_routes(vec![Route {
@@ -420,9 +481,7 @@ mod tests {
     #[test]
     fn two_distinct_approvals_make_one_grant() {
         let mut store = store_with_route();
-        let (request, none) = store
-            .insert_request(&asked(1001, 2, 10_000), None, 1)
-            .unwrap();
+        let (request, none) = insert(&mut store, &asked(1001, 2, 10_000), None, 1);
         assert!(none.is_none());
         let first = store
             .approve(request.id, 2001, &approval(2001, 2), &grant_for(1001, 2), 2)
@@ -462,7 +521,7 @@ mod tests {
     #[test]
     fn an_expired_request_is_expired_once_and_cannot_be_decided() {
         let mut store = store_with_route();
-        let (request, _) = store.insert_request(&asked(1001, 1, 100), None, 1).unwrap();
+        let (request, _) = insert(&mut store, &asked(1001, 1, 100), None, 1);
         // Past its expiry, before the expiry task ran: still refused.
         let late = store
             .approve(
@@ -498,9 +557,7 @@ mod tests {
     #[test]
     fn a_denial_keeps_its_reason_and_ends_the_request() {
         let mut store = store_with_route();
-        let (request, _) = store
-            .insert_request(&asked(1001, 1, 10_000), None, 1)
-            .unwrap();
+        let (request, _) = insert(&mut store, &asked(1001, 1, 10_000), None, 1);
         let denied = store
             .deny(request.id, &person(2001), "use staging", 5)
             .unwrap()
@@ -520,15 +577,47 @@ mod tests {
     }
 
     #[test]
+    fn one_pending_request_per_human_and_target() {
+        let mut store = store_with_route();
+        let (first, _) = insert(&mut store, &asked(1001, 1, 10_000), None, 1);
+        let again = store
+            .insert_request(&asked(1001, 1, 10_000), None, 2)
+            .unwrap();
+        assert!(matches!(again, Inserted::AlreadyPending(r) if r.id == first.id));
+        // Another human, or the same one once the first expired: stored.
+        insert(&mut store, &asked(1002, 1, 10_000), None, 3);
+        insert(&mut store, &asked(1001, 1, 20_000), None, 10_000);
+        assert_eq!(
+            store.pending_requests(10_000).unwrap().len(),
+            1,
+            "1002's expired at 10 000"
+        );
+        assert_eq!(store.requests_of(1001, 0, 10).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn break_glass_goes_out_first() {
+        let mut store = store_with_route();
+        insert(&mut store, &asked(1001, 1, 10_000), None, 1);
+        let glass = NewRequest {
+            kind: RequestKind::BreakGlass,
+            ..asked(1002, 0, 1)
+        };
+        insert(&mut store, &glass, Some(&grant_for(1002, 1)), 2);
+        assert_eq!(
+            queued_events(&store),
+            ["break_glass.used", "request.created", "grant.created"]
+        );
+    }
+
+    #[test]
     fn an_immediate_request_is_stored_with_its_grant() {
         let mut store = store_with_route();
         let new = NewRequest {
             kind: RequestKind::BreakGlass,
             ..asked(1001, 0, 1)
         };
-        let (request, grant) = store
-            .insert_request(&new, Some(&grant_for(1001, 1)), 1)
-            .unwrap();
+        let (request, grant) = insert(&mut store, &new, Some(&grant_for(1001, 1)), 1);
         let grant = grant.unwrap();
         assert_eq!(request.grant_id(), Some(grant.id));
         assert_eq!(grant.request_id, Some(request.id));
