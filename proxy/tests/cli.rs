@@ -117,3 +117,30 @@ fn assert_exit(out: &Output, code: i32) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn completions_and_man_pages_come_from_the_command_definitions() {
+    let out = jitproxy(&["completions".as_ref(), "bash".as_ref()]);
+    assert_exit(&out, 0);
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        script.contains("_jitproxy")
+            && script.contains("break-glass")
+            && script.contains("--reason"),
+        "the bash completions miss commands or flags:\n{script}"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = jitproxy(&["man".as_ref(), dir.path().as_os_str()]);
+    assert_exit(&out, 0);
+    let page =
+        std::fs::read_to_string(dir.path().join("jitproxy-request.1")).expect("a page per command");
+    assert!(
+        page.contains(".TH JITPROXY-REQUEST 1") && page.contains("\\-\\-wait"),
+        "{page}"
+    );
+    assert!(dir.path().join("jitproxy.1").exists());
+    assert!(
+        !dir.path().join("jitproxy-debug.1").exists(),
+        "hidden commands get no page"
+    );
+}

@@ -74,6 +74,48 @@ pub(super) fn print_default_config() -> Result<Exit, CmdError> {
     Ok(Exit::Success)
 }
 
+/// `jitproxy completions SHELL`, from the clap definitions.
+pub(super) fn print_completions(shell: clap_complete::Shell) -> Result<Exit, CmdError> {
+    use clap::CommandFactory as _;
+    use std::io::Write as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut super::Cli::command(), "jitproxy", &mut script);
+    match std::io::stdout().write_all(&script) {
+        // A reader that stopped early (`| head`) is not a failure.
+        Ok(()) => Ok(Exit::Success),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(Exit::Success),
+        Err(e) => Err(CmdError::failure(format!(
+            "cannot write the completions: {e}"
+        ))),
+    }
+}
+
+/// `jitproxy man DIR`: `jitproxy.1` and `jitproxy-COMMAND.1` for each
+/// visible command, from the clap definitions.
+pub(super) fn write_man_pages(dir: &Path) -> Result<Exit, CmdError> {
+    use clap::CommandFactory as _;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| CmdError::failure(format!("cannot create {}: {e}", dir.display())))?;
+    let cli = super::Cli::command();
+    let mut written = Vec::new();
+    let mut pages = vec![(String::from("jitproxy"), cli.clone())];
+    for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
+        pages.push((format!("jitproxy-{}", sub.get_name()), sub.clone()));
+    }
+    for (name, command) in pages {
+        let path = dir.join(format!("{name}.1"));
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command)
+            .title(name.to_uppercase())
+            .render(&mut page)
+            .and_then(|()| std::fs::write(&path, page))
+            .map_err(|e| CmdError::failure(format!("cannot write {}: {e}", path.display())))?;
+        written.push(path);
+    }
+    println!("wrote {} man pages to {}", written.len(), dir.display());
+    Ok(Exit::Success)
+}
+
 /// The cgroup a command acts on: `--cgroup`, else the config's, else the root.
 fn watched_cgroup(config: &Config, arg: Option<PathBuf>) -> Result<PathBuf, CmdError> {
     cgroup::resolve(arg.as_deref().or(config.cgroup.as_deref())).map_err(CmdError::failure)

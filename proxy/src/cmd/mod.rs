@@ -319,6 +319,14 @@ enum Command {
         #[arg(long)]
         follow: bool,
     },
+    /// Print shell completions (bash, zsh, fish, elvish, powershell) to stdout.
+    #[command(
+        after_help = "Examples:\n  jitproxy completions bash > /usr/share/bash-completion/completions/jitproxy\n  source <(jitproxy completions bash)"
+    )]
+    Completions { shell: clap_complete::Shell },
+    /// Write man pages (jitproxy.1 and one per command) into a directory.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
     /// Low-level inspection, for tests and debugging.
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
@@ -578,6 +586,8 @@ impl Command {
                 )?;
                 local::verify_audit(&config, key, copy.as_deref())
             }
+            Self::Completions { shell } => local::print_completions(shell),
+            Self::Man { dir } => local::write_man_pages(&dir),
             Self::Debug(DebugCommand::BenchAudit {
                 dir,
                 events,
