@@ -11,7 +11,7 @@
 //! - [`access`]: grants and who may do what;
 //! - [`audit`]: the tamper-evident log;
 //! - bottom: [`config`], [`host`] (the local system), [`kernel`] (eBPF),
-//!   [`time`].
+//!   [`metrics`] (the process's counters), [`time`].
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -23,6 +23,7 @@ pub mod control;
 pub mod daemon;
 pub mod host;
 pub mod kernel;
+pub mod metrics;
 pub mod notify;
 pub mod proxy;
 pub mod store;

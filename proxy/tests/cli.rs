@@ -144,3 +144,99 @@ fn completions_and_man_pages_come_from_the_command_definitions() {
         "hidden commands get no page"
     );
 }
+
+#[test]
+fn doctor_json_lists_every_check_with_a_status() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let state = dir.path().join("state");
+    // A port no test or demo on this machine uses (the e2e tests have
+    // 600..=971), below the default ip_unprivileged_port_start.
+    let config = dir.path().join("doctor.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen_port = 1013\nstate_dir = {:?}\n\n[[target]]\nname = \"api\"\nhosts = [\"127.0.0.2\"]\nports = [8080]\n",
+            state.display().to_string()
+        ),
+    )
+    .expect("write config");
+
+    let out = jitproxy(&[
+        "doctor".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    let findings: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "doctor --json should print a JSON list: {e}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let mut checks = Vec::new();
+    let mut failed = false;
+    for f in &findings {
+        let object = f.as_object().expect("each finding is an object");
+        let mut keys: Vec<&str> = object.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["check", "fix", "found", "status"], "{f}");
+        let check = f["check"].as_str().expect("check is a string");
+        assert!(!check.is_empty(), "{f}");
+        assert!(f["found"].as_str().is_some_and(|s| !s.is_empty()), "{f}");
+        let status = f["status"].as_str().expect("status is a string");
+        match status {
+            // What to do next, exactly when something is wrong.
+            "warn" | "fail" => assert!(f["fix"].as_str().is_some_and(|s| !s.is_empty()), "{f}"),
+            "ok" | "skip" => assert!(f["fix"].is_null(), "{f}"),
+            other => panic!("unknown status `{other}`: {f}"),
+        }
+        failed |= status == "fail";
+        checks.push(check.to_owned());
+    }
+    for want in [
+        "kernel",
+        "BTF",
+        "cgroup v2",
+        "cgroup v1 net",
+        "bpffs",
+        "CAP_BPF",
+        "CAP_NET_ADMIN",
+        "CAP_SYS_ADMIN",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_PERFMON",
+        "listen port",
+        "listen IPv4",
+        "listen IPv6",
+        "state dir",
+        "grants.db",
+        "audit disk",
+        "clock",
+        "CA trust store",
+    ] {
+        assert!(
+            checks.iter().any(|c| c == want),
+            "no `{want}` check in {checks:?}"
+        );
+    }
+    // The config's values are the ones checked.
+    let found = |check: &str| {
+        findings
+            .iter()
+            .find(|f| f["check"] == check)
+            .and_then(|f| f["found"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        found("listen IPv4").contains("127.0.0.1:1013"),
+        "{findings:?}"
+    );
+    assert!(
+        found("state dir").contains(&state.display().to_string()),
+        "{findings:?}"
+    );
+    // Exit 1 exactly when a check failed.
+    assert_exit(&out, if failed { 1 } else { 0 });
+}

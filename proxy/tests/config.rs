@@ -471,6 +471,37 @@ fn bad_webhooks_are_named() {
 }
 
 #[test]
+fn the_metrics_endpoint_is_loopback_or_a_unix_socket() {
+    use jitproxy::config::MetricsAddr;
+    let parsed = |v: &str| Config::parse(&format!("metrics = \"{v}\"\n"), "test.toml");
+    assert!(matches!(
+        parsed("127.0.0.1:9971").unwrap().metrics,
+        Some(MetricsAddr::Tcp(_))
+    ));
+    assert!(matches!(
+        parsed("[::1]:9971").unwrap().metrics,
+        Some(MetricsAddr::Tcp(_))
+    ));
+    assert!(matches!(
+        parsed("unix:/run/jitproxy/metrics.sock").unwrap().metrics,
+        Some(MetricsAddr::Unix(_))
+    ));
+    assert!(
+        Config::parse("# c\n", "test.toml")
+            .unwrap()
+            .metrics
+            .is_none(),
+        "on by default"
+    );
+    let message = assert_refused("# c\nmetrics = \"0.0.0.0:9971\"\n", 2, "metrics");
+    assert!(message.contains("not a loopback address"), "{message}");
+    let message = assert_refused("# c\nmetrics = \"unix:relative.sock\"\n", 2, "metrics");
+    assert!(message.contains("absolute"), "{message}");
+    let message = assert_refused("# c\nmetrics = \"9971\"\n", 2, "metrics");
+    assert!(message.contains("ADDRESS:PORT"), "{message}");
+}
+
+#[test]
 fn bad_max_grant_is_named() {
     let text = r#"[[target]]
 name = "api"

@@ -18,7 +18,7 @@ use anyhow::{bail, Context as _, Result};
 /// module in an earlier row; modules in the same row may not import each
 /// other.
 const LAYERS: &[&[&str]] = &[
-    &["time"],
+    &["time", "metrics"],
     &["config"],
     &["host"],
     &["kernel"],

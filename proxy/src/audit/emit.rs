@@ -19,8 +19,13 @@ enum Loudness {
     Error,
 }
 
-/// Logs `event` to the daemon log.
+/// Logs `event` to the daemon log, and counts it for the metrics.
 pub(super) fn daemon_log(event: &Event) {
+    crate::metrics::METRICS.event(
+        event.kind.as_str(),
+        event.target.as_deref(),
+        event.code.as_deref(),
+    );
     let user = event.user.as_ref();
     let process = event.process.as_ref();
     let detail = event.detail.as_ref().map(ToString::to_string);

@@ -162,6 +162,8 @@ struct Health {
     failing: Mutex<Option<String>>,
     dropped: AtomicU64,
     written: AtomicU64,
+    /// Events sent to the writer and not yet taken by it.
+    queued: AtomicU64,
     /// Records the syslog collector did not get (queue full).
     syslog_dropped: Arc<AtomicU64>,
 }
@@ -207,6 +209,7 @@ impl AuditLog {
 
     /// Appends an event; does not wait for the disk.
     pub fn record(&self, event: Event) {
+        self.health.queued.fetch_add(1, Ordering::Relaxed);
         let _ = self.tx.send(Msg::Append {
             event: Box::new(event),
             time: Timestamp::now(),
@@ -218,6 +221,7 @@ impl AuditLog {
     /// sequence number.
     pub async fn record_durable(&self, event: Event) -> Result<u64, AuditError> {
         let (ack, done) = oneshot::channel();
+        self.health.queued.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(Msg::Append {
                 event: Box::new(event),
@@ -253,6 +257,11 @@ impl AuditLog {
     /// Records the syslog collector did not get (its queue was full).
     pub fn syslog_dropped(&self) -> u64 {
         self.health.syslog_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Events waiting for the writer.
+    pub fn queued(&self) -> u64 {
+        self.health.queued.load(Ordering::Relaxed)
     }
 
     /// Records written since start.
@@ -416,10 +425,13 @@ impl Writer {
                 .take(MAX_BATCH)
             {
                 match msg {
-                    Msg::Append { event, time, ack } => match ack {
-                        Some(ack) => acks.push((*event, time, ack)),
-                        None => self.queue(*event, time),
-                    },
+                    Msg::Append { event, time, ack } => {
+                        self.health.queued.fetch_sub(1, Ordering::Relaxed);
+                        match ack {
+                            Some(ack) => acks.push((*event, time, ack)),
+                            None => self.queue(*event, time),
+                        }
+                    }
                     Msg::Checkpoint(ack) => checkpoint_acks.push(ack),
                     Msg::Shutdown => shutdown = true,
                 }
@@ -554,7 +566,12 @@ impl Writer {
     /// Appends and fsyncs; on failure, cuts the file back so the chain stays
     /// whole.
     fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        let result = self.file.append(buf).and_then(|()| self.file.sync_data());
+        let result = self.file.append(buf).and_then(|()| {
+            let started = Instant::now();
+            self.file.sync_data()?;
+            crate::metrics::METRICS.synced(started.elapsed());
+            Ok(())
+        });
         match result {
             Ok(()) => {
                 self.file_len += buf.len() as u64;

@@ -6,6 +6,7 @@
 //! 4 the daemon refused the request; 5 `audit verify` found tampering.
 
 mod client;
+mod doctor;
 mod escape;
 mod local;
 mod render;
@@ -158,6 +159,19 @@ enum Command {
     /// Show configs.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Check this host before a run (kernel, BTF, cgroups, bpffs, capabilities,
+    /// listen port, state and audit directories, clock) and say what to fix.
+    #[command(
+        after_help = "Exits 1 if any check FAILs, else 0.\nExamples:\n  sudo jitproxy doctor\n  sudo jitproxy doctor --config /etc/jitproxy/config.toml\n  sudo jitproxy doctor --json"
+    )]
+    Doctor {
+        /// Config whose listen port, state and audit directories and bpffs to check; without it the embedded default.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// A JSON list of {check, status, found, fix}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Detach jitproxy's pinned programs from a cgroup: connections then go direct.
     #[command(
         after_help = "Stop the daemon first. Examples:\n  jitproxy uninstall --cgroup /sys/fs/cgroup/engineers.slice\n  jitproxy uninstall --stale"
@@ -478,6 +492,9 @@ impl Command {
                 local::check_config(&load_config(path.as_ref(), Overrides::default())?)
             }
             Self::Config(ConfigCommand::Default) => local::print_default_config(),
+            Self::Doctor { config, json } => {
+                doctor::doctor(&load_config(config.as_ref(), Overrides::default())?, json)
+            }
             Self::Uninstall {
                 config,
                 cgroup,
@@ -638,9 +655,59 @@ pub fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::Worker
         .finish(std::io::stderr());
     let filter = EnvFilter::try_from_env("JITPROXY_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = fmt().with_env_filter(filter).with_writer(writer);
+    // systemd sets JOURNAL_STREAM when stderr goes to the journal: no
+    // colours, no timestamps (the journal adds them), and each line starts
+    // with its syslog priority (`<3>`), which the journal maps to a level.
+    let journal = std::env::var_os("JOURNAL_STREAM").is_some();
     match format {
+        LogFormat::Text if journal => builder
+            .with_ansi(false)
+            .event_format(journal::Priority(
+                fmt::format().without_time().with_target(true),
+            ))
+            .init(),
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
     guard
+}
+
+mod journal {
+    use std::fmt;
+
+    use tracing::{Event, Level, Subscriber};
+    use tracing_subscriber::{
+        fmt::{
+            format::{FormatEvent, FormatFields, Writer},
+            FmtContext,
+        },
+        registry::LookupSpan,
+    };
+
+    /// A text line prefixed with its syslog priority, as the journal reads
+    /// a service's stderr.
+    pub(super) struct Priority<F>(pub(super) F);
+
+    impl<S, N, F> FormatEvent<S, N> for Priority<F>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+        F: FormatEvent<S, N>,
+    {
+        fn format_event(
+            &self,
+            ctx: &FmtContext<'_, S, N>,
+            mut writer: Writer<'_>,
+            event: &Event<'_>,
+        ) -> fmt::Result {
+            let priority = match *event.metadata().level() {
+                Level::ERROR => 3,
+                Level::WARN => 4,
+                Level::INFO => 6,
+                Level::DEBUG | Level::TRACE => 7,
+            };
+            write!(writer, "<{priority}>")?;
+            self.0.format_event(ctx, writer, event)
+        }
+    }
 }

@@ -55,6 +55,15 @@ pub struct Config {
     pub targets: Vec<Target>,
     /// Webhooks told of requests, decisions, break-glass use and grants.
     pub notify: Vec<Notify>,
+    /// Where the Prometheus metrics endpoint listens; `None`: off.
+    pub metrics: Option<MetricsAddr>,
+}
+
+/// Where the metrics endpoint listens: a loopback address, or a Unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetricsAddr {
+    Tcp(std::net::SocketAddr),
+    Unix(PathBuf),
 }
 
 /// The `[audit]` table.

@@ -40,6 +40,8 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) limits: Option<Spanned<Limit>>,
     #[serde(default)]
+    pub(super) metrics: Option<Spanned<String>>,
+    #[serde(default)]
     pub(super) audit: RawAudit,
     #[serde(default, rename = "target")]
     pub(super) targets: Vec<RawTarget>,

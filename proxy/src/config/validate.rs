@@ -14,8 +14,9 @@ use toml::Spanned;
 use super::{
     check_listen_port,
     raw::{line_col, RawAudit, RawConfig, RawNotify, RawTarget},
-    AccessPolicy, Approver, AuditConfig, AutoApprove, Config, ConfigError, HostSpec, Limit, Notify,
-    NotifyFormat, NotifyUrl, Target, UnprivilegedPorts, MAX_CONNECTIONS_LIMIT, NOTIFY_EVENTS,
+    AccessPolicy, Approver, AuditConfig, AutoApprove, Config, ConfigError, HostSpec, Limit,
+    MetricsAddr, Notify, NotifyFormat, NotifyUrl, Target, UnprivilegedPorts, MAX_CONNECTIONS_LIMIT,
+    NOTIFY_EVENTS,
 };
 
 /// Validates a parsed config for a host where `unprivileged` ports may be
@@ -68,6 +69,11 @@ pub(super) fn validate(
     let audit = audit(&errors, &raw.audit)?;
     let targets = targets(&errors, raw.targets, &defaults)?;
     let notify = notify(&errors, &raw.notify)?;
+    let metrics = raw
+        .metrics
+        .as_ref()
+        .map(|m| metrics_addr(m.get_ref()).map_err(|e| errors.at(m, "metrics", e)))
+        .transpose()?;
     Ok(Config {
         source: file.to_owned(),
         listen_port: raw.listen_port.into_inner(),
@@ -85,7 +91,29 @@ pub(super) fn validate(
         audit,
         targets,
         notify,
+        metrics,
     })
+}
+
+/// `metrics`: `127.0.0.1:9971`, `[::1]:9971`, or `unix:/run/jitproxy/metrics.sock`.
+/// Only loopback: the counters say which targets exist and how busy they are.
+fn metrics_addr(value: &str) -> Result<MetricsAddr, String> {
+    if let Some(path) = value.strip_prefix("unix:") {
+        let path = std::path::PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(format!("`{value}`: the socket path must be absolute"));
+        }
+        return Ok(MetricsAddr::Unix(path));
+    }
+    let addr: std::net::SocketAddr = value.parse().map_err(|_| {
+        format!("`{value}` is neither ADDRESS:PORT (e.g. \"127.0.0.1:9971\") nor unix:PATH")
+    })?;
+    if !addr.ip().is_loopback() {
+        return Err(format!(
+            "`{value}` is not a loopback address; use 127.0.0.1 or [::1] (or unix:PATH) and put a reverse proxy in front to expose it"
+        ));
+    }
+    Ok(MetricsAddr::Tcp(addr))
 }
 
 /// Every `[[notify]]` webhook.

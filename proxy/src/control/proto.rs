@@ -351,6 +351,9 @@ pub struct AuditStatus {
     /// Records the syslog collector (if any) did not get.
     #[serde(default)]
     pub syslog_dropped: u64,
+    /// Records waiting for the writer.
+    #[serde(default)]
+    pub queued: u64,
 }
 
 /// `POST /v1/audit/query` and `/v1/audit/summary` answer with these.

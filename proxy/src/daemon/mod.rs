@@ -6,8 +6,10 @@
 //! are unreachable (not direct) while the daemon is down.
 
 pub mod lock;
+mod metrics;
 mod preexisting;
 mod status;
+mod systemd;
 pub mod targets;
 
 use std::{
@@ -75,6 +77,12 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    #[error("cannot listen for metrics on {addr}: {source}; change `metrics` in the config")]
+    Metrics {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Options from the command line that override the config.
@@ -122,6 +130,17 @@ pub async fn run(
             source,
         })?;
     let listeners = bind(config.listen_port)?;
+    let metrics_listener = match &config.metrics {
+        Some(addr) => Some(
+            metrics::bind(addr)
+                .await
+                .map_err(|source| DaemonError::Metrics {
+                    addr: format!("{addr:?}"),
+                    source,
+                })?,
+        ),
+        None => None,
+    };
     let kernel = Arc::new(Kernel::install(&LoadOptions {
         cgroup: &cgroup,
         bpffs: &config.bpffs,
@@ -166,10 +185,18 @@ pub async fn run(
         started_at,
     };
     let mut tasks = tokio::task::JoinSet::new();
+    let status = status.into_fn();
+    if let Some(listener) = metrics_listener {
+        tasks.spawn(metrics::serve(
+            listener,
+            Arc::clone(&status),
+            shutdown.clone(),
+        ));
+    }
     tasks.spawn(control::server::serve(
         control_listener,
         Arc::clone(&access),
-        status.into_fn(),
+        status,
         shutdown.clone(),
     ));
     tasks.spawn(Arc::clone(&access).run_expiry(shutdown.clone()));
@@ -196,6 +223,8 @@ pub async fn run(
         pins = %kernel.pins().root().display(),
         "jitproxy is running"
     );
+    systemd::ready();
+    tasks.spawn(systemd::watchdog(shutdown.clone()));
 
     let proxy = Proxy::new(
         Arc::clone(&kernel) as Arc<dyn OriginSource>,
@@ -206,6 +235,7 @@ pub async fn run(
         shutdown.clone(),
     );
     proxy.serve(listeners).await;
+    systemd::stopping();
     tasks.shutdown().await;
     audit.record(Event::new(EventKind::DaemonStopped));
     // Writes what is queued and a final checkpoint.

@@ -93,6 +93,7 @@ impl Status {
                 records_written: audit.written(),
                 records_dropped: audit.dropped(),
                 syslog_dropped: audit.syslog_dropped(),
+                queued: audit.queued(),
             },
             notify: NotifyStatus {
                 webhooks: config.notify.iter().map(|n| n.name.clone()).collect(),

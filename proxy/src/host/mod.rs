@@ -5,6 +5,7 @@
 //! grants, targets or the audit log.
 
 pub mod cgroup;
+pub mod checks;
 pub mod net;
 pub mod proc;
 pub mod rlimit;

@@ -23,6 +23,15 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
     socket.listen(backlog)
 }
 
+/// Binds `addr` as [`listen`] would (SO_REUSEADDR), without listening,
+/// and closes the socket at once: whether the daemon could bind it now.
+/// Needs no runtime.
+pub fn try_bind(addr: SocketAddr) -> io::Result<()> {
+    let socket = socket_for(addr)?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)
+}
+
 /// Connects to `addr` from a socket carrying `mark` (SO_MARK, needs
 /// CAP_NET_ADMIN), with TCP_NODELAY, giving up after `timeout`.
 pub async fn connect_marked(
