@@ -86,7 +86,7 @@ async fn the_expiry_task_ends_a_grant_when_its_window_closes_not_before() {
     let audit = AuditLog::open(AuditSettings::for_config(&config)).expect("open the audit log");
     let store = SqliteStore::open(&db).expect("open the grant store");
     let access = Access::with_clock(
-        Arc::clone(&config),
+        jitproxy::config::share(Arc::clone(&config)),
         store,
         audit.clone(),
         Users::new(),
@@ -129,8 +129,13 @@ async fn the_expiry_task_ends_a_grant_when_its_window_closes_not_before() {
 fn start(config: &Arc<Config>, db: &Path) -> (Arc<Access>, AuditLog) {
     let audit = AuditLog::open(AuditSettings::for_config(config)).expect("open the audit log");
     let store = SqliteStore::open(db).expect("open the grant store");
-    let access =
-        Access::new(Arc::clone(config), store, audit.clone(), Users::new()).expect("grant service");
+    let access = Access::new(
+        jitproxy::config::share(Arc::clone(config)),
+        store,
+        audit.clone(),
+        Users::new(),
+    )
+    .expect("grant service");
     (access, audit)
 }
 

@@ -566,8 +566,13 @@ impl RunningProxy {
                 .expect("store the test grant");
         }
         let users = Users::new();
-        let access = Access::new(Arc::clone(&config), store, audit.clone(), users.clone())
-            .expect("access service");
+        let access = Access::new(
+            jitproxy::config::share(Arc::clone(&config)),
+            store,
+            audit.clone(),
+            users.clone(),
+        )
+        .expect("access service");
         let policy = Policy::for_config(access.index(), users.clone(), &config);
         let settings = ProxySettings {
             connect_timeout: options.connect_timeout,

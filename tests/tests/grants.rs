@@ -884,3 +884,173 @@ fn unix_seconds(value: &Value) -> f64 {
         .unwrap_or_else(|| panic!("not an RFC 3339 time: {value}"));
     ts.as_millisecond() as f64 / 1000.0
 }
+
+#[test]
+fn the_metrics_endpoint_counts_by_target_and_reason_never_by_user() {
+    let metrics = "127.0.56.9:9971";
+    let w = World::new(
+        16,
+        "metrics",
+        Behaviour::Http,
+        &format!("metrics = \"{metrics}\""),
+    );
+    w.assert_refused(NOBODY, "no_grant");
+    w.grant("nobody", "10m");
+    assert!(w.curl_as(NOBODY));
+    // Counted once the records are written.
+    w.daemon
+        .wait_event("closed", |e| e["event"] == "connection.closed");
+    let (ok, text, err) =
+        output(Command::new("curl").args(["-sS", "-m", "5", &format!("http://{metrics}/metrics")]));
+    assert!(ok, "{err}");
+    let target = &w.target;
+    for series in [
+        format!(
+            r#"jitproxy_audit_events_total{{event="connection.allowed",target="{target}",code=""}} 1"#
+        ),
+        format!(
+            r#"jitproxy_audit_events_total{{event="connection.denied",target="{target}",code="no_grant"}} 1"#
+        ),
+        format!(r#"jitproxy_connections_live{{target="{target}"}} 0"#),
+        "jitproxy_grants_open 1".to_owned(),
+        "jitproxy_kernel_redirected_total 2".to_owned(),
+        "jitproxy_audit_fsync_seconds_bucket".to_owned(),
+        "jitproxy_audit_queue_depth".to_owned(),
+        "jitproxy_kernel_records_capacity".to_owned(),
+    ] {
+        assert!(text.contains(&series), "no `{series}` in:\n{text}");
+    }
+    assert!(
+        !text.contains("nobody") && !text.contains("65534"),
+        "a user is a label:\n{text}"
+    );
+    let (ok, _, _) =
+        output(Command::new("curl").args(["-sSf", "-m", "5", &format!("http://{metrics}/other")]));
+    assert!(!ok, "a path other than /metrics answered");
+}
+
+#[test]
+fn a_reload_takes_a_new_target_list_without_cutting_a_live_connection() {
+    let w = World::new(17, "reload", Behaviour::Stream, "");
+    let new_api = Upstream::start(SocketAddr::from(([127, 0, 57, 3], 8080)), Behaviour::Http)
+        .expect("second stand-in API");
+    w.grant("nobody", "1h");
+    let stream = w.streaming_client(NOBODY);
+    wait_live(&w, 1);
+    let path = w.daemon.config_path().expect("a config file").to_owned();
+    let original = std::fs::read_to_string(&path).unwrap();
+    let hangup = |what: &str, message: &str| {
+        let before = w.daemon.events().len();
+        let pid = i32::try_from(w.daemon.pid().unwrap()).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = w.daemon.events();
+            if let Some(e) = events[before.min(events.len())..]
+                .iter()
+                .find(|e| e["message"] == message)
+            {
+                return e.clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no `{message}` after {what}:\n{}",
+                w.daemon.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+
+    // A broken config is refused with its file, line and key; nothing changes.
+    std::fs::write(
+        &path,
+        format!(
+            "{original}\n[[target]]\nname = \"new-17\"\nhosts = [\"127.0.57.3\"]\nports = [0]\n"
+        ),
+    )
+    .unwrap();
+    let refused = hangup(
+        "a broken config",
+        "config reload refused; the running config is kept",
+    );
+    let error = refused["error"].as_str().unwrap();
+    assert!(
+        error.contains(":ports[0]") || error.contains("target[1].ports[0]"),
+        "{error}"
+    );
+    assert!(error.contains(&path.display().to_string()), "{error}");
+    // So is one that changes what takes a restart.
+    std::fs::write(
+        &path,
+        original.replace(
+            &format!("listen_port = {}", listen_port(GRANTS_PORTS, 17)),
+            "listen_port = 999",
+        ),
+    )
+    .unwrap();
+    let refused = hangup(
+        "a new listen port",
+        "config reload refused; the running config is kept",
+    );
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("listen_port changed"),
+        "{refused}"
+    );
+    let status: Value = serde_json::from_str(&w.daemon.client(&["status", "--json"])).unwrap();
+    assert_eq!(status["targets"].as_array().unwrap().len(), 1, "{status}");
+
+    // A good one: the new target is watched at once.
+    std::fs::write(
+        &path,
+        format!(
+            "{original}\n[[target]]\nname = \"new-17\"\nhosts = [\"127.0.57.3\"]\nports = [8080]\n"
+        ),
+    )
+    .unwrap();
+    hangup("a good config", "config reloaded");
+    let status: Value = serde_json::from_str(&w.daemon.client(&["status", "--json"])).unwrap();
+    let names: Vec<&str> = status["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["api-17", "new-17"], "{status}");
+    let mut curl = w.cgroup.command_as(NOBODY, NOBODY, "curl");
+    let url = format!("http://{}/x", new_api.addr());
+    let (ok, _, _) = output(curl.args(["-sS", "-m", "5", &url]));
+    assert!(!ok, "the new target was reachable without a grant");
+    assert_eq!(
+        new_api.accepted(),
+        0,
+        "a refused connection reached the new target"
+    );
+    w.daemon.wait_event("the new target's refusal", |e| {
+        e["event"] == "connection.denied" && e["target_name"] == "new-17"
+    });
+    w.daemon.operator(&[
+        "grant", "nobody", "new-17", "--for", "10m", "--reason", "INC-17",
+    ]);
+    let mut curl = w.cgroup.command_as(NOBODY, NOBODY, "curl");
+    let (ok, out, err) = output(curl.args(["-sS", "-m", "5", &url]));
+    assert!(
+        ok && out.contains("hello from upstream"),
+        "granted, but: {out}{err}"
+    );
+
+    // The live connection went on through all three reloads.
+    let mut stream = stream;
+    assert!(
+        stream.try_wait().unwrap().is_none(),
+        "a reload cut the live connection"
+    );
+    let _ = stream.kill();
+    let _ = stream.wait();
+}

@@ -10,7 +10,7 @@ use crate::{
 
 impl Access {
     pub(super) async fn is_approver(&self, by: &Requester) -> bool {
-        is_member(by, &self.config.approvers).await
+        is_member(by, &self.config().approvers).await
     }
 
     pub(super) async fn require_approver(&self, by: &Requester) -> Result<(), AccessError> {
@@ -18,7 +18,7 @@ impl Access {
             return Ok(());
         }
         let approvers: Vec<String> = self
-            .config
+            .config()
             .approvers
             .iter()
             .map(ToString::to_string)
@@ -40,7 +40,7 @@ impl Access {
         by: &Requester,
         target: &Target,
     ) -> Result<(), AccessError> {
-        if is_member(by, self.config.approvers_of(target)).await {
+        if is_member(by, self.config().approvers_of(target)).await {
             return Ok(());
         }
         Err(AccessError::forbidden(
@@ -53,7 +53,7 @@ impl Access {
     }
 
     pub(super) async fn require_auditor(&self, by: &Requester) -> Result<(), AccessError> {
-        if is_member(by, &self.config.audit.auditors).await {
+        if is_member(by, &self.config().audit.auditors).await {
             return Ok(());
         }
         Err(AccessError::forbidden(

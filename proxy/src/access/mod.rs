@@ -37,7 +37,7 @@ pub use store::{
 
 use crate::{
     audit::{query, AuditLog, Event, EventKind, Record, UserInfo},
-    config::{self, Config},
+    config::{Config, SharedConfig, TargetRef},
     host::users::{self, Users},
     time::{self, Clock, UnixMs},
 };
@@ -172,7 +172,7 @@ impl From<StoreError> for AccessError {
 
 /// Grants, their index, and recent refusals.
 pub struct Access {
-    config: Arc<Config>,
+    config: SharedConfig,
     /// When this service (and so this daemon) started: an expiry before it
     /// happened while no daemon ran, and its record is late.
     started_at: UnixMs,
@@ -193,7 +193,7 @@ impl Access {
     /// that ended while the daemon was down are not indexed, so they are not
     /// honoured (their expiry is recorded by [`Access::record_expiries`]).
     pub fn new(
-        config: Arc<Config>,
+        config: SharedConfig,
         store: impl AccessStore + 'static,
         audit: AuditLog,
         users: Users,
@@ -204,24 +204,15 @@ impl Access {
     /// [`Access::new`], reading the time from `clock` (tests: Tokio's
     /// paused clock).
     pub fn with_clock(
-        config: Arc<Config>,
+        config: SharedConfig,
         mut store: impl AccessStore + 'static,
         audit: AuditLog,
         users: Users,
         clock: Clock,
     ) -> Result<Arc<Self>, StoreError> {
         let now = clock.now_ms();
-        store.set_routes(
-            config
-                .notify
-                .iter()
-                .map(|n| Route {
-                    name: n.name.clone(),
-                    events: n.events.clone(),
-                })
-                .collect(),
-        );
-        let index = build_index(&config, &store.open_grants(now)?, now);
+        store.set_routes(routes_of(&config.load()));
+        let index = build_index(&config.load(), &store.open_grants(now)?, now);
         let (tx, _) = watch::channel(Arc::new(index));
         Ok(Arc::new(Self {
             config,
@@ -235,6 +226,25 @@ impl Access {
             outbox_wake: tokio::sync::Notify::new(),
             request_rate: Mutex::default(),
         }))
+    }
+
+    /// The running config.
+    pub fn config(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
+    /// Takes `config` as the running config (a reload): the webhook routes
+    /// and the grant index follow it (grants are matched to targets by
+    /// name).
+    pub async fn reconfigure(&self, config: Arc<Config>) -> Result<(), AccessError> {
+        let routes = routes_of(&config);
+        self.config.store(config);
+        self.with_store(move |s| {
+            s.set_routes(routes);
+            Ok(())
+        })
+        .await?;
+        self.rebuild().await
     }
 
     /// The audit log every access and grant change is written to.
@@ -257,7 +267,7 @@ impl Access {
     /// in. They ask with `request` or `break-glass` like everyone else.
     pub async fn grant(&self, by: &Requester, ask: GrantAsk) -> Result<Grant, AccessError> {
         let target = self.find_target(&ask.target)?;
-        self.require_target_approver(by, target).await?;
+        self.require_target_approver(by, &target).await?;
         let reason = requests::check_reason(&ask.reason)?;
         let now = self.clock.now_ms();
         let starts_at = ask.starts_at.unwrap_or(now).max(now);
@@ -292,7 +302,7 @@ impl Access {
             ));
         }
         let (subject, subject_name) = resolve_subject(&ask.who).await?;
-        self.refuse_self_grant(by, subject, target).await?;
+        self.refuse_self_grant(by, subject, &target).await?;
         let granted_by = by.principal(&self.users).await;
         let new = NewGrant {
             subject,
@@ -324,7 +334,7 @@ impl Access {
         &self,
         by: &Requester,
         subject: Subject,
-        target: &config::Target,
+        target: &crate::config::Target,
     ) -> Result<(), AccessError> {
         let human = by.human_uid();
         let own = match subject {
@@ -357,8 +367,8 @@ impl Access {
     pub async fn revoke(&self, by: &Requester, ask: RevokeAsk) -> Result<Vec<Grant>, AccessError> {
         let mut theirs = std::collections::HashSet::new();
         let everywhere = self.is_approver(by).await;
-        for target in &self.config.targets {
-            if everywhere || authz::is_member(by, self.config.approvers_of(target)).await {
+        for target in &self.config().targets {
+            if everywhere || authz::is_member(by, self.config().approvers_of(target)).await {
                 theirs.insert(target.name.clone());
             }
         }
@@ -483,19 +493,18 @@ impl Access {
         self.refusals.note(refusal);
     }
 
-    /// The requester's last refused connection, and who can grant access.
     /// The requester's last refused connection, who can approve access to
     /// its target, and whether the requester may ask for it or break glass.
     pub async fn why(&self, by: &Requester) -> Why {
         let last_refusal = self.refusals.last_of(&[by.human_uid(), by.uid]);
         let target = last_refusal
             .as_ref()
-            .and_then(|r| self.config.targets.iter().find(|t| t.name == r.target));
+            .and_then(|r| TargetRef::find(self.config(), &r.target));
         let Some(target) = target else {
             return Why {
                 last_refusal,
                 approvers: std::iter::once("root".to_owned())
-                    .chain(self.config.approvers.iter().map(ToString::to_string))
+                    .chain(self.config().approvers.iter().map(ToString::to_string))
                     .collect(),
                 can_request: true,
                 can_break_glass: false,
@@ -503,7 +512,7 @@ impl Access {
         };
         let human = by.human_uid();
         Why {
-            approvers: self.approvers_for(target),
+            approvers: self.approvers_for(&target),
             can_request: match &target.access.requesters {
                 None => true,
                 Some(list) => human == 0 || authz::is_member_uid(human, list).await,
@@ -521,7 +530,7 @@ impl Access {
         filter: query::Filter,
     ) -> Result<Vec<Record>, AccessError> {
         self.require_auditor(by).await?;
-        let dir = self.config.audit_dir();
+        let dir = self.config().audit_dir();
         tokio::task::spawn_blocking(move || query::read(&dir, &filter))
             .await
             .map_err(AccessError::internal)?
@@ -582,7 +591,7 @@ impl Access {
     async fn rebuild(&self) -> Result<(), AccessError> {
         let now = self.clock.now_ms();
         let open = self.with_store(move |s| s.open_grants(now)).await?;
-        let index = build_index(&self.config, &open, now);
+        let index = build_index(&self.config(), &open, now);
         self.index.send_replace(Arc::new(index));
         Ok(())
     }
@@ -603,7 +612,7 @@ impl Access {
     }
 
     fn target_names(&self) -> String {
-        self.config
+        self.config()
             .targets
             .iter()
             .map(|t| t.name.as_str())
@@ -655,6 +664,18 @@ fn subject_user(grant: &Grant) -> Option<UserInfo> {
         }),
         Subject::Group(_) => None,
     }
+}
+
+/// Which webhooks get which notices, as `config` says.
+fn routes_of(config: &Config) -> Vec<Route> {
+    config
+        .notify
+        .iter()
+        .map(|n| Route {
+            name: n.name.clone(),
+            events: n.events.clone(),
+        })
+        .collect()
 }
 
 fn build_index(config: &Config, grants: &[Grant], now: UnixMs) -> GrantIndex {

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     audit::{Event, EventKind, UserInfo},
-    config::Target,
+    config::{Target, TargetRef},
     time::{self, UnixMs},
 };
 
@@ -78,12 +78,12 @@ impl Access {
             }
         }
         let reason = check_reason(&ask.reason)?;
-        let duration_ms = self.window_ms(target, ask.duration_secs, target.max_grant)?;
-        self.refuse_if_covered(human, target).await?;
+        let duration_ms = self.window_ms(&target, ask.duration_secs, target.max_grant)?;
+        self.refuse_if_covered(human, &target).await?;
         self.take_request_token(human)?;
         let now = self.clock.now_ms();
         let requester = self.principal_of(by).await;
-        let auto = self.auto_rule(target, human, duration_ms).await;
+        let auto = self.auto_rule(&target, human, duration_ms).await;
         let new = NewRequest {
             requester: requester.clone(),
             human,
@@ -116,7 +116,7 @@ impl Access {
                     ),
                     format!(
                         "wait for it (`jitproxy requests --mine`), or ask an approver ({}) to decide #{}",
-                        self.approvers_for(target).join(", "),
+                        self.approvers_for(&target).join(", "),
                         pending.id
                     ),
                 ))
@@ -173,8 +173,8 @@ impl Access {
         let reason = check_reason(reason)?;
         let max = target.access.break_glass_max;
         let secs = duration_secs.unwrap_or(max.as_secs());
-        let duration_ms = self.window_ms(target, secs, max)?;
-        self.refuse_if_covered(human, target).await?;
+        let duration_ms = self.window_ms(&target, secs, max)?;
+        self.refuse_if_covered(human, &target).await?;
         self.take_request_token(human)?;
         let now = self.clock.now_ms();
         let requester = self.principal_of(by).await;
@@ -235,14 +235,14 @@ impl Access {
                 format!("request #{id} is your own; nobody approves their own request"),
                 format!(
                     "ask another approver: {}",
-                    self.approvers_for(target).join(", ")
+                    self.approvers_for(&target).join(", ")
                 ),
             ));
         }
         let reason = ask.reason.as_deref().map(check_reason).transpose()?;
         let duration_ms = match ask.duration_secs {
             Some(secs) => {
-                let ms = self.window_ms(target, secs, target.max_grant)?;
+                let ms = self.window_ms(&target, secs, target.max_grant)?;
                 if ms > request.duration_ms {
                     return Err(AccessError::invalid(
                         format!(
@@ -255,7 +255,7 @@ impl Access {
                 ms
             }
             None => self.window_ms(
-                target,
+                &target,
                 u64::try_from(request.duration_ms / 1000).unwrap_or(0),
                 target.max_grant,
             )?,
@@ -356,8 +356,8 @@ impl Access {
                 .await;
         }
         let mut decidable = Vec::new();
-        for target in &self.config.targets {
-            if is_member(by, self.config.approvers_of(target)).await {
+        for target in &self.config().targets {
+            if is_member(by, self.config().approvers_of(target)).await {
                 decidable.push(target.name.clone());
             }
         }
@@ -386,13 +386,8 @@ impl Access {
     pub async fn get_request(&self, by: &Requester, id: i64) -> Result<AccessRequest, AccessError> {
         let request = self.get_any(id).await?;
         let visible = request.human_uid() == by.human_uid()
-            || match self
-                .config
-                .targets
-                .iter()
-                .find(|t| t.name == request.target)
-            {
-                Some(target) => is_member(by, self.config.approvers_of(target)).await,
+            || match TargetRef::find(self.config(), &request.target) {
+                Some(target) => is_member(by, target.config().approvers_of(&target)).await,
                 None => by.uid == 0,
             };
         if !visible {
@@ -406,7 +401,7 @@ impl Access {
     pub fn approvers_for(&self, target: &Target) -> Vec<String> {
         std::iter::once("root".to_owned())
             .chain(
-                self.config
+                self.config()
                     .approvers_of(target)
                     .iter()
                     .map(ToString::to_string),
@@ -417,8 +412,8 @@ impl Access {
     /// [`Access::approvers_for`] the target named `name` (just root for a
     /// target no longer in the config).
     pub fn approvers_of_named(&self, name: &str) -> Vec<String> {
-        match self.config.targets.iter().find(|t| t.name == name) {
-            Some(target) => self.approvers_for(target),
+        match TargetRef::find(self.config(), name) {
+            Some(target) => self.approvers_for(&target),
             None => vec!["root".to_owned()],
         }
     }
@@ -444,17 +439,14 @@ impl Access {
         expired.len()
     }
 
-    pub(super) fn find_target(&self, name: &str) -> Result<&Target, AccessError> {
-        self.config
-            .targets
-            .iter()
-            .find(|t| t.name == name)
-            .ok_or_else(|| {
-                AccessError::not_found(
-                    format!("no target named `{name}`"),
-                    format!("targets: {}", self.target_names()),
-                )
-            })
+    /// Target `name` of the running config (not a retired one).
+    pub(super) fn find_target(&self, name: &str) -> Result<TargetRef, AccessError> {
+        TargetRef::find(self.config(), name).ok_or_else(|| {
+            AccessError::not_found(
+                format!("no target named `{name}`"),
+                format!("targets: {}", self.target_names()),
+            )
+        })
     }
 
     /// A window of `secs`, at most `max` and the target's `max_grant`.
@@ -521,16 +513,19 @@ impl Access {
         &self,
         by: &Requester,
         id: i64,
-    ) -> Result<(AccessRequest, &Target), AccessError> {
+    ) -> Result<(AccessRequest, TargetRef), AccessError> {
         let request = self.get_any(id).await?;
         let target = self.find_target(&request.target)?;
-        if !is_member(by, self.config.approvers_of(target)).await {
+        if !is_member(by, self.config().approvers_of(&target)).await {
             if request.human_uid() == by.human_uid() {
                 return Err(AccessError::forbidden(
                     format!(
                         "request #{id} is your own; nobody approves or denies their own request"
                     ),
-                    format!("ask an approver: {}", self.approvers_for(target).join(", ")),
+                    format!(
+                        "ask an approver: {}",
+                        self.approvers_for(&target).join(", ")
+                    ),
                 ));
             }
             return Err(unknown_request(id));
@@ -585,7 +580,7 @@ impl Access {
 
     /// The webhooks that take `event`, by name.
     pub fn notified_of(&self, event: &str) -> Vec<String> {
-        self.config
+        self.config()
             .notify
             .iter()
             .filter(|n| n.events.is_empty() || n.events.iter().any(|e| e == event))

@@ -17,8 +17,13 @@ use crate::{
     kernel,
 };
 
-/// `jitproxy run`: the daemon, until SIGTERM or SIGINT.
-pub(super) fn run_daemon(config: Config, cgroup: Option<PathBuf>) -> Result<Exit, CmdError> {
+/// `jitproxy run`: the daemon, until SIGTERM or SIGINT; SIGHUP reloads the
+/// config (`reread`).
+pub(super) fn run_daemon(
+    config: Config,
+    cgroup: Option<PathBuf>,
+    reread: daemon::reload::Reader,
+) -> Result<Exit, CmdError> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.worker_threads {
         builder.worker_threads(threads);
@@ -31,7 +36,7 @@ pub(super) fn run_daemon(config: Config, cgroup: Option<PathBuf>) -> Result<Exit
         .block_on(async {
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            daemon::run(config, RunOptions { cgroup }, shutdown).await
+            daemon::run(config, RunOptions { cgroup }, reread, shutdown).await
         })
         .map_err(CmdError::failure)?;
     Ok(Exit::Success)

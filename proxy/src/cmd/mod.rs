@@ -479,14 +479,16 @@ impl Command {
                 cgroup,
                 state_dir,
             } => {
-                let config = load_config(
-                    config.as_ref(),
-                    Overrides {
-                        socket: globals.socket.clone(),
-                        state_dir,
-                    },
-                )?;
-                local::run_daemon(config, cgroup)
+                let overrides = Overrides {
+                    socket: globals.socket.clone(),
+                    state_dir,
+                };
+                let loaded = load_config(config.as_ref(), overrides.clone())?;
+                // SIGHUP reads the same file with the same overrides.
+                let reread = Box::new(move || {
+                    load_config(config.as_ref(), overrides.clone()).map_err(|e| e.to_string())
+                });
+                local::run_daemon(loaded, cgroup, reread)
             }
             Self::CheckConfig { path } => {
                 local::check_config(&load_config(path.as_ref(), Overrides::default())?)
@@ -621,7 +623,7 @@ impl Command {
 }
 
 /// Command-line values that replace the config's.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Overrides {
     socket: Option<PathBuf>,
     state_dir: Option<PathBuf>,

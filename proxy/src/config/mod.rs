@@ -29,6 +29,48 @@ pub const DEFAULT_CONFIG_NAME: &str = "<embedded default>";
 /// unprivileged user can bind it while the daemon is down.
 pub const DEFAULT_LISTEN_PORT: u16 = 971;
 
+/// The running config, shared by the daemon's parts and swapped whole on a
+/// reload: each reader takes the current one ([`ArcSwap::load`]) when it
+/// needs it, so a reload never changes a config under a reader.
+pub type SharedConfig = std::sync::Arc<arc_swap::ArcSwap<Config>>;
+
+/// `config` as the running config, to be shared.
+pub fn share(config: std::sync::Arc<Config>) -> SharedConfig {
+    std::sync::Arc::new(arc_swap::ArcSwap::new(config))
+}
+
+/// One target of a config, held with the config it is in (so it outlives
+/// a reload that swaps the config).
+#[derive(Debug, Clone)]
+pub struct TargetRef {
+    config: std::sync::Arc<Config>,
+    index: usize,
+}
+
+impl TargetRef {
+    /// Target `name` of `config`, unless it is absent or retired.
+    pub fn find(config: std::sync::Arc<Config>, name: &str) -> Option<Self> {
+        let index = config
+            .targets
+            .iter()
+            .position(|t| t.name == name && !t.retired)?;
+        Some(Self { config, index })
+    }
+
+    /// The config it is in.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl std::ops::Deref for TargetRef {
+    type Target = Target;
+
+    fn deref(&self) -> &Target {
+        &self.config.targets[self.index]
+    }
+}
+
 /// A validated config, ready to hand to the daemon.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -113,6 +155,10 @@ pub struct Target {
     pub limits: Limit,
     /// Who may ask for access, who approves it, and how.
     pub access: AccessPolicy,
+    /// Removed by a reload: kept in its place (targets are numbered by
+    /// position, and the kernel's records name that number) but with no
+    /// addresses, so nothing reaches it and nobody is given it.
+    pub retired: bool,
 }
 
 /// How access to a target is asked for and given: `jitproxy request`,

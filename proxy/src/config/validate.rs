@@ -404,6 +404,7 @@ fn target(
         max_grant,
         limits,
         access,
+        retired: false,
     })
 }
 

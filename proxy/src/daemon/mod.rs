@@ -8,6 +8,7 @@
 pub mod lock;
 mod metrics;
 mod preexisting;
+pub mod reload;
 mod status;
 mod systemd;
 pub mod targets;
@@ -21,6 +22,7 @@ use std::{
 };
 
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 pub use lock::{lock, lock_id, DaemonLock, LockError};
@@ -28,7 +30,7 @@ pub use lock::{lock, lock_id, DaemonLock, LockError};
 use crate::{
     access::{Access, StoreError},
     audit::{AuditLog, AuditSettings, Event, EventKind},
-    config::Config,
+    config::{Config, SharedConfig},
     control,
     host::{
         cgroup::{self, CgroupError},
@@ -95,12 +97,14 @@ pub struct RunOptions {
 pub async fn run(
     config: Config,
     options: RunOptions,
+    reread: reload::Reader,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
     cgroup::check_no_v1_net_controllers()?;
     let cgroup = cgroup::resolve(options.cgroup.as_deref().or(config.cgroup.as_deref()))?;
     let _lock = lock(&cgroup)?;
     let config = Arc::new(config);
+    let shared: SharedConfig = crate::config::share(Arc::clone(&config));
     let started_at = now_ms();
 
     // The audit log first: nothing may pass without its record. Then grants:
@@ -115,7 +119,7 @@ pub async fn run(
     audit.record(config_event(&config));
     let users = Users::new();
     let access = Access::new(
-        Arc::clone(&config),
+        Arc::clone(&shared),
         open_store(&config.state_dir)?,
         audit.clone(),
         users.clone(),
@@ -175,7 +179,7 @@ pub async fn run(
 
     let policy = Policy::for_config(access.index(), users.clone(), &config);
     let status = Status {
-        config: Arc::clone(&config),
+        config: Arc::clone(&shared),
         cgroup: cgroup.clone(),
         kernel: Arc::clone(&kernel),
         resolved: Arc::clone(&resolved),
@@ -202,16 +206,28 @@ pub async fn run(
     tasks.spawn(Arc::clone(&access).run_expiry(shutdown.clone()));
     tasks.spawn(crate::notify::run(
         Arc::clone(&access),
-        Arc::clone(&config),
+        Arc::clone(&shared),
+        shutdown.clone(),
+    ));
+    let targets_changed = Arc::new(Notify::new());
+    tasks.spawn(reload::on_sighup(
+        reread,
+        reload::Parts {
+            config: Arc::clone(&shared),
+            access: Arc::clone(&access),
+            policy: policy.clone(),
+            targets_changed: Arc::clone(&targets_changed),
+        },
         shutdown.clone(),
     ));
     if let Some(logs) = kernel.take_logs() {
         tasks.spawn(logs.forward(shutdown.clone()));
     }
     tasks.spawn(targets::keep_resolved(
-        Arc::clone(&config),
+        Arc::clone(&shared),
         Arc::clone(&kernel),
         resolved,
+        targets_changed,
         shutdown.clone(),
     ));
     tracing::info!(

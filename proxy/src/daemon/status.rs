@@ -8,7 +8,7 @@ use std::{
 use super::targets::Resolved;
 use crate::{
     access::Access,
-    config::Config,
+    config::SharedConfig,
     control::{
         proto::{
             AuditStatus, KernelCounters, LiveConnections, NotifyStatus, StatusView, TargetStatus,
@@ -23,7 +23,7 @@ use crate::{
 
 /// The parts the status is read from.
 pub(super) struct Status {
-    pub(super) config: Arc<Config>,
+    pub(super) config: SharedConfig,
     pub(super) cgroup: PathBuf,
     pub(super) kernel: Arc<Kernel>,
     pub(super) resolved: Arc<RwLock<Resolved>>,
@@ -44,13 +44,14 @@ impl Status {
     }
 
     async fn view(&self) -> StatusView {
-        let config = &self.config;
+        let config = self.config.load_full();
         let targets = {
             let resolved = self.resolved.read().unwrap_or_else(|p| p.into_inner());
             config
                 .targets
                 .iter()
                 .enumerate()
+                .filter(|(_, t)| !t.retired)
                 .map(|(id, t)| TargetStatus {
                     name: t.name.clone(),
                     hosts: t.hosts.iter().map(ToString::to_string).collect(),

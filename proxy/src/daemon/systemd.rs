@@ -14,6 +14,11 @@ pub fn ready() {
     notify(&[NotifyState::Ready]);
 }
 
+/// The daemon is reloading its config (READY=1 follows).
+pub fn reloading() {
+    notify(&[NotifyState::Reloading]);
+}
+
 /// The daemon is stopping.
 pub fn stopping() {
     notify(&[NotifyState::Stopping]);

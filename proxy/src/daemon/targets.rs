@@ -11,10 +11,11 @@ use std::{
 };
 
 use ipnet::IpNet;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{Config, HostSpec, Target},
+    config::{HostSpec, SharedConfig, Target},
     kernel::Kernel,
 };
 
@@ -131,21 +132,25 @@ pub async fn resolve(
 /// Re-resolves the targets every `resolve_interval` until shutdown and
 /// keeps the kernel's target map and `shared` in step.
 pub async fn keep_resolved(
-    config: Arc<Config>,
+    config: SharedConfig,
     kernel: Arc<Kernel>,
     shared: Arc<RwLock<Resolved>>,
+    changed: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
     let mut current = shared.read().unwrap_or_else(|p| p.into_inner()).clone();
-    let mut ticker = tokio::time::interval(config.resolve_interval);
+    let mut ticker = tokio::time::interval(config.load().resolve_interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            // A reload: the new targets go into the kernel map now.
+            () = changed.notified() => {}
             () = shutdown.cancelled() => return,
         }
-        let (resolved, warnings) = resolve(&SystemLookup, &config.targets, &current).await;
+        let targets = config.load_full();
+        let (resolved, warnings) = resolve(&SystemLookup, &targets.targets, &current).await;
         report(&warnings);
         if resolved.entries != current.entries {
             match kernel.set_targets(&resolved.entries) {
@@ -188,6 +193,7 @@ mod tests {
             max_grant: std::time::Duration::from_secs(3600),
             limits: crate::config::Limit::default(),
             access: crate::config::AccessPolicy::default(),
+            retired: false,
         }
     }
 

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     access::{Access, Delivery},
-    config::{Config, Notify, NotifyFormat, NotifyUrl},
+    config::{Config, Notify, NotifyFormat, NotifyUrl, SharedConfig},
     time::{now_ms, UnixMs},
 };
 
@@ -29,8 +29,8 @@ const TICK: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 
 /// Delivers the outbox's notices until shutdown.
-pub async fn run(access: Arc<Access>, config: Arc<Config>, shutdown: CancellationToken) {
-    let client = Arc::new(http::Client::new(config.upstream_mark));
+pub async fn run(access: Arc<Access>, shared: SharedConfig, shutdown: CancellationToken) {
+    let client = Arc::new(http::Client::new(shared.load().upstream_mark));
     loop {
         let due = match access.outbox_due(BATCH).await {
             Ok(due) => due,
@@ -49,6 +49,8 @@ pub async fn run(access: Arc<Access>, config: Arc<Config>, shutdown: Cancellatio
                 .or_default()
                 .push(delivery);
         }
+        // The webhooks as configured now (a reload may change them).
+        let config = shared.load_full();
         let mut sends = tokio::task::JoinSet::new();
         for deliveries in by_route.into_values() {
             let (access, config, client) = (

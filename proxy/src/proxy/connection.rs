@@ -49,13 +49,13 @@ impl Proxy {
             Verdict::Allow(allowed) => allowed,
             Verdict::Deny(reason) => {
                 reset(client);
-                self.access.note_refusal(refusal(&origin, target, &reason));
-                record.set_origin(origin, target);
+                self.access.note_refusal(refusal(&origin, &target, &reason));
+                record.set_origin(origin, &target);
                 record.denied(&reason);
                 return;
             }
         };
-        record.set_origin(origin, target);
+        record.set_origin(origin, &target);
 
         // 3. Audit: the "allowed" record is on disk before anything reaches
         // the target. No record, no access.
@@ -63,7 +63,7 @@ impl Proxy {
             reset(client);
             let reason = DenyReason::AuditUnavailable(e.to_string());
             if let Some(origin) = record.origin() {
-                self.access.note_refusal(refusal(origin, target, &reason));
+                self.access.note_refusal(refusal(origin, &target, &reason));
             }
             record.denied(&reason);
             return;

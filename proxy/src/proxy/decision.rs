@@ -12,6 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use super::{
@@ -93,9 +94,22 @@ pub struct Policy {
     index: watch::Receiver<Arc<GrantIndex>>,
     users: Users,
     limits: Limits,
-    /// Per target (by index): its name and connection limits.
-    targets: Arc<[(String, Limit)]>,
+    /// Per target (by index): its name and connection limits; swapped
+    /// whole when the config is reloaded.
+    targets: Arc<ArcSwap<TargetTable>>,
     clock: Clock,
+}
+
+/// Each target's name and connection limits, by position (its number).
+type TargetTable = Vec<(Arc<str>, Limit)>;
+
+/// The target table of `config`.
+fn targets_of(config: &Config) -> TargetTable {
+    config
+        .targets
+        .iter()
+        .map(|t| (Arc::from(t.name.as_str()), t.limits))
+        .collect()
 }
 
 impl Policy {
@@ -109,9 +123,20 @@ impl Policy {
             index,
             users,
             limits,
-            targets,
+            targets: Arc::new(ArcSwap::from_pointee(
+                targets
+                    .iter()
+                    .map(|(name, limit)| (Arc::from(name.as_str()), *limit))
+                    .collect(),
+            )),
             clock: Clock::Wall,
         }
+    }
+
+    /// Takes the targets of `config` (a reload). Their numbers are their
+    /// positions, which a reload keeps for the targets it keeps.
+    pub fn retarget(&self, config: &Config) {
+        self.targets.store(Arc::new(targets_of(config)));
     }
 
     /// The same policy, reading the time from `clock`.
@@ -127,27 +152,27 @@ impl Policy {
         users: Users,
         config: &Config,
     ) -> Self {
-        Self::new(
+        Self {
             index,
             users,
-            Limits::new(),
-            config
-                .targets
-                .iter()
-                .map(|t| (t.name.clone(), t.limits))
-                .collect(),
-        )
+            limits: Limits::new(),
+            targets: Arc::new(ArcSwap::from_pointee(targets_of(config))),
+            clock: Clock::Wall,
+        }
     }
 
     /// The name of target `id` in the running config.
-    pub fn target_name(&self, id: u32) -> Option<&str> {
-        self.targets.get(id as usize).map(|(name, _)| name.as_str())
+    pub fn target_name(&self, id: u32) -> Option<Arc<str>> {
+        self.targets
+            .load()
+            .get(id as usize)
+            .map(|(name, _)| Arc::clone(name))
     }
 
     /// The verdict on a connection from `origin`.
     pub async fn decide(&self, origin: &Origin) -> Verdict {
         let target = origin.target_id;
-        let Some((target_name, limit)) = self.targets.get(target as usize) else {
+        let Some((target_name, limit)) = self.targets.load().get(target as usize).cloned() else {
             return Verdict::Deny(DenyReason::UnknownTarget(target));
         };
         let uid = origin.caller.principal_uid();
@@ -161,10 +186,10 @@ impl Policy {
         let Some(cover) = index.cover(&keys, target, self.clock.now_ms()) else {
             return Verdict::Deny(DenyReason::NoGrant {
                 uid,
-                target: target_name.clone(),
+                target: target_name.to_string(),
             });
         };
-        match self.limits.acquire(uid, target, limit, Instant::now()) {
+        match self.limits.acquire(uid, target, &limit, Instant::now()) {
             Ok(slot) => Verdict::Allow(Allowed {
                 cover,
                 keys,
