@@ -6,7 +6,6 @@ use std::{
     collections::HashMap,
     convert::Infallible,
     future::Future,
-    os::unix::fs::PermissionsExt as _,
     path::Path,
     pin::Pin,
     sync::{Arc, Mutex},
@@ -70,17 +69,7 @@ pub type StatusFn = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = StatusView> + Se
 /// Binds the control socket at `path` (replacing a stale one), mode 0666:
 /// any local user may connect; each request is authorized by peer uid.
 pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(e),
-    }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
-    Ok(listener)
+    crate::host::socket::bind_unix(path, 0o666)
 }
 
 /// Serves the control API until shutdown.
@@ -327,20 +316,25 @@ async fn route(
                 .await?;
             json(StatusCode::OK, &AuditSummary { break_glass, users })
         }
-        (_, p) if ENDPOINTS.contains(&p) => {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not supported on {path}"),
-                "see docs/control-api.md",
-            ))
-        }
-        _ => {
-            return Err(ApiError::not_found(
-                format!("no such endpoint {path}"),
-                "see docs/control-api.md",
-            ))
-        }
+        (_, p) => return Err(no_such(&method, p, ENDPOINTS.contains(&p))),
     })
+}
+
+/// The answer to a request no endpoint serves: `405` on a known path
+/// (`known`), else `404`.
+fn no_such(method: &Method, path: &str, known: bool) -> ApiError {
+    if known {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            format!("{method} is not supported on {path}"),
+            "see docs/control-api.md",
+        )
+    } else {
+        ApiError::not_found(
+            format!("no such endpoint {path}"),
+            "see docs/control-api.md",
+        )
+    }
 }
 
 /// `/v1/requests/ID` (GET), `/v1/requests/ID/approve` and `.../deny` (POST).
@@ -373,17 +367,11 @@ async fn request_route(
                 to_completion(async move { access.deny(&by, id, &reason).await }).await?,
             )
         }
-        (_, "" | "approve" | "deny") => {
-            return Err(ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                format!("{method} is not supported on {path}"),
-                "see docs/control-api.md",
-            ))
-        }
-        _ => {
-            return Err(ApiError::not_found(
-                format!("no such endpoint {path}"),
-                "see docs/control-api.md",
+        (_, action) => {
+            return Err(no_such(
+                method,
+                path,
+                matches!(action, "" | "approve" | "deny"),
             ))
         }
     };

@@ -44,20 +44,7 @@ pub enum Listener {
 pub async fn bind(addr: &MetricsAddr) -> std::io::Result<Listener> {
     match addr {
         MetricsAddr::Tcp(addr) => Ok(Listener::Tcp(TcpListener::bind(addr).await?)),
-        MetricsAddr::Unix(path) => {
-            use std::os::unix::fs::PermissionsExt as _;
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-            let listener = UnixListener::bind(path)?;
-            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-            Ok(Listener::Unix(listener))
-        }
+        MetricsAddr::Unix(path) => Ok(Listener::Unix(crate::host::socket::bind_unix(path, 0o660)?)),
     }
 }
 

@@ -7,8 +7,8 @@ use rusqlite::{params, Connection, OptionalExtension as _, Row};
 use super::{enqueue, insert_grant, SqliteStore};
 use crate::{
     access::{
-        notice::Notice, AccessRequest, Approval, Approved, Inserted, NewGrant, NewRequest, Outcome,
-        Principal, RequestKind, RequestStore, StoreError,
+        notice::Notice, AccessRequest, Approval, Approved, Grant, Inserted, NewGrant, NewRequest,
+        Outcome, Principal, RequestKind, RequestStore, StoreError,
     },
     time::UnixMs,
 };
@@ -62,24 +62,9 @@ impl RequestStore for SqliteStore {
         )?;
         let id = tx.last_insert_rowid();
         let mut notices = Vec::new();
-        let granted = match grant {
-            Some(grant) => {
-                let grant = insert_grant(
-                    &tx,
-                    &NewGrant {
-                        request_id: Some(id),
-                        ..grant.clone()
-                    },
-                    now,
-                )?;
-                tx.execute(
-                    "UPDATE requests SET outcome = 'granted', decided_at = ?2, grant_id = ?3 WHERE id = ?1",
-                    params![id, now, grant.id],
-                )?;
-                Some(grant)
-            }
-            None => None,
-        };
+        let granted = grant
+            .map(|grant| grant_request(&tx, id, grant, now))
+            .transpose()?;
         let request = request_in(&tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
         let event = match request.kind {
             RequestKind::BreakGlass => "break_glass.used",
@@ -179,18 +164,7 @@ impl RequestStore for SqliteStore {
             )
         };
         let outcome = if complete {
-            let grant = insert_grant(
-                &tx,
-                &NewGrant {
-                    request_id: Some(id),
-                    ..grant.clone()
-                },
-                now,
-            )?;
-            tx.execute(
-                "UPDATE requests SET outcome = 'granted', decided_at = ?2, grant_id = ?3 WHERE id = ?1",
-                params![id, now, grant.id],
-            )?;
+            let grant = grant_request(&tx, id, grant, now)?;
             let decided = request_in(&tx, id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)?;
             let notices = [
                 approved(&decided).with_grant(&grant),
@@ -270,6 +244,28 @@ impl SqliteStore {
         }
         Ok(out)
     }
+}
+
+/// Decides request `id` by storing `grant` for it (linked both ways).
+fn grant_request(
+    conn: &Connection,
+    id: i64,
+    grant: &NewGrant,
+    now: UnixMs,
+) -> Result<Grant, StoreError> {
+    let grant = insert_grant(
+        conn,
+        &NewGrant {
+            request_id: Some(id),
+            ..grant.clone()
+        },
+        now,
+    )?;
+    conn.execute(
+        "UPDATE requests SET outcome = 'granted', decided_at = ?2, grant_id = ?3 WHERE id = ?1",
+        params![id, now, grant.id],
+    )?;
+    Ok(grant)
 }
 
 /// Request `id` with its approvals, as `conn` sees it.
