@@ -203,7 +203,7 @@ fn doctor_json_lists_every_check_with_a_status() {
         "bpffs",
         "CAP_BPF",
         "CAP_NET_ADMIN",
-        "CAP_SYS_ADMIN",
+        "CAP_SYS_PTRACE",
         "CAP_NET_BIND_SERVICE",
         "CAP_PERFMON",
         "listen port",

@@ -38,7 +38,9 @@ pub const OPERATOR: u32 = 4900;
 // refuses one that an unprivileged user could bind (the kernel keeps
 // redirecting to it while the daemon is down), one block of 100 per file:
 // redirect.rs from 600, grants.rs from 700, audit.rs from 800, requests.rs
-// from 900 (70 of them). The demo
+// from 900 (70 of them). package.rs runs the installed package on the
+// embedded default's port, 971, as the demo does (never at the same time).
+// The demo
 // uses the default, 971; the bench (xtask/src/bench.rs) 970.
 
 /// First listen port of the tests in `tests/tests/redirect.rs`.

@@ -1,10 +1,12 @@
 //! `cargo xtask`: the tasks around the build. `setup` installs what a fresh
 //! machine lacks, `demo` shows jitproxy at work, `test` runs every test tier,
-//! `bench` measures jitproxy against a direct connection and HAProxy.
+//! `bench` measures jitproxy against a direct connection and HAProxy,
+//! `package` builds the Debian package.
 
 mod bench;
 mod demo;
 mod layers;
+mod package;
 mod setup;
 mod util;
 
@@ -28,6 +30,9 @@ enum Command {
         /// Also install what `lint` needs (cargo-deny).
         #[arg(long)]
         lint: bool,
+        /// Also install what `package` and its test need (cargo-deb, dpkg-dev, binutils, man-db, strace).
+        #[arg(long)]
+        package: bool,
     },
     /// Build jitproxy and show a redirected request with the caller's identity.
     Demo,
@@ -44,11 +49,21 @@ enum Command {
     Bench(bench::Options),
     /// The crate's layering, rustfmt --check and clippy -D warnings (also of fuzz/).
     Lint,
+    /// Build the Debian package (cargo-deb) and print its path.
+    Package,
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
-        Command::Setup { bench, lint } => setup::run(setup::Needs { bench, lint }),
+        Command::Setup {
+            bench,
+            lint,
+            package,
+        } => setup::run(setup::Needs {
+            bench,
+            lint,
+            package,
+        }),
         Command::Demo => demo::run(),
         Command::Test {
             no_lint,
@@ -62,6 +77,7 @@ fn main() -> Result<()> {
             })?;
             lint()
         }
+        Command::Package => package::run(),
     }
 }
 
@@ -69,6 +85,8 @@ fn test(with_lint: bool, e2e_filter: Option<&str>) -> Result<()> {
     util::require_root("the end-to-end tests load eBPF programs and create cgroups")?;
     setup::run(setup::Needs {
         lint: with_lint,
+        // The package's end-to-end test installs the .deb built below.
+        package: true,
         ..setup::Needs::default()
     })?;
     if with_lint {
@@ -84,6 +102,9 @@ fn test(with_lint: bool, e2e_filter: Option<&str>) -> Result<()> {
         "--exclude",
         "jitproxy-e2e",
     ])?;
+    // Built here, so that tests/tests/package.rs installs exactly what
+    // `cargo xtask package` makes (it builds one itself without it).
+    let deb = package::build()?;
     util::step("privileged end-to-end tests (real eBPF, real cgroups, real clients)");
     let bin = util::build_jitproxy()?;
     let mut args = vec!["test", "--release", "-p", "jitproxy-e2e", "--"];
@@ -93,7 +114,13 @@ fn test(with_lint: bool, e2e_filter: Option<&str>) -> Result<()> {
     // Two cores: a few tests at a time keeps the machine responsive while
     // each test's daemon, clients and upstream run side by side.
     args.extend(["--test-threads", "3"]);
-    util::cargo_with_env(&args, &[("JITPROXY_BIN", bin.as_os_str())])?;
+    util::cargo_with_env(
+        &args,
+        &[
+            ("JITPROXY_BIN", bin.as_os_str()),
+            ("JITPROXY_DEB", deb.as_os_str()),
+        ],
+    )?;
     util::step("all tests passed");
     Ok(())
 }

@@ -4,7 +4,9 @@
 //! - the nightly toolchain's `rust-src` (the eBPF crate builds `core`);
 //! - `bpf-linker`, built against the nightly's own LLVM (no system LLVM);
 //! - Debian packages the tests and the benchmark drive;
-//! - for `test` (which lints): cargo-deny, which checks licences and sources.
+//! - for `test` (which lints): cargo-deny, which checks licences and sources;
+//! - for `package` (and `test`, which installs the package): cargo-deb, and
+//!   the Debian tools it and the package's test drive.
 //!
 //! Each step says what it did and how long it took; a failed step names the
 //! command that failed and what to do next.
@@ -23,6 +25,8 @@ use crate::util::{self, step};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// The newest cargo-deny that builds on the stable toolchain here.
 const CARGO_DENY_VERSION: &str = "0.20.2";
+/// cargo-deb, which builds the Debian package (`cargo xtask package`).
+const CARGO_DEB_VERSION: &str = "3.8.0";
 
 /// Where `setup` keeps the links to the nightly's LLVM that bpf-linker loads
 /// at run time (its library path): under Cargo's home, so it stays.
@@ -36,6 +40,9 @@ pub struct Needs {
     pub bench: bool,
     /// cargo-deny, for `cargo xtask lint`.
     pub lint: bool,
+    /// cargo-deb and what it runs, for `cargo xtask package` (and the
+    /// package's end-to-end test, which also reads its man page).
+    pub package: bool,
 }
 
 /// Debian packages and a command that proves each is there.
@@ -45,6 +52,15 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "setpriv"),
     ("nodejs", "node"),
     ("iproute2", "ip"),
+];
+/// What cargo-deb runs (dependencies from dpkg-shlibdeps, stripping); and
+/// for the package's test, `man` to render its man page and strace to check
+/// the daemon's system calls against the unit's filters.
+const PACKAGE_PACKAGES: &[(&str, &str)] = &[
+    ("dpkg-dev", "dpkg-shlibdeps"),
+    ("binutils", "strip"),
+    ("man-db", "man"),
+    ("strace", "strace"),
 ];
 const BENCH_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "wrk"),
@@ -98,9 +114,15 @@ pub fn run(needs: Needs) -> Result<()> {
     if needs.lint {
         timed("cargo-deny", cargo_deny)?;
     }
+    if needs.package {
+        timed("cargo-deb", cargo_deb)?;
+    }
     let mut packages: Vec<(&str, &str)> = TEST_PACKAGES.to_vec();
     if needs.bench {
         packages.extend_from_slice(BENCH_PACKAGES);
+    }
+    if needs.package {
+        packages.extend_from_slice(PACKAGE_PACKAGES);
     }
     timed("Debian packages", || debian_packages(&packages))?;
     eprintln!("setup done in {:.1} s", started.elapsed().as_secs_f64());
@@ -256,6 +278,30 @@ fn cargo_deny() -> Result<Outcome> {
     )?;
     let version =
         tool_version("cargo-deny").context("cargo-deny was installed but does not run")?;
+    Ok(Outcome::Installed(version))
+}
+
+fn cargo_deb() -> Result<Outcome> {
+    if let Some(version) = tool_version("cargo-deb") {
+        return Ok(Outcome::Present(version));
+    }
+    eprintln!("  building cargo-deb {CARGO_DEB_VERSION} (about two minutes, once)");
+    run_or_hint(
+        Command::new("cargo")
+            .args([
+                "install",
+                "cargo-deb",
+                "--locked",
+                "--version",
+                CARGO_DEB_VERSION,
+                "--root",
+            ])
+            .arg(util::cargo_home())
+            .env("PATH", util::path_with_cargo_bin()),
+        "building cargo-deb failed; read the compiler output above, then run \
+         `cargo xtask setup --package` again",
+    )?;
+    let version = tool_version("cargo-deb").context("cargo-deb was installed but does not run")?;
     Ok(Outcome::Installed(version))
 }
 

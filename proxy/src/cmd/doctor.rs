@@ -296,7 +296,12 @@ const NEEDED_CAPS: [(u8, &str, &str); 5] = [
         "attach the programs to the cgroup, mark upstream sockets (SO_MARK) and end connections \
          through sock_diag",
     ),
-    (cap::SYS_ADMIN, "CAP_SYS_ADMIN", "mount bpffs and pin"),
+    (
+        cap::SYS_PTRACE,
+        "CAP_SYS_PTRACE",
+        "read /proc/PID/exe of other users' processes (the executable's verified path in \
+         audit records)",
+    ),
     (
         cap::NET_BIND_SERVICE,
         "CAP_NET_BIND_SERVICE",
@@ -697,7 +702,7 @@ mod tests {
             [
                 "CAP_BPF",
                 "CAP_NET_ADMIN",
-                "CAP_SYS_ADMIN",
+                "CAP_SYS_PTRACE",
                 "CAP_NET_BIND_SERVICE",
                 "CAP_PERFMON"
             ]

@@ -43,6 +43,7 @@ pub fn btf_size() -> io::Result<u64> {
 pub mod cap {
     pub const NET_BIND_SERVICE: u8 = 10;
     pub const NET_ADMIN: u8 = 12;
+    pub const SYS_PTRACE: u8 = 19;
     pub const SYS_ADMIN: u8 = 21;
     pub const PERFMON: u8 = 38;
     pub const BPF: u8 = 39;
