@@ -91,9 +91,9 @@ impl Notice {
         at: UnixMs,
     ) -> Self {
         let human = request.human_uid();
-        let name = (request.requester.uid == human)
-            .then_some(request.requester.name.as_deref())
-            .flatten();
+        // The human's name, looked up when the request was made (behind
+        // sudo the requester is root; the access is the human's).
+        let name = request.human_name.as_deref();
         let state = request.state(at);
         let commands = if event == "request.created" && state == RequestState::Pending {
             vec![

@@ -220,9 +220,9 @@ impl RequestView {
         now: UnixMs,
     ) -> Self {
         let human = request.human_uid();
-        let name = (request.requester.uid == human)
-            .then_some(request.requester.name.as_deref())
-            .flatten();
+        // The human's name, looked up when the request was made (behind
+        // sudo the requester is root; the access is the human's).
+        let name = request.human_name.as_deref();
         let (decided_at, denied_by, denial_reason) = match &request.outcome {
             None => (None, None, None),
             Some(Outcome::Granted { at, .. } | Outcome::Expired { at }) => {
