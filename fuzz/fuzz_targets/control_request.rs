@@ -34,8 +34,13 @@ fuzz_target!(|data: &[u8]| {
     let config = Arc::new(config(state.path()));
     let audit = AuditLog::open(AuditSettings::for_config(&config)).expect("the audit log");
     let store = SqliteStore::in_memory().expect("an in-memory grant store");
-    let access = Access::new(jitproxy::config::share(config), store, audit.clone(), Users::new())
-        .expect("grant service");
+    let access = Access::new(
+        jitproxy::config::share(config),
+        store,
+        audit.clone(),
+        Users::new(),
+    )
+    .expect("grant service");
     let answer = runtime().block_on(exchange(http, peer.clone(), Arc::clone(&access)));
     check_answers(&answer);
     if ![0, APPROVER].contains(&peer.uid) {
