@@ -940,3 +940,49 @@ impl Drop for Receiver {
         let _ = self.child.wait();
     }
 }
+
+#[test]
+fn an_auto_approve_rule_grants_at_once_and_says_so() {
+    let w = World::new(
+        11,
+        "req-auto",
+        &format!("auto_approve = [{{ who = [\"user:{ENGINEER}\"], max = \"15m\" }}]"),
+        "",
+    );
+    // Within the rule: granted at once, recorded as auto-approved.
+    let quick = w.request("10m", "INC-11 quick look");
+    assert_eq!(
+        (&quick["state"], &quick["kind"]),
+        (&Value::from("approved"), &Value::from("auto_approved")),
+        "{quick}"
+    );
+    let grant_id = quick["grant"]["id"].as_i64().expect("the grant, at once");
+    assert!(w.curl_as(ENGINEER), "auto-approved, but refused");
+    let created = w.wait_request_record("request.created", id_of(&quick));
+    assert_eq!(
+        Daemon::detail(&created)["kind"],
+        "auto_approved",
+        "{created}"
+    );
+    assert_eq!(created["grant_id"], grant_id, "{created}");
+    // Beyond it (longer than `max`), or for someone else: approvers decide.
+    w.ok(ENGINEER, &["drop", &w.target]);
+    let long = w.request("1h", "INC-11 longer");
+    assert_eq!(
+        (&long["state"], &long["kind"]),
+        (&Value::from("pending"), &Value::from("asked")),
+        "{long}"
+    );
+    let other = w.json(
+        APPROVER_A,
+        &[
+            "request",
+            &w.target,
+            "--for",
+            "10m",
+            "--reason",
+            "INC-11 me too",
+        ],
+    );
+    assert_eq!(other["state"], "pending", "{other}");
+}
