@@ -34,7 +34,7 @@ impl Proxy {
             return;
         };
         let origin = self.identities.origin(&kernel_record).await;
-        let Some(target) = self.policy.target_name(origin.target_id) else {
+        let Some(entry) = self.policy.target(origin.target_id) else {
             let reason = DenyReason::UnknownTarget(origin.target_id);
             record.set_origin(origin, "");
             reset(client);
@@ -42,20 +42,22 @@ impl Proxy {
             return;
         };
 
+        let target = &*entry.0;
+
         // 2. Decision.
-        let verdict = self.policy.decide(&origin).await;
+        let verdict = self.policy.decide(&origin, &entry).await;
         let upstream_addr = origin.upstream_addr();
         let allowed = match verdict {
             Verdict::Allow(allowed) => allowed,
             Verdict::Deny(reason) => {
                 reset(client);
-                self.access.note_refusal(refusal(&origin, &target, &reason));
-                record.set_origin(origin, &target);
+                self.access.note_refusal(refusal(&origin, target, &reason));
+                record.set_origin(origin, target);
                 record.denied(&reason);
                 return;
             }
         };
-        record.set_origin(origin, &target);
+        record.set_origin(origin, target);
 
         // 3. Audit: the "allowed" record is on disk before anything reaches
         // the target. No record, no access.
@@ -63,7 +65,7 @@ impl Proxy {
             reset(client);
             let reason = DenyReason::AuditUnavailable(e.to_string());
             if let Some(origin) = record.origin() {
-                self.access.note_refusal(refusal(origin, &target, &reason));
+                self.access.note_refusal(refusal(origin, target, &reason));
             }
             record.denied(&reason);
             return;

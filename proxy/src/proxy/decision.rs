@@ -100,8 +100,11 @@ pub struct Policy {
     clock: Clock,
 }
 
-/// Each target's name and connection limits, by position (its number).
-type TargetTable = Vec<(Arc<str>, Limit)>;
+/// A target's name and connection limits.
+pub type TargetEntry = (Arc<str>, Limit);
+
+/// Each target's entry, by position (its number).
+type TargetTable = Vec<TargetEntry>;
 
 /// The target table of `config`.
 fn targets_of(config: &Config) -> TargetTable {
@@ -161,20 +164,17 @@ impl Policy {
         }
     }
 
-    /// The name of target `id` in the running config.
-    pub fn target_name(&self, id: u32) -> Option<Arc<str>> {
-        self.targets
-            .load()
-            .get(id as usize)
-            .map(|(name, _)| Arc::clone(name))
+    /// Target `id` of the running config: its name and limits (read once
+    /// per connection, then passed to [`Policy::decide`]).
+    pub fn target(&self, id: u32) -> Option<TargetEntry> {
+        self.targets.load().get(id as usize).cloned()
     }
 
-    /// The verdict on a connection from `origin`.
-    pub async fn decide(&self, origin: &Origin) -> Verdict {
+    /// The verdict on a connection from `origin` to its target, `entry`
+    /// (from [`Policy::target`]).
+    pub async fn decide(&self, origin: &Origin, entry: &TargetEntry) -> Verdict {
         let target = origin.target_id;
-        let Some((target_name, limit)) = self.targets.load().get(target as usize).cloned() else {
-            return Verdict::Deny(DenyReason::UnknownTarget(target));
-        };
+        let (target_name, limit) = entry;
         let uid = origin.caller.principal_uid();
         let index = Arc::clone(&self.index.borrow());
         let gids = if index.has_group_grants() {
@@ -189,7 +189,7 @@ impl Policy {
                 target: target_name.to_string(),
             });
         };
-        match self.limits.acquire(uid, target, &limit, Instant::now()) {
+        match self.limits.acquire(uid, target, limit, Instant::now()) {
             Ok(slot) => Verdict::Allow(Allowed {
                 cover,
                 keys,
