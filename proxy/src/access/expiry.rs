@@ -68,16 +68,13 @@ impl Access {
     /// rather than writing it twice.
     pub async fn record_expiries(&self) -> usize {
         let now = self.clock.now_ms();
-        let expired = match self.with_store(move |s| s.expire(now)).await {
+        let expired = match self.change(move |s| s.expire(now)).await {
             Ok(expired) => expired,
             Err(e) => {
                 tracing::error!(error = %e, "cannot record grant expiries; trying again at the next wake");
                 return 0;
             }
         };
-        if !expired.is_empty() {
-            self.outbox_wake.notify_one();
-        }
         for grant in &expired {
             let recorded = Recorded::of(grant.effective_end(), self.started_at);
             if recorded == Recorded::Late {

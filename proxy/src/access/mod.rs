@@ -316,9 +316,8 @@ impl Access {
             request_id: None,
         };
         let grant = self
-            .with_store(move |store| store.insert(&new, now))
+            .change(move |store| store.insert(&new, now))
             .await?;
-        self.outbox_wake.notify_one();
         self.audit.record(grant_event(
             EventKind::GrantCreated,
             &grant,
@@ -373,7 +372,9 @@ impl Access {
             }
         }
         if theirs.is_empty() {
-            return self.require_approver(by).await.map(|()| Vec::new());
+            // Refused, unless root with no target configured: nothing to end.
+            self.require_approver(by).await?;
+            return Ok(Vec::new());
         }
         let may_end = |g: &Grant| everywhere || theirs.contains(&g.target);
         let now = self.clock.now_ms();
@@ -447,8 +448,7 @@ impl Access {
             by: Some(by.clone()),
             kind,
         };
-        let ended = self.with_store(move |s| s.end(&ids, &ending)).await?;
-        self.outbox_wake.notify_one();
+        let ended = self.change(move |s| s.end(&ids, &ending)).await?;
         for grant in &ended {
             self.audit
                 .record(grant_event(end_event(kind), grant, Some(&by)));
@@ -594,6 +594,18 @@ impl Access {
         let index = build_index(&self.config(), &open, now);
         self.index.send_replace(Arc::new(index));
         Ok(())
+    }
+
+    /// Runs the store change `f` (see [`Access::with_store`]) and wakes the
+    /// webhook task: a change queues its notices in the same transaction,
+    /// so every change goes through here.
+    async fn change<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn AccessStore) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, AccessError> {
+        let changed = self.with_store(f).await;
+        self.outbox_wake.notify_one();
+        changed
     }
 
     /// Runs `f` on the store, off the runtime (store calls block on disk).

@@ -51,14 +51,6 @@ pub enum Decided {
     Granted(AccessRequest, Box<Grant>),
 }
 
-impl Decided {
-    pub fn request(&self) -> &AccessRequest {
-        match self {
-            Self::Pending(r) | Self::Granted(r, _) => r,
-        }
-    }
-}
-
 impl Access {
     /// Anyone the target allows asks for access for themselves. An
     /// `auto_approve` rule that covers them and the window grants it at
@@ -104,7 +96,7 @@ impl Access {
             false => None,
         };
         let inserted = self
-            .with_store(move |s| s.insert_request(&new, grant.as_ref(), now))
+            .change(move |s| s.insert_request(&new, grant.as_ref(), now))
             .await?;
         let (request, grant) = match inserted {
             Inserted::Stored(request, grant) => (request, grant),
@@ -122,7 +114,6 @@ impl Access {
                 ))
             }
         };
-        self.outbox_wake.notify_one();
         self.audit.record(request_event(
             EventKind::RequestCreated,
             &request,
@@ -191,9 +182,8 @@ impl Access {
         };
         let grant = self.new_grant_for(&new, now, duration_ms, &requester);
         let inserted = self
-            .with_store(move |s| s.insert_request(&new, Some(&grant), now))
+            .change(move |s| s.insert_request(&new, Some(&grant), now))
             .await?;
-        self.outbox_wake.notify_one();
         let Inserted::Stored(request, Some(grant)) = inserted else {
             return Err(AccessError::internal(
                 "the break-glass grant was not stored",
@@ -278,9 +268,8 @@ impl Access {
         );
         let approval_reason = approval.reason.clone();
         let approved = self
-            .with_store(move |s| s.approve(id, human, &approval, &grant, now))
+            .change(move |s| s.approve(id, human, &approval, &grant, now))
             .await?;
-        self.outbox_wake.notify_one();
         let (request, grant) = match approved {
             Approved::Counted(request) => (request, None),
             Approved::Granted(request, grant) => (request, Some(*grant)),
@@ -325,9 +314,8 @@ impl Access {
         let denier = self.principal_of(by).await;
         let who = denier.clone();
         let denied = self
-            .with_store(move |s| s.deny(id, &who, &reason, now))
+            .change(move |s| s.deny(id, &who, &reason, now))
             .await?;
-        self.outbox_wake.notify_one();
         let Some(denied) = denied else {
             let current = self.get_any(id).await?;
             return Err(not_pending(&current, now));
@@ -422,16 +410,13 @@ impl Access {
     /// (in the store, then one `request.expired` record each).
     pub(super) async fn record_request_expiries(&self) -> usize {
         let now = self.clock.now_ms();
-        let expired = match self.with_store(move |s| s.expire_requests(now)).await {
+        let expired = match self.change(move |s| s.expire_requests(now)).await {
             Ok(expired) => expired,
             Err(e) => {
                 tracing::error!(error = %e, "cannot record request expiries; trying again at the next wake");
                 return 0;
             }
         };
-        if !expired.is_empty() {
-            self.outbox_wake.notify_one();
-        }
         for request in &expired {
             self.audit
                 .record(request_event(EventKind::RequestExpired, request, None));
