@@ -315,9 +315,7 @@ impl Access {
             scopes: Vec::new(),
             request_id: None,
         };
-        let grant = self
-            .change(move |store| store.insert(&new, now))
-            .await?;
+        let grant = self.change(move |store| store.insert(&new, now)).await?;
         self.audit.record(grant_event(
             EventKind::GrantCreated,
             &grant,

@@ -71,26 +71,16 @@ impl Access {
         }
         let reason = check_reason(&ask.reason)?;
         let duration_ms = self.window_ms(&target, ask.duration_secs, target.max_grant)?;
-        self.refuse_if_covered(human, &target).await?;
-        self.take_request_token(human)?;
-        let now = self.clock.now_ms();
-        let requester = self.principal_of(by).await;
         let auto = self.auto_rule(&target, human, duration_ms).await;
-        let new = NewRequest {
-            requester: requester.clone(),
-            human,
-            human_name: self.users.name(human).await,
-            target: target.name.clone(),
-            duration_ms,
-            reason,
-            kind: if auto {
-                RequestKind::AutoApproved
-            } else {
-                RequestKind::Asked
-            },
-            expires_at: now.saturating_add(duration_to_ms(target.access.request_ttl)),
-            needed: target.access.approvals,
+        let kind = if auto {
+            RequestKind::AutoApproved
+        } else {
+            RequestKind::Asked
         };
+        let (new, now) = self
+            .new_request(by, &target, duration_ms, reason, kind)
+            .await?;
+        let requester = new.requester.clone();
         let grant = match auto {
             true => Some(self.new_grant_for(&new, now, duration_ms, &requester)),
             false => None,
@@ -165,21 +155,10 @@ impl Access {
         let max = target.access.break_glass_max;
         let secs = duration_secs.unwrap_or(max.as_secs());
         let duration_ms = self.window_ms(&target, secs, max)?;
-        self.refuse_if_covered(human, &target).await?;
-        self.take_request_token(human)?;
-        let now = self.clock.now_ms();
-        let requester = self.principal_of(by).await;
-        let new = NewRequest {
-            requester: requester.clone(),
-            human,
-            human_name: self.users.name(human).await,
-            target: target.name.clone(),
-            duration_ms,
-            reason,
-            kind: RequestKind::BreakGlass,
-            expires_at: now,
-            needed: 0,
-        };
+        let (new, now) = self
+            .new_request(by, &target, duration_ms, reason, RequestKind::BreakGlass)
+            .await?;
+        let requester = new.requester.clone();
         let grant = self.new_grant_for(&new, now, duration_ms, &requester);
         let inserted = self
             .change(move |s| s.insert_request(&new, Some(&grant), now))
@@ -313,9 +292,7 @@ impl Access {
         let now = self.clock.now_ms();
         let denier = self.principal_of(by).await;
         let who = denier.clone();
-        let denied = self
-            .change(move |s| s.deny(id, &who, &reason, now))
-            .await?;
+        let denied = self.change(move |s| s.deny(id, &who, &reason, now)).await?;
         let Some(denied) = denied else {
             let current = self.get_any(id).await?;
             return Err(not_pending(&current, now));
@@ -469,6 +446,43 @@ impl Access {
             }
         }
         false
+    }
+
+    /// A request of `kind` by `by` for `target`, once the checks every kind
+    /// shares have passed (no access held already, a request token left);
+    /// with the time it is made. A break-glass request is decided at once,
+    /// the others wait up to the target's `request_ttl`.
+    async fn new_request(
+        &self,
+        by: &Requester,
+        target: &Target,
+        duration_ms: i64,
+        reason: String,
+        kind: RequestKind,
+    ) -> Result<(NewRequest, UnixMs), AccessError> {
+        let human = by.human_uid();
+        self.refuse_if_covered(human, target).await?;
+        self.take_request_token(human)?;
+        let now = self.clock.now_ms();
+        let (expires_at, needed) = match kind {
+            RequestKind::BreakGlass => (now, 0),
+            RequestKind::Asked | RequestKind::AutoApproved => (
+                now.saturating_add(duration_to_ms(target.access.request_ttl)),
+                target.access.approvals,
+            ),
+        };
+        let new = NewRequest {
+            requester: self.principal_of(by).await,
+            human,
+            human_name: self.users.name(human).await,
+            target: target.name.clone(),
+            duration_ms,
+            reason,
+            kind,
+            expires_at,
+            needed,
+        };
+        Ok((new, now))
     }
 
     /// The grant a request being stored leads to.
