@@ -55,7 +55,7 @@ impl Process {
 }
 
 /// A file as the kernel tells files apart: device and inode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileId {
     /// Device, as `stat(2)` reports it (`st_dev`).
     pub dev: u64,

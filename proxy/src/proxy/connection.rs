@@ -1,7 +1,7 @@
 //! One redirected connection, top to bottom: origin, decision, durable
 //! audit record, upstream connect, forward. Every exit finishes the record.
 
-use std::{net::SocketAddr, sync::atomic::Ordering};
+use std::{net::SocketAddr, pin::pin, sync::atomic::Ordering};
 
 use tokio::net::TcpStream;
 
@@ -94,17 +94,17 @@ impl Proxy {
         // daemon stops.
         let _ = client.set_nodelay(true);
         let bytes = Bytes::default();
-        let shutdown = self.shutdown.clone();
-        let access_ends = self
+        let shutdown = pin!(self.shutdown.cancelled());
+        let access_ends = pin!(self
             .policy
-            .access_ends(allowed.keys.clone(), allowed.target);
-        let ended = forward::forward(&client, &upstream, &bytes, async move {
+            .access_ends(allowed.keys.clone(), allowed.target));
+        let cut = pin!(async {
             tokio::select! {
-                () = shutdown.cancelled() => "daemon shutdown",
+                () = shutdown => "daemon shutdown",
                 why = access_ends => why,
             }
-        })
-        .await;
+        });
+        let ended = forward::forward(&client, &upstream, &bytes, cut).await;
         drop(allowed.slot);
         if matches!(
             ended,

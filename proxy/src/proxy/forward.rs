@@ -2,22 +2,34 @@
 //! sides are done, one side fails, or the connection is cut from outside
 //! (grant end, daemon shutdown).
 //!
-//! No per-byte work: bytes are moved with `read`/`write` into a buffer that
-//! is allocated on the first readable event and doubles while reads fill it,
-//! so idle connections hold no buffer and bulk transfers get large reads.
-//! A side that reaches EOF half-closes the other (`shutdown(SHUT_WR)`).
+//! No per-byte work, and no buffer while a connection idles: bytes are read
+//! into the worker thread's scratch buffer and written on at once; only what
+//! the receiving side does not take yet is kept, in a buffer of the
+//! connection's own, until it drains. A side that reaches EOF half-closes the
+//! other (`shutdown(SHUT_WR)`).
+//!
+//! A read that returns less than it asked for has emptied the socket's
+//! receive queue, so the readiness is cleared then, without the read that
+//! would return `EAGAIN`: the kernel signals every later arrival (data or
+//! FIN) with a new edge, and tokio never clears a closed state.
 
 use std::{
+    cell::RefCell,
     future::Future,
     io,
     os::fd::AsRawFd as _,
+    pin::Pin,
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use tokio::net::TcpStream;
+use tokio::{io::Interest, net::TcpStream};
 
-const FIRST_BUFFER: usize = 4 * 1024;
-const MAX_BUFFER: usize = 256 * 1024;
+/// The most read at once, per worker thread.
+const SCRATCH: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH_BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
 
 /// Bytes moved each way.
 #[derive(Debug, Default)]
@@ -53,15 +65,16 @@ pub enum Ended {
 
 /// Copies both ways until the connection ends. `cut` resolves with a reason to
 /// end it early; both sockets are then closed by the caller dropping them.
-pub async fn forward(
+/// (`cut` is pinned by the caller, so the connection's state holds it once.)
+pub async fn forward<C: Future<Output = &'static str>>(
     client: &TcpStream,
     upstream: &TcpStream,
     bytes: &Bytes,
-    cut: impl Future<Output = &'static str>,
+    mut cut: Pin<&mut C>,
 ) -> Ended {
     let up = pipe(client, upstream, &bytes.up);
     let down = pipe(upstream, client, &bytes.down);
-    tokio::pin!(up, down, cut);
+    tokio::pin!(up, down);
     let (mut up_done, mut down_done) = (false, false);
     while !(up_done && down_done) {
         tokio::select! {
@@ -89,27 +102,83 @@ enum PipeError {
 /// One direction: read from `from`, write to `to`, until EOF; then
 /// half-close `to` so the peer sees the EOF too.
 async fn pipe(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> Result<(), PipeError> {
-    let mut buf: Vec<u8> = Vec::new();
+    // What `to` has not taken yet; empty (no allocation) unless it pushes back.
+    let mut unsent: Vec<u8> = Vec::new();
     loop {
         from.readable().await.map_err(PipeError::Read)?;
-        if buf.is_empty() {
-            buf.resize(FIRST_BUFFER, 0);
-        }
-        let n = match from.try_read(&mut buf) {
-            Ok(0) => {
+        let moved =
+            SCRATCH_BUFFER.with_borrow_mut(|scratch| move_once(from, to, scratch, &mut unsent))?;
+        let full = match moved {
+            Moved::Eof => {
                 shutdown_write(to).map_err(PipeError::Write)?;
                 return Ok(());
             }
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(PipeError::Read(e)),
+            Moved::Nothing => continue,
+            Moved::Read { written, full } => {
+                count.fetch_add(written as u64, Ordering::Relaxed);
+                full
+            }
         };
-        write_all(to, &buf[..n]).await.map_err(PipeError::Write)?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
-        if n == buf.len() && buf.len() < MAX_BUFFER {
-            buf.resize(buf.len() * 2, 0);
+        if !unsent.is_empty() {
+            write_all(to, &unsent).await.map_err(PipeError::Write)?;
+            count.fetch_add(unsent.len() as u64, Ordering::Relaxed);
+            unsent.clear();
+            if !full {
+                // The burst is over: an idle connection keeps no buffer.
+                unsent = Vec::new();
+            }
         }
     }
+}
+
+/// What one read did.
+enum Moved {
+    /// Nothing to read after all (readiness was stale).
+    Nothing,
+    /// Bytes read: `written` of them written, the rest kept in `unsent`;
+    /// `full` when the read filled the scratch buffer (more is likely
+    /// waiting).
+    Read { written: usize, full: bool },
+    /// The sender closed its side.
+    Eof,
+}
+
+/// Reads once from `from` into `scratch` and writes what it got to `to`,
+/// keeping in `unsent` what `to` does not take now. Does not wait.
+fn move_once(
+    from: &TcpStream,
+    to: &TcpStream,
+    scratch: &mut [u8],
+    unsent: &mut Vec<u8>,
+) -> Result<Moved, PipeError> {
+    let mut got = 0;
+    let read = from.try_io(Interest::READABLE, || {
+        let n = nix::unistd::read(from.as_raw_fd(), scratch).map_err(io::Error::from)?;
+        if n == 0 || n == scratch.len() {
+            return Ok(n);
+        }
+        // A short read emptied the queue: clear the readiness now.
+        got = n;
+        Err(io::ErrorKind::WouldBlock.into())
+    });
+    let n = match read {
+        Ok(0) => return Ok(Moved::Eof),
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => got,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Moved::Nothing),
+        Err(e) => return Err(PipeError::Read(e)),
+    };
+    let data = &scratch[..n];
+    let written = match to.try_write(data) {
+        Ok(written) => written,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(e) => return Err(PipeError::Write(e)),
+    };
+    unsent.extend_from_slice(&data[written..]);
+    Ok(Moved::Read {
+        written,
+        full: n == scratch.len(),
+    })
 }
 
 async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {

@@ -8,11 +8,21 @@
 //! reported only when that path still names the file the kernel saw, so a
 //! program that execs another right after connecting is not recorded as the
 //! other.
+//!
+//! /proc is read once per executable and cgroup, not once per connection:
+//! what it named is kept for [`SEEN_TTL`], keyed by what the kernel recorded
+//! at connect (the executable's file, the cgroup id), and only once checked
+//! against it. A connection from a process seen before costs no /proc read.
 
 use std::{
+    collections::HashMap,
     fmt,
+    hash::Hash,
     net::{IpAddr, SocketAddr},
-    path::PathBuf,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, OnceLock},
+    time::{Duration, Instant},
 };
 
 use proxy_common::{ConnectRecord, TaskOffsets};
@@ -79,15 +89,17 @@ pub struct Caller {
     /// The executable at connect, as a file; `None` if the kernel could not
     /// tell (a kernel thread, an unreadable field).
     pub exe_file: Option<FileId>,
-    /// The executable's path: `/proc/PID/exe`, only when that path still
-    /// names [`Caller::exe_file`].
-    pub exe: Option<PathBuf>,
+    /// The executable's path: `/proc/PID/exe`, only when that path named
+    /// [`Caller::exe_file`] when it was read.
+    pub exe: Option<Arc<Path>>,
     /// What `/proc/PID/exe` shows when it does not name `exe_file` (the
     /// process exec'd another program after connecting, or the file was
     /// replaced): shown to reviewers as unverified, never as the executable.
     pub exe_unverified: Option<PathBuf>,
-    /// cgroup v2 path (`/proc/PID/cgroup`), e.g. a systemd unit's.
-    pub cgroup: Option<String>,
+    /// cgroup v2 path (`/proc/PID/cgroup`), e.g. a systemd unit's: the
+    /// cgroup of the connect when it could be checked against
+    /// [`Caller::cgroup_id`], else where the process is now.
+    pub cgroup: Option<Arc<str>>,
 }
 
 impl Caller {
@@ -110,15 +122,33 @@ impl fmt::Display for Caller {
     }
 }
 
+/// How long a checked name from /proc is reused: a renamed executable is
+/// reported under its new path within this.
+const SEEN_TTL: Duration = Duration::from_secs(10);
+/// Most names kept of each kind.
+const SEEN_MAX: usize = 4096;
+
 /// Turns kernel records into [`Origin`]s.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Identities {
     users: Users,
+    /// Paths of executables, by the file the kernel recorded.
+    exes: Seen<FileId, Arc<Path>>,
+    /// Paths of cgroups, by cgroup id.
+    cgroups: Seen<u64, Arc<str>>,
+    /// Where cgroup paths are checked; `None` when there is no cgroup2 mount
+    /// (cgroup paths are then reported unchecked and not kept).
+    cgroup_root: OnceLock<Option<PathBuf>>,
 }
 
 impl Identities {
     pub fn new(users: Users) -> Self {
-        Self { users }
+        Self {
+            users,
+            exes: Seen::default(),
+            cgroups: Seen::default(),
+            cgroup_root: OnceLock::new(),
+        }
     }
 
     /// Completes a kernel record with what /proc still knows about the caller.
@@ -132,7 +162,7 @@ impl Identities {
         };
         let exe_file =
             (record.exe_ino != 0).then(|| FileId::from_kernel(record.exe_dev, record.exe_ino));
-        let proc_info = ProcInfo::read(record.tgid, record.boot_ns, exe_file);
+        let names = self.names(record, exe_file);
         let user = self.users.name(record.uid).await;
         Origin {
             dst: SocketAddr::new(ip, u16::from_be(record.orig_port_be)),
@@ -148,20 +178,87 @@ impl Identities {
                 login_uid: (record.login_uid != TaskOffsets::UNSET_LOGIN_UID)
                     .then_some(record.login_uid),
                 exe_file,
-                exe: proc_info.exe,
-                exe_unverified: proc_info.exe_unverified,
-                cgroup: proc_info.cgroup,
+                exe: names.exe,
+                exe_unverified: names.exe_unverified,
+                cgroup: names.cgroup,
             },
         }
+    }
+
+    /// The executable's and cgroup's paths: from what was seen before when
+    /// both are known, else from /proc (keeping what checks out).
+    fn names(&self, record: &ConnectRecord, exe_file: Option<FileId>) -> ProcInfo {
+        let now = Instant::now();
+        let exe = exe_file.and_then(|file| self.exes.get(&file, now));
+        let cgroup = self.cgroups.get(&record.cgroup_id, now);
+        if let (Some(exe), Some(cgroup)) = (&exe, &cgroup) {
+            return ProcInfo {
+                exe: Some(Arc::clone(exe)),
+                exe_unverified: None,
+                cgroup: Some(Arc::clone(cgroup)),
+            };
+        }
+        let read = ProcInfo::read(record.tgid, record.boot_ns, exe_file);
+        if let (Some(file), Some(path)) = (exe_file, &read.exe) {
+            self.exes.put(file, Arc::clone(path), now);
+        }
+        if let Some(path) = &read.cgroup {
+            if self.is_cgroup(path, record.cgroup_id) {
+                self.cgroups.put(record.cgroup_id, Arc::clone(path), now);
+            }
+        }
+        read
+    }
+
+    /// Whether the cgroup at `path` (as /proc shows it, from the cgroup2
+    /// root) is the one with id `id` (its directory's inode).
+    fn is_cgroup(&self, path: &str, id: u64) -> bool {
+        let root = self
+            .cgroup_root
+            .get_or_init(|| crate::host::cgroup::cgroup2_mount().ok());
+        root.as_ref().is_some_and(|root| {
+            std::fs::metadata(root.join(path.trim_start_matches('/'))).is_ok_and(|m| m.ino() == id)
+        })
+    }
+}
+
+/// Names read from /proc, by what the kernel recorded; each is trusted for
+/// [`SEEN_TTL`].
+#[derive(Debug)]
+struct Seen<K, V>(Mutex<HashMap<K, (V, Instant)>>);
+
+impl<K, V> Default for Seen<K, V> {
+    fn default() -> Self {
+        Self(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<K: Eq + Hash, V: Clone> Seen<K, V> {
+    fn get(&self, key: &K, now: Instant) -> Option<V> {
+        let seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        seen.get(key)
+            .filter(|(_, at)| now.duration_since(*at) < SEEN_TTL)
+            .map(|(value, _)| value.clone())
+    }
+
+    fn put(&self, key: K, value: V, now: Instant) {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() >= SEEN_MAX {
+            seen.retain(|_, (_, at)| now.duration_since(*at) < SEEN_TTL);
+            if seen.len() >= SEEN_MAX {
+                seen.clear();
+            }
+        }
+        seen.insert(key, (value, now));
     }
 }
 
 /// What /proc tells about a process, if it is still the caller.
 #[derive(Debug, Default)]
 struct ProcInfo {
-    exe: Option<PathBuf>,
+    exe: Option<Arc<Path>>,
     exe_unverified: Option<PathBuf>,
-    cgroup: Option<String>,
+    cgroup: Option<Arc<str>>,
 }
 
 impl ProcInfo {
@@ -184,14 +281,14 @@ impl ProcInfo {
             .as_deref()
             .is_some_and(|path| exe_file.is_some() && FileId::of_path(path) == exe_file);
         let (exe, exe_unverified) = if verified {
-            (shown, None)
+            (shown.map(Arc::from), None)
         } else {
             (None, shown)
         };
         Self {
             exe,
             exe_unverified,
-            cgroup: process.cgroup(),
+            cgroup: process.cgroup().map(Arc::from),
         }
     }
 }
@@ -223,7 +320,7 @@ mod tests {
         let pid = std::process::id();
         let (path, id) = own_exe();
         let info = ProcInfo::read(pid, u64::MAX, Some(id));
-        assert_eq!(info.exe, Some(path));
+        assert_eq!(info.exe.as_deref(), Some(path.as_path()));
         // A connect "before" our start cannot be ours: nothing is reported.
         let before = ProcInfo::read(pid, 0, Some(id));
         assert!(before.exe.is_none() && before.exe_unverified.is_none());
@@ -238,9 +335,86 @@ mod tests {
             ..id
         };
         let info = ProcInfo::read(pid, u64::MAX, Some(other));
-        assert_eq!((info.exe, info.exe_unverified), (None, Some(path.clone())));
+        assert_eq!(
+            (info.exe.as_deref(), info.exe_unverified),
+            (None, Some(path.clone()))
+        );
         // Without the kernel's file there is nothing to check the path by.
         let info = ProcInfo::read(pid, u64::MAX, None);
-        assert_eq!((info.exe, info.exe_unverified), (None, Some(path)));
+        assert_eq!(
+            (info.exe.as_deref(), info.exe_unverified),
+            (None, Some(path))
+        );
+    }
+
+    /// A kernel record of a connect by this test process (`cgroup_id` as
+    /// given), or by a pid that is gone.
+    fn record_of(tgid: u32, exe: FileId, cgroup_id: u64) -> ConnectRecord {
+        let dev =
+            u32::try_from((nix::sys::stat::major(exe.dev) << 20) | nix::sys::stat::minor(exe.dev))
+                .unwrap();
+        ConnectRecord {
+            orig_addr: [0; 4],
+            orig_port_be: 0,
+            family: 4,
+            target_id: 0,
+            tgid,
+            pid: tgid,
+            uid: 0,
+            gid: 0,
+            cgroup_id,
+            boot_ns: u64::MAX,
+            exe_ino: exe.ino,
+            exe_dev: dev,
+            login_uid: TaskOffsets::UNSET_LOGIN_UID,
+            comm: [0; 16],
+            tuple: proxy_common::SockTuple::default(),
+            established: 1,
+        }
+    }
+
+    /// This process's cgroup path and id, when there is a cgroup2 mount.
+    fn own_cgroup() -> Option<(String, u64)> {
+        let path = Process::open(std::process::id())?.cgroup()?;
+        let root = crate::host::cgroup::cgroup2_mount().ok()?;
+        let id = std::fs::metadata(root.join(path.trim_start_matches('/')))
+            .ok()?
+            .ino();
+        Some((path, id))
+    }
+
+    #[test]
+    fn names_checked_once_are_reused_by_what_the_kernel_recorded() {
+        let Some((cgroup, cgroup_id)) = own_cgroup() else {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        };
+        let (path, exe) = own_exe();
+        let identities = Identities::new(Users::new());
+        let first = identities.names(&record_of(std::process::id(), exe, cgroup_id), Some(exe));
+        assert_eq!(first.exe.as_deref(), Some(path.as_path()));
+        assert_eq!(first.cgroup.as_deref(), Some(cgroup.as_str()));
+        // The same file and cgroup from a pid /proc no longer has: no /proc
+        // read is needed, the checked names are reused.
+        let again = identities.names(&record_of(u32::MAX, exe, cgroup_id), Some(exe));
+        assert_eq!(again.exe.as_deref(), Some(path.as_path()));
+        assert_eq!(again.cgroup.as_deref(), Some(cgroup.as_str()));
+    }
+
+    #[test]
+    fn a_cgroup_path_that_is_not_the_recorded_cgroup_is_not_kept() {
+        let Some((cgroup, cgroup_id)) = own_cgroup() else {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        };
+        let (_, exe) = own_exe();
+        let identities = Identities::new(Users::new());
+        // The kernel recorded another cgroup than the one the process is in
+        // now (it moved after connecting): /proc's path is shown, not kept.
+        let moved = cgroup_id + 1;
+        let first = identities.names(&record_of(std::process::id(), exe, moved), Some(exe));
+        assert_eq!(first.cgroup.as_deref(), Some(cgroup.as_str()));
+        let gone = identities.names(&record_of(u32::MAX, exe, moved), Some(exe));
+        assert_eq!(gone.cgroup, None);
     }
 }

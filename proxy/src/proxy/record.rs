@@ -155,7 +155,7 @@ impl ConnectionRecord {
                 exe: c.exe.as_ref().map(|p| p.display().to_string()),
                 exe_file: c.exe_file.map(|f| f.to_string()),
                 exe_unverified: c.exe_unverified.as_ref().map(|p| p.display().to_string()),
-                cgroup: c.cgroup.clone(),
+                cgroup: c.cgroup.as_deref().map(str::to_owned),
                 gid: c.gid,
             });
             event.dst = Some(origin.dst.to_string());
