@@ -28,7 +28,8 @@ pub(super) fn daemon_log(event: &Event) {
     );
     let user = event.user.as_ref();
     let process = event.process.as_ref();
-    let detail = event.detail.as_ref().map(ToString::to_string);
+    // Formatted only when the line is written (not at all below its level).
+    let detail = event.detail.as_ref().map(tracing::field::display);
     let summary = Summary(event);
     macro_rules! log_at {
         ($level:expr) => {
@@ -58,7 +59,7 @@ pub(super) fn daemon_log(event: &Event) {
                 bytes_down = event.bytes_down,
                 duration_ms = event.duration_ms,
                 ended_by = event.ended_by.as_deref(),
-                detail = detail.as_deref(),
+                detail = detail,
                 "{summary}"
             )
         };
