@@ -224,19 +224,25 @@ impl AuditLog {
         });
     }
 
-    /// Appends an event and waits until it is on disk (fsync). Returns its
-    /// sequence number.
-    pub async fn record_durable(&self, event: Event) -> Result<u64, AuditError> {
+    /// Appends an event now, and returns a future that resolves once it is
+    /// on disk (fsync), with its sequence number. (Not an `async fn`: the
+    /// event is handed over at once, so the future waiting for the disk does
+    /// not also hold it.)
+    pub fn record_durable(
+        &self,
+        event: Event,
+    ) -> impl std::future::Future<Output = Result<u64, AuditError>> + Send + 'static {
         let (ack, done) = oneshot::channel();
         self.health.queued.fetch_add(1, Ordering::Relaxed);
-        self.tx
-            .send(Msg::Append {
-                event: Box::new(event),
-                time: Timestamp::now(),
-                ack: Some(ack),
-            })
-            .map_err(|_| AuditError::Stopped)?;
-        done.await.map_err(|_| AuditError::Stopped)?
+        let sent = self.tx.send(Msg::Append {
+            event: Box::new(event),
+            time: Timestamp::now(),
+            ack: Some(ack),
+        });
+        async move {
+            sent.map_err(|_| AuditError::Stopped)?;
+            done.await.map_err(|_| AuditError::Stopped)?
+        }
     }
 
     /// Writes a checkpoint now (if records were written since the last one).

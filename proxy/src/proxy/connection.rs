@@ -1,12 +1,18 @@
 //! One redirected connection, top to bottom: origin, decision, durable
-//! audit record, upstream connect, forward. Every exit finishes the record.
+//! audit record, upstream connect ([`Proxy::admit`]); then forward. Every exit
+//! finishes the record.
+//!
+//! Admission and forwarding are two futures, so what a connection holds
+//! while it forwards (most of its life, often idle) is only what forwarding
+//! needs, not admission's intermediate values; and what passes from one to
+//! the other is boxed, so that neither future keeps a copy of it.
 
 use std::{net::SocketAddr, pin::pin, sync::atomic::Ordering};
 
 use tokio::net::TcpStream;
 
 use super::{
-    decision::{DenyReason, Verdict},
+    decision::{Allowed, DenyReason, Verdict},
     forward::{self, Bytes},
     origin::Origin,
     record::ConnectionRecord,
@@ -17,9 +23,26 @@ use crate::{
     host::socket::{connect_marked, reset},
 };
 
+/// A connection let through and connected upstream: what forwarding needs.
+struct Admitted {
+    client: TcpStream,
+    upstream: TcpStream,
+    allowed: Allowed,
+    record: ConnectionRecord,
+}
+
 impl Proxy {
     /// One connection, top to bottom.
     pub(super) async fn handle(&self, client: TcpStream, peer: SocketAddr) {
+        if let Some(admitted) = self.admit(client, peer).await {
+            self.forward(admitted).await;
+        }
+    }
+
+    /// Stages 1 to 4. `None` when the connection was refused or its
+    /// upstream could not be reached: the client is then reset and the
+    /// record finished.
+    async fn admit(&self, client: TcpStream, peer: SocketAddr) -> Option<Box<Admitted>> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut record = ConnectionRecord::start(id, peer, self.access.audit().clone());
 
@@ -31,7 +54,7 @@ impl Proxy {
         else {
             reset(client);
             record.denied(&DenyReason::NoRecord);
-            return;
+            return None;
         };
         let origin = self.identities.origin(&kernel_record).await;
         let Some(entry) = self.policy.target(origin.target_id) else {
@@ -39,7 +62,7 @@ impl Proxy {
             record.set_origin(origin, "");
             reset(client);
             record.denied(&reason);
-            return;
+            return None;
         };
 
         let target = &*entry.0;
@@ -54,7 +77,7 @@ impl Proxy {
                 self.access.note_refusal(refusal(&origin, target, &reason));
                 record.set_origin(origin, target);
                 record.denied(&reason);
-                return;
+                return None;
             }
         };
         record.set_origin(origin, target);
@@ -68,7 +91,7 @@ impl Proxy {
                 self.access.note_refusal(refusal(origin, target, &reason));
             }
             record.denied(&reason);
-            return;
+            return None;
         }
 
         // 4. Connect to the original destination.
@@ -85,26 +108,39 @@ impl Proxy {
             Err(e) => {
                 reset(client);
                 record.failed(&format!("cannot reach {upstream_addr}: {e}"));
-                return;
+                return None;
             }
         };
         record.set_upstream_local(upstream.local_addr().ok());
+        Some(Box::new(Admitted {
+            client,
+            upstream,
+            allowed,
+            record,
+        }))
+    }
 
-        // 5. Forward until either side is done, the grant ends, or the
-        // daemon stops.
-        let _ = client.set_nodelay(true);
+    /// 5. Forward until either side is done, the grant ends, or the daemon
+    /// stops; then finish the record.
+    async fn forward(&self, mut admitted: Box<Admitted>) {
+        let _ = admitted.client.set_nodelay(true);
         let bytes = Bytes::default();
         let shutdown = pin!(self.shutdown.cancelled());
-        let access_ends = pin!(self
-            .policy
-            .access_ends(allowed.keys.clone(), allowed.target));
+        let keys = std::mem::take(&mut admitted.allowed.keys);
+        let access_ends = pin!(self.policy.access_ends(keys, admitted.allowed.target));
         let cut = pin!(async {
             tokio::select! {
                 () = shutdown => "daemon shutdown",
                 why = access_ends => why,
             }
         });
-        let ended = forward::forward(&client, &upstream, &bytes, cut).await;
+        let ended = forward::forward(&admitted.client, &admitted.upstream, &bytes, cut).await;
+        let Admitted {
+            client,
+            upstream,
+            allowed,
+            record,
+        } = *admitted;
         drop(allowed.slot);
         if matches!(
             ended,

@@ -11,7 +11,9 @@
 //! A read that returns less than it asked for has emptied the socket's
 //! receive queue, so the readiness is cleared then, without the read that
 //! would return `EAGAIN`: the kernel signals every later arrival (data or
-//! FIN) with a new edge, and tokio never clears a closed state.
+//! FIN) with a new edge, and tokio never clears a closed state. When the
+//! peer's FIN had already arrived, that short read was the last one, and the
+//! read that would return 0 is saved too.
 
 use std::{
     cell::RefCell,
@@ -105,18 +107,23 @@ async fn pipe(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> Result<(),
     // What `to` has not taken yet; empty (no allocation) unless it pushes back.
     let mut unsent: Vec<u8> = Vec::new();
     loop {
-        from.readable().await.map_err(PipeError::Read)?;
-        let moved =
-            SCRATCH_BUFFER.with_borrow_mut(|scratch| move_once(from, to, scratch, &mut unsent))?;
-        let full = match moved {
-            Moved::Eof => {
-                shutdown_write(to).map_err(PipeError::Write)?;
-                return Ok(());
-            }
+        let ready = from
+            .ready(Interest::READABLE)
+            .await
+            .map_err(PipeError::Read)?;
+        let moved = SCRATCH_BUFFER.with_borrow_mut(|scratch| {
+            move_once(from, to, scratch, &mut unsent, ready.is_read_closed())
+        })?;
+        let (full, last) = match moved {
+            Moved::Eof => (false, true),
             Moved::Nothing => continue,
-            Moved::Read { written, full } => {
+            Moved::Read {
+                written,
+                full,
+                last,
+            } => {
                 count.fetch_add(written as u64, Ordering::Relaxed);
-                full
+                (full, last)
             }
         };
         if !unsent.is_empty() {
@@ -128,6 +135,10 @@ async fn pipe(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> Result<(),
                 unsent = Vec::new();
             }
         }
+        if last {
+            shutdown_write(to).map_err(PipeError::Write)?;
+            return Ok(());
+        }
     }
 }
 
@@ -137,19 +148,25 @@ enum Moved {
     Nothing,
     /// Bytes read: `written` of them written, the rest kept in `unsent`;
     /// `full` when the read filled the scratch buffer (more is likely
-    /// waiting).
-    Read { written: usize, full: bool },
+    /// waiting); `last` when they were the last before the sender's EOF.
+    Read {
+        written: usize,
+        full: bool,
+        last: bool,
+    },
     /// The sender closed its side.
     Eof,
 }
 
 /// Reads once from `from` into `scratch` and writes what it got to `to`,
-/// keeping in `unsent` what `to` does not take now. Does not wait.
+/// keeping in `unsent` what `to` does not take now. `fin` says the sender's
+/// FIN has arrived. Does not wait.
 fn move_once(
     from: &TcpStream,
     to: &TcpStream,
     scratch: &mut [u8],
     unsent: &mut Vec<u8>,
+    fin: bool,
 ) -> Result<Moved, PipeError> {
     let mut got = 0;
     let read = from.try_io(Interest::READABLE, || {
@@ -175,9 +192,12 @@ fn move_once(
         Err(e) => return Err(PipeError::Write(e)),
     };
     unsent.extend_from_slice(&data[written..]);
+    let full = n == scratch.len();
     Ok(Moved::Read {
         written,
-        full: n == scratch.len(),
+        full,
+        // A short read after the FIN emptied the queue for good.
+        last: fin && !full,
     })
 }
 

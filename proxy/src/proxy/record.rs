@@ -71,9 +71,13 @@ impl ConnectionRecord {
         target.clone_into(&mut self.target);
     }
 
-    /// The decision let the connection through: writes the "allowed" record
-    /// and waits until it is on disk. Forward only after this returns `Ok`.
-    pub async fn allowed(&self, allowed: &Allowed) -> Result<u64, AuditError> {
+    /// The decision let the connection through: writes the "allowed" record;
+    /// the future resolves once it is on disk. Forward only after it
+    /// resolves to `Ok`.
+    pub fn allowed(
+        &self,
+        allowed: &Allowed,
+    ) -> impl std::future::Future<Output = Result<u64, AuditError>> + Send + 'static {
         let mut event = self.event(EventKind::ConnectionAllowed);
         event.grant_id = Some(allowed.cover.grant_id);
         event.reason = Some(allowed.cover.reason.to_string());
@@ -81,7 +85,7 @@ impl ConnectionRecord {
             "matched_uid": allowed.keys.uid,
             "access_until": time::timestamp(allowed.cover.until),
         }));
-        self.audit.record_durable(event).await
+        self.audit.record_durable(event)
     }
 
     /// Refused: the client connection is reset and nothing reaches the target.
