@@ -90,10 +90,14 @@ impl Users {
 
     /// The user name of `uid`.
     pub async fn name(&self, uid: u32) -> Option<String> {
+        self.shared_name(uid).await.map(|name| name.to_string())
+    }
+
+    /// The user name of `uid`, shared with the cache (no copy).
+    pub async fn shared_name(&self, uid: u32) -> Option<Arc<str>> {
         self.names
             .get_or_load(uid, move || user_name(uid).map(Arc::from))
             .await
-            .map(|name| name.to_string())
     }
 
     /// The groups of `uid`.

@@ -7,7 +7,11 @@
 //! needs, not admission's intermediate values; and what passes from one to
 //! the other is boxed, so that neither future keeps a copy of it.
 
-use std::{net::SocketAddr, pin::pin, sync::atomic::Ordering};
+use std::{
+    net::SocketAddr,
+    pin::pin,
+    sync::{atomic::Ordering, Arc},
+};
 
 use tokio::net::TcpStream;
 
@@ -59,7 +63,7 @@ impl Proxy {
         let origin = self.identities.origin(&kernel_record).await;
         let Some(entry) = self.policy.target(origin.target_id) else {
             let reason = DenyReason::UnknownTarget(origin.target_id);
-            record.set_origin(origin, "");
+            record.set_origin(origin, None);
             reset(client);
             record.denied(&reason);
             return None;
@@ -75,12 +79,12 @@ impl Proxy {
             Verdict::Deny(reason) => {
                 reset(client);
                 self.access.note_refusal(refusal(&origin, target, &reason));
-                record.set_origin(origin, target);
+                record.set_origin(origin, Some(Arc::clone(&entry.0)));
                 record.denied(&reason);
                 return None;
             }
         };
-        record.set_origin(origin, target);
+        record.set_origin(origin, Some(Arc::clone(&entry.0)));
 
         // 3. Audit: the "allowed" record is on disk before anything reaches
         // the target. No record, no access.
@@ -161,7 +165,7 @@ fn refusal(origin: &Origin, target: &str, reason: &DenyReason) -> Refusal {
     Refusal {
         at: jiff::Timestamp::now(),
         uid: caller.principal_uid(),
-        user: caller.user.clone(),
+        user: caller.user.as_deref().map(str::to_owned),
         target: target.to_owned(),
         destination: origin.dst.to_string(),
         process: format!("{} (pid {})", caller.comm, caller.pid),

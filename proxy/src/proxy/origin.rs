@@ -79,10 +79,10 @@ pub struct Caller {
     /// Thread id of the calling thread.
     pub tid: u32,
     /// Thread name (kernel `comm`).
-    pub comm: String,
+    pub comm: Comm,
     pub cgroup_id: u64,
     /// User name of `uid`, when the user database has one.
-    pub user: Option<String>,
+    pub user: Option<Arc<str>>,
     /// The login uid at connect (the kernel's `loginuid`): the human behind
     /// `sudo`; `None` when unset (daemons, containers).
     pub login_uid: Option<u32>,
@@ -163,7 +163,7 @@ impl Identities {
         let exe_file =
             (record.exe_ino != 0).then(|| FileId::from_kernel(record.exe_dev, record.exe_ino));
         let names = self.names(record, exe_file);
-        let user = self.users.name(record.uid).await;
+        let user = self.users.shared_name(record.uid).await;
         Origin {
             dst: SocketAddr::new(ip, u16::from_be(record.orig_port_be)),
             target_id: record.target_id,
@@ -172,7 +172,7 @@ impl Identities {
                 gid: record.gid,
                 pid: record.tgid,
                 tid: record.pid,
-                comm: comm_string(&record.comm),
+                comm: Comm(record.comm),
                 cgroup_id: record.cgroup_id,
                 user,
                 login_uid: (record.login_uid != TaskOffsets::UNSET_LOGIN_UID)
@@ -293,9 +293,28 @@ impl ProcInfo {
     }
 }
 
-fn comm_string(comm: &[u8; 16]) -> String {
-    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
-    String::from_utf8_lossy(&comm[..end]).into_owned()
+/// A thread name as the kernel keeps it (`comm`: NUL padded, not
+/// necessarily UTF-8), kept inline.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Comm(pub [u8; 16]);
+
+impl Comm {
+    fn bytes(&self) -> &[u8] {
+        let end = self.0.iter().position(|&b| b == 0).unwrap_or(self.0.len());
+        &self.0[..end]
+    }
+}
+
+impl fmt::Display for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.bytes()))
+    }
+}
+
+impl fmt::Debug for Comm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.to_string())
+    }
 }
 
 #[cfg(test)]
@@ -306,7 +325,9 @@ mod tests {
     fn comm_stops_at_nul() {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"curl");
-        assert_eq!(comm_string(&comm), "curl");
+        assert_eq!(Comm(comm).to_string(), "curl");
+        // All 16 bytes, no NUL: all of them.
+        assert_eq!(Comm(*b"0123456789abcdef").to_string(), "0123456789abcdef");
     }
 
     fn own_exe() -> (PathBuf, FileId) {

@@ -10,6 +10,7 @@
 
 use std::{
     net::SocketAddr,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -30,7 +31,7 @@ pub struct ConnectionRecord {
     client: SocketAddr,
     started: Instant,
     origin: Option<Origin>,
-    target: String,
+    target: Option<Arc<str>>,
     finished: bool,
     upstream_local: Option<SocketAddr>,
     audit: AuditLog,
@@ -44,7 +45,7 @@ impl ConnectionRecord {
             client,
             started: Instant::now(),
             origin: None,
-            target: String::new(),
+            target: None,
             finished: false,
             upstream_local: None,
             audit,
@@ -65,10 +66,11 @@ impl ConnectionRecord {
         self.upstream_local = local;
     }
 
-    /// Adds where the connection was going and who opened it.
-    pub fn set_origin(&mut self, origin: Origin, target: &str) {
+    /// Adds where the connection was going and who opened it, and the
+    /// target's name when it has one.
+    pub fn set_origin(&mut self, origin: Origin, target: Option<Arc<str>>) {
         self.origin = Some(origin);
-        target.clone_into(&mut self.target);
+        self.target = target;
     }
 
     /// The decision let the connection through: writes the "allowed" record;
@@ -148,14 +150,14 @@ impl ConnectionRecord {
         if let Some(origin) = &self.origin {
             let c = &origin.caller;
             event.user = Some(UserInfo {
-                name: c.user.clone(),
+                name: c.user.as_deref().map(str::to_owned),
                 uid: c.uid,
                 login_uid: c.login_uid,
             });
             event.process = Some(ProcessInfo {
                 pid: c.pid,
                 tid: c.tid,
-                comm: c.comm.clone(),
+                comm: c.comm.to_string(),
                 exe: c.exe.as_ref().map(|p| p.display().to_string()),
                 exe_file: c.exe_file.map(|f| f.to_string()),
                 exe_unverified: c.exe_unverified.as_ref().map(|p| p.display().to_string()),
@@ -163,7 +165,7 @@ impl ConnectionRecord {
                 gid: c.gid,
             });
             event.dst = Some(origin.dst.to_string());
-            event.target = (!self.target.is_empty()).then(|| self.target.clone());
+            event.target = self.target.as_deref().map(str::to_owned);
         }
         event
     }
