@@ -124,8 +124,8 @@ impl Proxy {
         }))
     }
 
-    /// 5. Forward until either side is done, the grant ends, or the daemon
-    /// stops; then finish the record.
+    /// Stage 5: forward until either side is done, the grant ends, or the
+    /// daemon stops; then finish the record.
     async fn forward(&self, mut admitted: Box<Admitted>) {
         let _ = admitted.client.set_nodelay(true);
         let bytes = Bytes::default();
