@@ -36,9 +36,15 @@ struct Admitted {
 }
 
 impl Proxy {
-    /// One connection, top to bottom.
-    pub(super) async fn handle(&self, client: TcpStream, peer: SocketAddr) {
-        if let Some(admitted) = self.admit(client, peer).await {
+    /// One connection, top to bottom, from `peer` to the proxy's `local`
+    /// address (`None`: ask the socket).
+    pub(super) async fn handle(
+        &self,
+        client: TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+    ) {
+        if let Some(admitted) = self.admit(client, peer, local).await {
             self.forward(admitted).await;
         }
     }
@@ -46,14 +52,18 @@ impl Proxy {
     /// Stages 1 to 4. `None` when the connection was refused or its
     /// upstream could not be reached: the client is then reset and the
     /// record finished.
-    async fn admit(&self, client: TcpStream, peer: SocketAddr) -> Option<Box<Admitted>> {
+    async fn admit(
+        &self,
+        client: TcpStream,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+    ) -> Option<Box<Admitted>> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut record = ConnectionRecord::start(id, peer, self.access.audit().clone());
 
         // 1. Origin: where it was going and who opened it.
-        let Some(kernel_record) = client
-            .local_addr()
-            .ok()
+        let Some(kernel_record) = local
+            .or_else(|| client.local_addr().ok())
             .and_then(|local| self.origins.find(peer, local))
         else {
             reset(client);

@@ -100,6 +100,12 @@ impl Proxy {
     }
 
     async fn accept_loop(self: Arc<Self>, listener: TcpListener, limit: Arc<Semaphore>) {
+        // A listener on one address accepts every connection on exactly
+        // that address: no need to ask each connection (getsockname).
+        let local = listener
+            .local_addr()
+            .ok()
+            .filter(|addr| !addr.ip().is_unspecified());
         let mut connections = JoinSet::new();
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -119,7 +125,7 @@ impl Proxy {
                     backoff = Duration::from_millis(5);
                     let proxy = Arc::clone(&self);
                     connections.spawn(async move {
-                        proxy.handle(stream, peer).await;
+                        proxy.handle(stream, peer, local).await;
                         drop(permit);
                     });
                 }
