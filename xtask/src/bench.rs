@@ -102,6 +102,10 @@ pub struct Options {
     /// log lines (info); the audit log is written either way.
     #[arg(long, default_value = DEFAULT_DAEMON_LOG)]
     daemon_log: String,
+    /// Measure this jitproxy binary instead of building the workspace's
+    /// (e.g. an earlier commit's, for a before-and-after table).
+    #[arg(long, value_name = "PATH")]
+    jitproxy_bin: Option<PathBuf>,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -122,7 +126,11 @@ pub fn run(options: &Options) -> Result<()> {
         bench: true,
         ..setup::Needs::default()
     })?;
-    let bin = util::build_jitproxy()?;
+    let bin = match &options.jitproxy_bin {
+        Some(bin) if bin.is_file() => bin.clone(),
+        Some(bin) => bail!("--jitproxy-bin {}: no such file", bin.display()),
+        None => util::build_jitproxy()?,
+    };
     std::env::set_var("JITPROXY_BIN", &bin);
     check()?;
     // Each idle connection costs a proxy two descriptors; they inherit ours.
@@ -1118,6 +1126,9 @@ impl Report<'_> {
             "\njitproxy bench ({} s)",
             self.started.elapsed().as_secs()
         );
+        if let Some(bin) = &o.jitproxy_bin {
+            let _ = writeln!(out, "jitproxy binary: {} (--jitproxy-bin)", bin.display());
+        }
         let _ = writeln!(
             out,
             "upstream {} on {UPSTREAM} (TLS on {UPSTREAM_TLS}, P-256 self-signed, passed through by both proxies); \
