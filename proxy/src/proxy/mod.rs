@@ -27,7 +27,7 @@ use std::{
 };
 
 use tokio::{net::TcpListener, sync::Semaphore, task::JoinSet};
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 pub use decision::{Policy, Verdict};
 pub use origin::OriginSource;
@@ -106,7 +106,9 @@ impl Proxy {
             .local_addr()
             .ok()
             .filter(|addr| !addr.ip().is_unspecified());
-        let mut connections = JoinSet::new();
+        // Counts live connections without a per-connection entry (a JoinSet
+        // keeps one per task).
+        let connections = TaskTracker::new();
         let mut backoff = Duration::from_millis(5);
         loop {
             let permit = tokio::select! {
@@ -124,10 +126,11 @@ impl Proxy {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
                     let proxy = Arc::clone(&self);
-                    connections.spawn(async move {
+                    // Detached: the tracker waits for it at shutdown.
+                    drop(connections.spawn(async move {
                         proxy.handle(stream, peer, local).await;
                         drop(permit);
-                    });
+                    }));
                 }
                 Err(e) => {
                     // EMFILE and friends: wait, then try again; the
@@ -137,10 +140,9 @@ impl Proxy {
                     backoff = (backoff * 2).min(Duration::from_secs(1));
                 }
             }
-            // Reap finished tasks so the set does not grow.
-            while connections.try_join_next().is_some() {}
         }
         // Shutdown: live connections see the token and finish their records.
-        while connections.join_next().await.is_some() {}
+        connections.close();
+        connections.wait().await;
     }
 }

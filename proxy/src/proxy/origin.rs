@@ -95,7 +95,7 @@ pub struct Caller {
     /// What `/proc/PID/exe` shows when it does not name `exe_file` (the
     /// process exec'd another program after connecting, or the file was
     /// replaced): shown to reviewers as unverified, never as the executable.
-    pub exe_unverified: Option<PathBuf>,
+    pub exe_unverified: Option<Box<Path>>,
     /// cgroup v2 path (`/proc/PID/cgroup`), e.g. a systemd unit's: the
     /// cgroup of the connect when it could be checked against
     /// [`Caller::cgroup_id`], else where the process is now.
@@ -257,7 +257,7 @@ impl<K: Eq + Hash, V: Clone> Seen<K, V> {
 #[derive(Debug, Default)]
 struct ProcInfo {
     exe: Option<Arc<Path>>,
-    exe_unverified: Option<PathBuf>,
+    exe_unverified: Option<Box<Path>>,
     cgroup: Option<Arc<str>>,
 }
 
@@ -283,7 +283,7 @@ impl ProcInfo {
         let (exe, exe_unverified) = if verified {
             (shown.map(Arc::from), None)
         } else {
-            (None, shown)
+            (None, shown.map(PathBuf::into_boxed_path))
         };
         Self {
             exe,
@@ -357,14 +357,14 @@ mod tests {
         };
         let info = ProcInfo::read(pid, u64::MAX, Some(other));
         assert_eq!(
-            (info.exe.as_deref(), info.exe_unverified),
-            (None, Some(path.clone()))
+            (info.exe.as_deref(), info.exe_unverified.as_deref()),
+            (None, Some(path.as_path()))
         );
         // Without the kernel's file there is nothing to check the path by.
         let info = ProcInfo::read(pid, u64::MAX, None);
         assert_eq!(
-            (info.exe.as_deref(), info.exe_unverified),
-            (None, Some(path))
+            (info.exe.as_deref(), info.exe_unverified.as_deref()),
+            (None, Some(path.as_path()))
         );
     }
 
