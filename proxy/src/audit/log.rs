@@ -6,11 +6,7 @@
 //! and the SHA-256 of the record line before it, across files. Events that
 //! arrive together are written with one `write` and one `fsync` (group
 //! commit); a durable append is acknowledged only after its fsync, and the
-//! proxy forwards a connection only after that. A batch that nobody waits
-//! for (a connection's close, a refusal, a grant change) is written at once,
-//! so a killed daemon does not lose it, and made durable by the next durable
-//! batch's fsync or within [`SYNC_DELAY`], before any checkpoint names it:
-//! only a power loss within that delay can lose it.
+//! proxy forwards a connection only after that.
 //!
 //! Checkpoints of the chain head, signed with the daemon's Ed25519 key, go to
 //! `checkpoints.jsonl` in the state directory (apart from the log) after the
@@ -57,9 +53,6 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const MAX_PENDING: usize = 10_000;
 /// Most events written in one group commit.
 const MAX_BATCH: usize = 4096;
-/// Longest a written record waits for its fsync when no durable append
-/// comes to share one.
-const SYNC_DELAY: Duration = Duration::from_millis(100);
 
 /// Where and how the log is written.
 #[derive(Debug, Clone)]
@@ -344,8 +337,6 @@ struct Writer {
     /// Hash of the last line of the checkpoint file.
     checkpoint_prev: String,
     pending: VecDeque<(Event, Timestamp)>,
-    /// When records were first written without an fsync since the last one.
-    unsynced_since: Option<Instant>,
     syslog: Option<super::syslog::Forwarder>,
 }
 
@@ -406,7 +397,6 @@ impl Writer {
             head,
             seq,
             pending: VecDeque::new(),
-            unsynced_since: None,
             syslog,
         };
         if let Some((name, cut)) = recovered {
@@ -457,12 +447,6 @@ impl Writer {
                 self.finish();
                 return;
             }
-            if self
-                .unsynced_since
-                .is_some_and(|since| since.elapsed() >= SYNC_DELAY)
-            {
-                self.sync();
-            }
             if self.checkpoint_due() || !checkpoint_acks.is_empty() {
                 self.write_checkpoint();
                 // The log names the checkpoint before anyone is told.
@@ -479,7 +463,6 @@ impl Writer {
         self.flush(Vec::new());
         self.write_checkpoint();
         self.flush(Vec::new());
-        self.sync();
     }
 
     fn checkpoint_due(&self) -> bool {
@@ -488,9 +471,6 @@ impl Writer {
     }
 
     fn next_wake(&self) -> Duration {
-        if let Some(since) = self.unsynced_since {
-            return SYNC_DELAY.saturating_sub(since.elapsed());
-        }
         if self.pending.is_empty() {
             let since = self
                 .last_checkpoint
@@ -517,8 +497,7 @@ impl Writer {
     }
 
     /// Writes pending events and the durable ones in `acks`, in order, with
-    /// one write, and one fsync when there are durable ones (else within
-    /// [`SYNC_DELAY`]); acknowledges the durable ones.
+    /// one write and one fsync; acknowledges the durable ones.
     fn flush(&mut self, acks: Vec<Durable>) {
         if self.pending.is_empty() && acks.is_empty() {
             return;
@@ -547,7 +526,7 @@ impl Writer {
             buf.push(b'\n');
             durable_seqs.push(seq);
         }
-        match self.append(&buf, !acks.is_empty()) {
+        match self.append(&buf) {
             Ok(()) => {
                 let written = seq - self.seq;
                 self.seq = seq;
@@ -590,54 +569,23 @@ impl Writer {
         }
     }
 
-    /// Appends, and fsyncs if `durable`; on failure, cuts the file back so
-    /// the chain stays whole.
-    fn append(&mut self, buf: &[u8], durable: bool) -> io::Result<()> {
+    /// Appends and fsyncs; on failure, cuts the file back so the chain stays
+    /// whole.
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
         let result = self.file.append(buf).and_then(|()| {
-            if durable {
-                self.sync_data()?;
-            }
+            let started = Instant::now();
+            self.file.sync_data()?;
+            crate::metrics::METRICS.synced(started.elapsed());
             Ok(())
         });
         match result {
             Ok(()) => {
                 self.file_len += buf.len() as u64;
-                if !durable {
-                    self.unsynced_since.get_or_insert_with(Instant::now);
-                }
                 Ok(())
             }
             Err(e) => {
                 let _ = self.file.cut_to(self.file_len);
                 Err(e)
-            }
-        }
-    }
-
-    /// fsyncs the log file: everything written to it so far is durable.
-    fn sync_data(&mut self) -> io::Result<()> {
-        let started = Instant::now();
-        self.file.sync_data()?;
-        crate::metrics::METRICS.synced(started.elapsed());
-        self.unsynced_since = None;
-        Ok(())
-    }
-
-    /// Makes what was written without an fsync durable; `false` if the disk
-    /// refused (reported like a failed write).
-    fn sync(&mut self) -> bool {
-        if self.unsynced_since.is_none() {
-            return true;
-        }
-        match self.sync_data() {
-            Ok(()) => true,
-            Err(e) => {
-                let why = format!(
-                    "cannot fsync {}: {e}",
-                    self.settings.dir.join(&self.file_name).display()
-                );
-                self.fail(&why);
-                false
             }
         }
     }
@@ -674,9 +622,6 @@ impl Writer {
         }
         if self.file_len == 0 {
             return Ok(());
-        }
-        if !self.sync() {
-            return Err(io::Error::other("the old file's fsync failed"));
         }
         self.write_checkpoint();
         let old = self.file_name.clone();
@@ -736,8 +681,7 @@ impl Writer {
     /// written since the last one.
     fn write_checkpoint(&mut self) {
         self.last_checkpoint = Some(Instant::now());
-        // A checkpoint names only records that are on disk.
-        if self.uncheckpointed == 0 || !self.sync() {
+        if self.uncheckpointed == 0 {
             return;
         }
         let mut cp = Checkpoint {
@@ -1028,24 +972,6 @@ mod tests {
         }
     }
 
-    /// Opens log files as [`Watched`], reporting to `synced` and failing
-    /// fsyncs while `fail_sync` is set.
-    fn watched(synced: &Arc<AtomicU64>, fail_sync: &Arc<std::sync::atomic::AtomicBool>) -> Opener {
-        let (synced, fail_sync) = (Arc::clone(synced), Arc::clone(fail_sync));
-        Arc::new(move |path: &Path| {
-            let (_, len) = open_append(path)?;
-            let file = OpenOptions::new().append(true).open(path)?;
-            synced.store(len, Ordering::SeqCst);
-            let watched = Watched {
-                file,
-                written: len,
-                synced: Arc::clone(&synced),
-                fail_sync: Arc::clone(&fail_sync),
-            };
-            Ok((Box::new(watched) as Box<dyn LogFile>, len))
-        })
-    }
-
     /// Durable appends are acknowledged only once `sync_data` has returned
     /// for their bytes, and one whose fsync fails is refused and never
     /// appears: `kill -9` keeps the page cache, so no crash test can show
@@ -1055,7 +981,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let synced = Arc::new(AtomicU64::new(0));
         let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let log = AuditLog::start(settings(dir.path()), watched(&synced, &fail_sync)).unwrap();
+        let opener: Opener = {
+            let (synced, fail_sync) = (Arc::clone(&synced), Arc::clone(&fail_sync));
+            Arc::new(move |path: &Path| {
+                let (_, len) = open_append(path)?;
+                let file = OpenOptions::new().append(true).open(path)?;
+                synced.store(len, Ordering::SeqCst);
+                let watched = Watched {
+                    file,
+                    written: len,
+                    synced: Arc::clone(&synced),
+                    fail_sync: Arc::clone(&fail_sync),
+                };
+                Ok((Box::new(watched) as Box<dyn LogFile>, len))
+            })
+        };
+        let log = AuditLog::start(settings(dir.path()), opener).unwrap();
         let mut acked = Vec::new();
         for _ in 0..20 {
             let seq = log
@@ -1100,56 +1041,6 @@ mod tests {
         let s = settings(dir.path());
         let report = crate::audit::verify::verify(&s.dir, &s.checkpoints, None).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
-    }
-
-    /// A record nobody waits for is in the file at once (a killed daemon
-    /// keeps it: the page cache survives) and on disk within SYNC_DELAY,
-    /// or with the next durable append, whichever comes first.
-    #[tokio::test]
-    async fn a_record_nobody_waits_for_is_written_at_once_and_synced_soon() {
-        let dir = tempfile::tempdir().unwrap();
-        let synced = Arc::new(AtomicU64::new(0));
-        let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let log = AuditLog::start(settings(dir.path()), watched(&synced, &fail_sync)).unwrap();
-        // The first records are checkpointed at once; wait that out.
-        log.record_durable(Event::new(EventKind::ConnectionAllowed))
-            .await
-            .unwrap();
-        log.checkpoint().await;
-        let file_len = || {
-            let files = log_files(&settings(dir.path()).dir).unwrap();
-            fs::metadata(settings(dir.path()).dir.join(&files[0]))
-                .unwrap()
-                .len()
-        };
-        let wait_written = |before: u64| async move {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while file_len() == before {
-                assert!(Instant::now() < deadline, "the record was never written");
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        };
-
-        // Alone: written now, synced after the delay.
-        let before = file_len();
-        log.record(Event::new(EventKind::ConnectionClosed));
-        wait_written(before).await;
-        let written = file_len();
-        let deadline = Instant::now() + SYNC_DELAY + Duration::from_secs(5);
-        while synced.load(Ordering::SeqCst) < written {
-            assert!(Instant::now() < deadline, "never synced");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-
-        // Followed by a durable append: synced by its fsync.
-        log.record(Event::new(EventKind::ConnectionClosed));
-        log.record_durable(Event::new(EventKind::ConnectionAllowed))
-            .await
-            .unwrap();
-        assert_eq!(synced.load(Ordering::SeqCst), file_len());
-        tokio::task::spawn_blocking(move || log.close())
-            .await
-            .unwrap();
     }
 
     #[test]

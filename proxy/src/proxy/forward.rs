@@ -8,12 +8,10 @@
 //! connection's own, until it drains. A side that reaches EOF half-closes the
 //! other (`shutdown(SHUT_WR)`).
 //!
-//! A read that returns less than it asked for has emptied the socket's
-//! receive queue, so the readiness is cleared then, without the read that
-//! would return `EAGAIN`: the kernel signals every later arrival (data or
-//! FIN) with a new edge, and tokio never clears a closed state. When the
-//! peer's FIN had already arrived, that short read was the last one, and the
-//! read that would return 0 is saved too.
+//! Reads go on until `EAGAIN`, 0 or an error: a short read is no proof that
+//! the receive queue is empty (a read stops at TCP's urgent mark, and data
+//! can be queued before a reset), so readiness is only cleared by the kernel
+//! saying so.
 
 use std::{
     cell::RefCell,
@@ -24,7 +22,7 @@ use std::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use tokio::{io::Interest, net::TcpStream};
+use tokio::net::TcpStream;
 
 /// The most read at once, per worker thread.
 const SCRATCH: usize = 64 * 1024;
@@ -80,6 +78,9 @@ pub async fn forward<C: Future<Output = &'static str>>(
     let (mut up_done, mut down_done) = (false, false);
     while !(up_done && down_done) {
         tokio::select! {
+            // The cut first: once the grant has ended, no more bytes move.
+            biased;
+            reason = &mut cut => return Ended::Cut(reason),
             result = &mut up, if !up_done => match result {
                 Ok(()) => up_done = true,
                 Err(PipeError::Read(e)) => return Ended::ClientError(e),
@@ -90,7 +91,6 @@ pub async fn forward<C: Future<Output = &'static str>>(
                 Err(PipeError::Read(e)) => return Ended::UpstreamError(e),
                 Err(PipeError::Write(e)) => return Ended::ClientError(e),
             },
-            reason = &mut cut => return Ended::Cut(reason),
         }
     }
     Ended::Closed
@@ -107,23 +107,18 @@ async fn pipe(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> Result<(),
     // What `to` has not taken yet; empty (no allocation) unless it pushes back.
     let mut unsent: Vec<u8> = Vec::new();
     loop {
-        let ready = from
-            .ready(Interest::READABLE)
-            .await
-            .map_err(PipeError::Read)?;
-        let moved = SCRATCH_BUFFER.with_borrow_mut(|scratch| {
-            move_once(from, to, scratch, &mut unsent, ready.is_read_closed())
-        })?;
-        let (full, last) = match moved {
-            Moved::Eof => (false, true),
+        from.readable().await.map_err(PipeError::Read)?;
+        let moved =
+            SCRATCH_BUFFER.with_borrow_mut(|scratch| move_once(from, to, scratch, &mut unsent))?;
+        let full = match moved {
+            Moved::Eof => {
+                shutdown_write(to).map_err(PipeError::Write)?;
+                return Ok(());
+            }
             Moved::Nothing => continue,
-            Moved::Read {
-                written,
-                full,
-                last,
-            } => {
+            Moved::Read { written, full } => {
                 count.fetch_add(written as u64, Ordering::Relaxed);
-                (full, last)
+                full
             }
         };
         if !unsent.is_empty() {
@@ -135,10 +130,6 @@ async fn pipe(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> Result<(),
                 unsent = Vec::new();
             }
         }
-        if last {
-            shutdown_write(to).map_err(PipeError::Write)?;
-            return Ok(());
-        }
     }
 }
 
@@ -148,40 +139,23 @@ enum Moved {
     Nothing,
     /// Bytes read: `written` of them written, the rest kept in `unsent`;
     /// `full` when the read filled the scratch buffer (more is likely
-    /// waiting); `last` when they were the last before the sender's EOF.
-    Read {
-        written: usize,
-        full: bool,
-        last: bool,
-    },
+    /// waiting).
+    Read { written: usize, full: bool },
     /// The sender closed its side.
     Eof,
 }
 
 /// Reads once from `from` into `scratch` and writes what it got to `to`,
-/// keeping in `unsent` what `to` does not take now. `fin` says the sender's
-/// FIN has arrived. Does not wait.
+/// keeping in `unsent` what `to` does not take now. Does not wait.
 fn move_once(
     from: &TcpStream,
     to: &TcpStream,
     scratch: &mut [u8],
     unsent: &mut Vec<u8>,
-    fin: bool,
 ) -> Result<Moved, PipeError> {
-    let mut got = 0;
-    let read = from.try_io(Interest::READABLE, || {
-        let n = nix::unistd::read(from.as_raw_fd(), scratch).map_err(io::Error::from)?;
-        if n == 0 || n == scratch.len() {
-            return Ok(n);
-        }
-        // A short read emptied the queue: clear the readiness now.
-        got = n;
-        Err(io::ErrorKind::WouldBlock.into())
-    });
-    let n = match read {
+    let n = match from.try_read(scratch) {
         Ok(0) => return Ok(Moved::Eof),
         Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => got,
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Moved::Nothing),
         Err(e) => return Err(PipeError::Read(e)),
     };
@@ -192,12 +166,9 @@ fn move_once(
         Err(e) => return Err(PipeError::Write(e)),
     };
     unsent.extend_from_slice(&data[written..]);
-    let full = n == scratch.len();
     Ok(Moved::Read {
         written,
-        full,
-        // A short read after the FIN emptied the queue for good.
-        last: fin && !full,
+        full: n == scratch.len(),
     })
 }
 

@@ -132,8 +132,10 @@ const SEEN_MAX: usize = 4096;
 #[derive(Debug)]
 pub struct Identities {
     users: Users,
-    /// Paths of executables, by the file the kernel recorded.
-    exes: Seen<FileId, Arc<Path>>,
+    /// Paths of executables, by the file the kernel recorded and the uid
+    /// that ran it: what one user's process showed is never reported for
+    /// another user's.
+    exes: Seen<(FileId, u32), Arc<Path>>,
     /// Paths of cgroups, by cgroup id.
     cgroups: Seen<u64, Arc<str>>,
     /// Where cgroup paths are checked; `None` when there is no cgroup2 mount
@@ -189,7 +191,13 @@ impl Identities {
     /// both are known, else from /proc (keeping what checks out).
     fn names(&self, record: &ConnectRecord, exe_file: Option<FileId>) -> ProcInfo {
         let now = Instant::now();
-        let exe = exe_file.and_then(|file| self.exes.get(&file, now));
+        // A kept path still has to name the recorded file (one stat): the
+        // file may have been replaced and its inode reused since.
+        let exe = exe_file.and_then(|file| {
+            self.exes
+                .get(&(file, record.uid), now)
+                .filter(|path| FileId::of_path(path) == Some(file))
+        });
         let cgroup = self.cgroups.get(&record.cgroup_id, now);
         if let (Some(exe), Some(cgroup)) = (&exe, &cgroup) {
             return ProcInfo {
@@ -200,7 +208,7 @@ impl Identities {
         }
         let read = ProcInfo::read(record.tgid, record.boot_ns, exe_file);
         if let (Some(file), Some(path)) = (exe_file, &read.exe) {
-            self.exes.put(file, Arc::clone(path), now);
+            self.exes.put((file, record.uid), Arc::clone(path), now);
         }
         if let Some(path) = &read.cgroup {
             if self.is_cgroup(path, record.cgroup_id) {
@@ -211,14 +219,29 @@ impl Identities {
     }
 
     /// Whether the cgroup at `path` (as /proc shows it, from the cgroup2
-    /// root) is the one with id `id` (its directory's inode).
+    /// root) is the one with id `id`: its directory, on the cgroup2 mount,
+    /// has that inode.
     fn is_cgroup(&self, path: &str, id: u64) -> bool {
         let root = self
             .cgroup_root
             .get_or_init(|| crate::host::cgroup::cgroup2_mount().ok());
-        root.as_ref().is_some_and(|root| {
-            std::fs::metadata(root.join(path.trim_start_matches('/'))).is_ok_and(|m| m.ino() == id)
-        })
+        let Some(root) = root else {
+            return false;
+        };
+        let relative = Path::new(path.trim_start_matches('/'));
+        if relative
+            .components()
+            .any(|c| !matches!(c, std::path::Component::Normal(_)))
+        {
+            return false;
+        }
+        match (
+            std::fs::metadata(root),
+            std::fs::metadata(root.join(relative)),
+        ) {
+            (Ok(mount), Ok(dir)) => dir.dev() == mount.dev() && dir.ino() == id,
+            _ => false,
+        }
     }
 }
 
@@ -276,10 +299,15 @@ impl ProcInfo {
         let shown = process.exe();
         // The path is looked up again, here, rather than trusting what
         // /proc/PID/exe resolves to now: whatever the caller exec'd since,
-        // the path reported names the file that made the connect.
-        let verified = shown
-            .as_deref()
-            .is_some_and(|path| exe_file.is_some() && FileId::of_path(path) == exe_file);
+        // the path reported names the file that made the connect. And it
+        // must name it without a symlink in the daemon's view: a process in
+        // a mount namespace of its own can show a path that, here, is a
+        // symlink of its choosing to a trusted file.
+        let verified = shown.as_deref().is_some_and(|path| {
+            exe_file.is_some()
+                && FileId::of_path(path) == exe_file
+                && std::fs::canonicalize(path).is_ok_and(|real| real == path)
+        });
         let (exe, exe_unverified) = if verified {
             (shown.map(Arc::from), None)
         } else {
@@ -420,6 +448,10 @@ mod tests {
         let again = identities.names(&record_of(u32::MAX, exe, cgroup_id), Some(exe));
         assert_eq!(again.exe.as_deref(), Some(path.as_path()));
         assert_eq!(again.cgroup.as_deref(), Some(cgroup.as_str()));
+        // What one uid's process showed is not lent to another uid's.
+        let mut other_user = record_of(u32::MAX, exe, cgroup_id);
+        other_user.uid = 4242;
+        assert_eq!(identities.names(&other_user, Some(exe)).exe, None);
     }
 
     #[test]
