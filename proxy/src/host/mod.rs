@@ -4,6 +4,7 @@
 //! through sock_diag), and the descriptor limit. Nothing here knows about
 //! grants, targets or the audit log.
 
+pub mod cache;
 pub mod cgroup;
 pub mod checks;
 pub mod net;

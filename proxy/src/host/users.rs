@@ -8,15 +8,11 @@
     reason = "the user database's own module: callers on the runtime use Users"
 )]
 
-use std::{
-    collections::HashMap,
-    ffi::CString,
-    hash::Hash,
-    sync::{Arc, RwLock},
-    time::{Duration, Instant},
-};
+use std::{ffi::CString, hash::Hash, sync::Arc, time::Duration};
 
 use nix::unistd::{Gid, Group, Uid, User};
+
+use super::cache::TtlMap;
 
 /// How long a cached answer is trusted: a renamed user or a changed group
 /// membership is seen within this.
@@ -110,11 +106,11 @@ impl Users {
 
 /// Answers of a blocking lookup, each trusted for [`TTL`].
 #[derive(Debug)]
-struct Cache<K, V>(Arc<RwLock<HashMap<K, (Instant, V)>>>);
+struct Cache<K, V>(Arc<TtlMap<K, V>>);
 
-impl<K, V> Default for Cache<K, V> {
+impl<K: Eq + Hash, V: Clone> Default for Cache<K, V> {
     fn default() -> Self {
-        Self(Arc::default())
+        Self(Arc::new(TtlMap::new(TTL, usize::MAX)))
     }
 }
 
@@ -132,18 +128,13 @@ where
     /// The cached answer for `key`, or `load`'s (run on the blocking pool).
     /// A lookup that cannot run answers `V::default()` and is not cached.
     async fn get_or_load(&self, key: K, load: impl FnOnce() -> V + Send + 'static) -> V {
-        if let Some((at, value)) = self.0.read().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            if at.elapsed() < TTL {
-                return value.clone();
-            }
+        if let Some(value) = self.0.get(&key) {
+            return value;
         }
         let Ok(value) = tokio::task::spawn_blocking(load).await else {
             return V::default();
         };
-        self.0
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (Instant::now(), value.clone()));
+        self.0.put(key, value.clone());
         value
     }
 }

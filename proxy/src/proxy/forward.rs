@@ -124,8 +124,9 @@ async fn pipe(from: &TcpStream, to: &TcpStream, count: &AtomicU64) -> Result<(),
         if !unsent.is_empty() {
             write_all(to, &unsent).await.map_err(PipeError::Write)?;
             count.fetch_add(unsent.len() as u64, Ordering::Relaxed);
-            unsent.clear();
-            if !full {
+            if full {
+                unsent.clear();
+            } else {
                 // The burst is over: an idle connection keeps no buffer.
                 unsent = Vec::new();
             }

@@ -15,14 +15,12 @@
 //! against it. A connection from a process seen before costs no /proc read.
 
 use std::{
-    collections::HashMap,
     fmt,
-    hash::Hash,
     net::{IpAddr, SocketAddr},
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, OnceLock},
-    time::{Duration, Instant},
+    sync::{Arc, OnceLock},
+    time::Duration,
 };
 
 use proxy_common::{ConnectRecord, TaskOffsets};
@@ -30,6 +28,7 @@ use proxy_common::{ConnectRecord, TaskOffsets};
 use crate::{
     access::principal_uid,
     host::{
+        cache::TtlMap,
         proc::{FileId, Process},
         users::Users,
     },
@@ -135,20 +134,21 @@ pub struct Identities {
     /// Paths of executables, by the file the kernel recorded and the uid
     /// that ran it: what one user's process showed is never reported for
     /// another user's.
-    exes: Seen<(FileId, u32), Arc<Path>>,
+    exes: TtlMap<(FileId, u32), Arc<Path>>,
     /// Paths of cgroups, by cgroup id.
-    cgroups: Seen<u64, Arc<str>>,
-    /// Where cgroup paths are checked; `None` when there is no cgroup2 mount
-    /// (cgroup paths are then reported unchecked and not kept).
-    cgroup_root: OnceLock<Option<PathBuf>>,
+    cgroups: TtlMap<u64, Arc<str>>,
+    /// Where cgroup paths are checked: the cgroup2 mount and its device;
+    /// `None` when there is none (cgroup paths are then reported unchecked
+    /// and not kept).
+    cgroup_root: OnceLock<Option<(PathBuf, u64)>>,
 }
 
 impl Identities {
     pub fn new(users: Users) -> Self {
         Self {
             users,
-            exes: Seen::default(),
-            cgroups: Seen::default(),
+            exes: TtlMap::new(SEEN_TTL, SEEN_MAX),
+            cgroups: TtlMap::new(SEEN_TTL, SEEN_MAX),
             cgroup_root: OnceLock::new(),
         }
     }
@@ -190,15 +190,14 @@ impl Identities {
     /// The executable's and cgroup's paths: from what was seen before when
     /// both are known, else from /proc (keeping what checks out).
     fn names(&self, record: &ConnectRecord, exe_file: Option<FileId>) -> ProcInfo {
-        let now = Instant::now();
         // A kept path still has to name the recorded file (one stat): the
         // file may have been replaced and its inode reused since.
         let exe = exe_file.and_then(|file| {
             self.exes
-                .get(&(file, record.uid), now)
+                .get(&(file, record.uid))
                 .filter(|path| FileId::of_path(path) == Some(file))
         });
-        let cgroup = self.cgroups.get(&record.cgroup_id, now);
+        let cgroup = self.cgroups.get(&record.cgroup_id);
         if let (Some(exe), Some(cgroup)) = (&exe, &cgroup) {
             return ProcInfo {
                 exe: Some(Arc::clone(exe)),
@@ -208,11 +207,11 @@ impl Identities {
         }
         let read = ProcInfo::read(record.tgid, record.boot_ns, exe_file);
         if let (Some(file), Some(path)) = (exe_file, &read.exe) {
-            self.exes.put((file, record.uid), Arc::clone(path), now);
+            self.exes.put((file, record.uid), Arc::clone(path));
         }
         if let Some(path) = &read.cgroup {
             if self.is_cgroup(path, record.cgroup_id) {
-                self.cgroups.put(record.cgroup_id, Arc::clone(path), now);
+                self.cgroups.put(record.cgroup_id, Arc::clone(path));
             }
         }
         read
@@ -222,10 +221,12 @@ impl Identities {
     /// root) is the one with id `id`: its directory, on the cgroup2 mount,
     /// has that inode.
     fn is_cgroup(&self, path: &str, id: u64) -> bool {
-        let root = self
-            .cgroup_root
-            .get_or_init(|| crate::host::cgroup::cgroup2_mount().ok());
-        let Some(root) = root else {
+        let root = self.cgroup_root.get_or_init(|| {
+            let mount = crate::host::cgroup::cgroup2_mount().ok()?;
+            let dev = std::fs::metadata(&mount).ok()?.dev();
+            Some((mount, dev))
+        });
+        let Some((root, root_dev)) = root else {
             return false;
         };
         let relative = Path::new(path.trim_start_matches('/'));
@@ -235,44 +236,8 @@ impl Identities {
         {
             return false;
         }
-        match (
-            std::fs::metadata(root),
-            std::fs::metadata(root.join(relative)),
-        ) {
-            (Ok(mount), Ok(dir)) => dir.dev() == mount.dev() && dir.ino() == id,
-            _ => false,
-        }
-    }
-}
-
-/// Names read from /proc, by what the kernel recorded; each is trusted for
-/// [`SEEN_TTL`].
-#[derive(Debug)]
-struct Seen<K, V>(Mutex<HashMap<K, (V, Instant)>>);
-
-impl<K, V> Default for Seen<K, V> {
-    fn default() -> Self {
-        Self(Mutex::new(HashMap::new()))
-    }
-}
-
-impl<K: Eq + Hash, V: Clone> Seen<K, V> {
-    fn get(&self, key: &K, now: Instant) -> Option<V> {
-        let seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        seen.get(key)
-            .filter(|(_, at)| now.duration_since(*at) < SEEN_TTL)
-            .map(|(value, _)| value.clone())
-    }
-
-    fn put(&self, key: K, value: V, now: Instant) {
-        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        if seen.len() >= SEEN_MAX {
-            seen.retain(|_, (_, at)| now.duration_since(*at) < SEEN_TTL);
-            if seen.len() >= SEEN_MAX {
-                seen.clear();
-            }
-        }
-        seen.insert(key, (value, now));
+        std::fs::metadata(root.join(relative))
+            .is_ok_and(|dir| dir.dev() == *root_dev && dir.ino() == id)
     }
 }
 
