@@ -662,9 +662,11 @@ print("failures", len(failures), failures[:3])
 
 #[test]
 fn dns_names_are_resolved_into_targets() {
-    // `localhost` resolves (from /etc/hosts) to 127.0.0.1 and ::1.
+    // `localhost` resolves (from /etc/hosts) to 127.0.0.1 and ::1. The
+    // port is below the ephemeral range (32768-60999 here), so no client
+    // socket of a test running beside this one can hold it.
     let index = 26;
-    let port = 33_000 + u16::from(index);
+    let port = 31_000 + u16::from(index);
     let api = Upstream::start(SocketAddr::from(([127, 0, 0, 1], port)), Behaviour::Http).unwrap();
     let cgroup = Cgroup::create("dns").unwrap();
     let config = format!(
