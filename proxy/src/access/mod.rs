@@ -13,6 +13,7 @@ pub mod model;
 pub mod notice;
 mod refusals;
 mod requests;
+pub mod scope;
 pub mod store;
 
 use std::{

@@ -5,6 +5,7 @@
 //! 2 bad usage or an invalid config; 3 the daemon could not be reached;
 //! 4 the daemon refused the request; 5 `audit verify` found tampering.
 
+mod ca;
 mod client;
 mod doctor;
 mod escape;

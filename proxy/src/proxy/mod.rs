@@ -17,6 +17,7 @@
 mod connection;
 pub mod decision;
 pub mod forward;
+pub mod http;
 pub mod limits;
 pub mod origin;
 pub mod record;

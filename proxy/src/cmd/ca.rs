@@ -1,0 +1,1 @@
+//! `jitproxy ca show | export | install | uninstall | rotate`.
