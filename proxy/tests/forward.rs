@@ -586,7 +586,15 @@ impl RunningProxy {
             .expect("bind proxy listener on 127.0.0.1:0");
         let addr = listener.local_addr().expect("proxy listener address");
         let shutdown = CancellationToken::new();
-        let proxy = Proxy::new(kernel, policy, access, users, settings, shutdown.clone());
+        let proxy = Proxy::new(
+            kernel,
+            policy,
+            access,
+            users,
+            settings,
+            jitproxy::proxy::http::Inspectors::default(),
+            shutdown.clone(),
+        );
         let served = tokio::spawn(proxy.serve(vec![listener]));
         Self {
             addr,

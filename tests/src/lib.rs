@@ -38,7 +38,7 @@ pub const OPERATOR: u32 = 4900;
 // refuses one that an unprivileged user could bind (the kernel keeps
 // redirecting to it while the daemon is down), one block of 100 per file:
 // redirect.rs from 600, grants.rs from 700, audit.rs from 800, requests.rs
-// from 900 (70 of them). package.rs runs the installed package on the
+// from 900 (70 of them), inspect.rs from 1000. package.rs runs the installed package on the
 // embedded default's port, 971, as the demo does (never at the same time).
 // The demo
 // uses the default, 971; the bench (xtask/src/bench.rs) 970.
@@ -606,13 +606,28 @@ impl Daemon {
         }
         for (i, (clean, conns)) in runs.iter().enumerate() {
             for (conn, kinds) in conns {
-                let kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
-                let ok = match kinds.as_slice() {
-                    ["connection.denied" | "connection.rate_limited"] => true,
-                    ["connection.allowed", "connection.closed" | "connection.failed"] => true,
-                    ["connection.allowed"] => !clean,
-                    _ => false,
-                };
+                // An inspected connection's requests: each one let
+                // through is completed; refusals stand alone.
+                let (http, kinds): (Vec<&str>, Vec<&str>) = kinds
+                    .iter()
+                    .map(String::as_str)
+                    .partition(|k| k.starts_with("http."));
+                let allowed = http.iter().filter(|k| **k == "http.allowed").count();
+                let completed = http.iter().filter(|k| **k == "http.completed").count();
+                let http_ok = http.is_empty()
+                    || (kinds.first() == Some(&"connection.allowed")
+                        && if *clean {
+                            allowed == completed
+                        } else {
+                            completed <= allowed
+                        });
+                let ok = http_ok
+                    && match kinds.as_slice() {
+                        ["connection.denied" | "connection.rate_limited"] => true,
+                        ["connection.allowed", "connection.closed" | "connection.failed"] => true,
+                        ["connection.allowed"] => !clean,
+                        _ => false,
+                    };
                 if !ok {
                     bail!(
                         "run {i}, connection {conn}: records {kinds:?} (in {})",

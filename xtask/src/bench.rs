@@ -13,9 +13,15 @@
 //! the proxies' memory with idle connections open, each with its ratio to
 //! direct and jitproxy's to HAProxy's.
 //!
+//! The inspect section (`bench/inspect.rs`) runs after it, with servers and a
+//! daemon of its own: TLS-terminating proxies that add a credential, against
+//! a direct TLS connection. `--only` picks sections.
+//!
 //! Only prints: nothing here passes or fails on a figure (speed is measured,
 //! never asserted). Every server it starts is stopped by pid, also on error
 //! and on Ctrl-C.
+
+mod inspect;
 
 use std::{
     fmt::Write as _,
@@ -106,6 +112,29 @@ pub struct Options {
     /// (e.g. an earlier commit's, for a before-and-after table).
     #[arg(long, value_name = "PATH")]
     jitproxy_bin: Option<PathBuf>,
+    /// Run only these sections (comma-separated or repeated); all when not
+    /// given.
+    #[arg(long, value_enum, value_delimiter = ',', value_name = "SECTION")]
+    only: Vec<Part>,
+}
+
+impl Options {
+    fn runs_part(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
+}
+
+/// The bench's sections, in the order they run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// Plain HTTP and TLS passed through: keep-alive, new connections,
+    /// single client, bulk, memory.
+    Passthrough,
+    /// TLS terminated, a credential added: direct TLS, HAProxy MITM and
+    /// jitproxy's inspect mode.
+    Inspect,
+    /// `jitproxy debug bench-decision` and `bench-audit`.
+    Micro,
 }
 
 pub fn run(options: &Options) -> Result<()> {
@@ -118,7 +147,6 @@ pub fn run(options: &Options) -> Result<()> {
         bail!("--duration, --runs, --connections and --bulk-gib must be at least 1");
     }
     let interrupted = util::on_ctrl_c()?;
-    let check = || interrupted.check();
 
     // Before anything is installed or started: jitproxy needs cgroup v2.
     jitproxy_e2e::cgroup2_mount()?;
@@ -132,7 +160,32 @@ pub fn run(options: &Options) -> Result<()> {
         None => util::build_jitproxy()?,
     };
     std::env::set_var("JITPROXY_BIN", &bin);
-    check()?;
+    interrupted.check()?;
+    // Pinning: on two cores, each proxy gets CPU 0 to itself and nginx gets
+    // CPU 1, so a proxy can never take more than one core (HAProxy runs one
+    // thread; jitproxy's runtime has a worker per core) and the two are
+    // compared on equal terms. wrk and the other clients float: the
+    // scheduler gives them whatever time is left on either core. Direct runs
+    // have one process fewer competing, which is part of what a proxy costs.
+    let pin = !options.no_pin;
+    // Each section starts and stops its own servers and prints its table
+    // when done, so that a later section's failure keeps the earlier ones.
+    if options.runs_part(Part::Passthrough) {
+        passthrough(options, pin, &interrupted)?;
+    }
+    if options.runs_part(Part::Inspect) {
+        inspect::run(options, pin, &interrupted)?;
+    }
+    if options.runs_part(Part::Micro) {
+        micro_benchmarks(&bin)?;
+    }
+    Ok(())
+}
+
+/// The passthrough section: plain HTTP and TLS through both proxies, bulk
+/// and memory.
+fn passthrough(options: &Options, pin: bool, interrupted: &util::Interrupted) -> Result<()> {
+    let check = || interrupted.check();
     // Each idle connection costs a proxy two descriptors; they inherit ours.
     let needed = 2 * options.idle + 256;
     let limit = open_files_limit()?;
@@ -150,15 +203,8 @@ pub fn run(options: &Options) -> Result<()> {
     }
 
     util::step("starting nginx (upstream), HAProxy and jitproxy");
-    let scratch = Scratch::create()?;
+    let scratch = Scratch::create("bench")?;
     make_certificate(&scratch)?;
-    // Pinning: on two cores, each proxy gets CPU 0 to itself and nginx gets
-    // CPU 1, so a proxy can never take more than one core (HAProxy runs one
-    // thread; jitproxy's runtime has a worker per core) and the two are
-    // compared on equal terms. wrk and the other clients float: the
-    // scheduler gives them whatever time is left on either core. Direct runs
-    // have one process fewer competing, which is part of what a proxy costs.
-    let pin = !options.no_pin;
     let nginx = start_nginx(&scratch, options.bulk_gib * GIB, pin)?;
     let haproxy = start_haproxy(&scratch, pin)?;
     let cgroup = Cgroup::create("bench")?;
@@ -176,6 +222,7 @@ pub fn run(options: &Options) -> Result<()> {
                 cgroup: None,
                 proxy: None,
                 metrics: None,
+                hosts: None,
             },
             Route {
                 name: "jitproxy",
@@ -183,6 +230,7 @@ pub fn run(options: &Options) -> Result<()> {
                 cgroup: Some(&cgroup),
                 proxy: Some(jitproxy_pid),
                 metrics: Some(METRICS),
+                hosts: None,
             },
             Route {
                 name: "HAProxy",
@@ -190,6 +238,7 @@ pub fn run(options: &Options) -> Result<()> {
                 cgroup: None,
                 proxy: Some(haproxy.pid()),
                 metrics: None,
+                hosts: None,
             },
         ]
     };
@@ -292,7 +341,7 @@ pub fn run(options: &Options) -> Result<()> {
     drop(nginx);
     drop(scratch);
     print!("{}", report.render());
-    micro_benchmarks(&bin)
+    Ok(())
 }
 
 /// The decision's grant lookup with 100k grants, and durable audit appends
@@ -335,25 +384,8 @@ fn micro_benchmarks(bin: &Path) -> Result<()> {
 /// grants the bench's clients access, and checks that one request of each
 /// kind (plain, TLS) goes through and that the endpoint answers.
 fn start_jitproxy(cgroup: &Cgroup, log: &str, pin: bool) -> Result<Daemon> {
-    // One worker thread when pinned to one CPU, as HAProxy runs one thread.
-    let threads = if pin { "worker_threads = 1\n" } else { "" };
-    let config =
-        format!("listen_port = {JITPROXY_PORT}\n{threads}metrics = \"{METRICS}\"\n{TARGET_CONFIG}");
-    let daemon = Daemon::start_with_env(cgroup, Some(&config), &[("JITPROXY_LOG", log)])
-        .context("jitproxy did not start")?;
-    if pin {
-        let pid = daemon
-            .pid()
-            .context("internal: the daemon reported no pid")?;
-        // Every thread now; threads started later inherit it from theirs.
-        util::run(
-            Command::new("taskset")
-                .args(["-a", "-p", "-c", "0"])
-                .arg(pid.to_string())
-                .stdout(Stdio::null()),
-        )?;
-    }
-    grant(&daemon)?;
+    let daemon = spawn_daemon(cgroup, TARGET_CONFIG, log, pin)?;
+    grant(&daemon, "bench-api")?;
     // A refused request would make every figure meaningless.
     for url in [
         format!("http://{UPSTREAM}/"),
@@ -376,6 +408,31 @@ fn start_jitproxy(cgroup: &Cgroup, log: &str, pin: bool) -> Result<Daemon> {
         }
     }
     fsync_count(METRICS).context("jitproxy's metrics endpoint did not answer as expected")?;
+    Ok(daemon)
+}
+
+/// Starts jitproxy on `cgroup` with the bench's settings (listener, metrics
+/// endpoint on [`METRICS`], one worker when pinned) and `targets` (TOML), its
+/// threads pinned to CPU 0 when `pin`.
+fn spawn_daemon(cgroup: &Cgroup, targets: &str, log: &str, pin: bool) -> Result<Daemon> {
+    // One worker thread when pinned to one CPU, as HAProxy runs one thread.
+    let threads = if pin { "worker_threads = 1\n" } else { "" };
+    let config =
+        format!("listen_port = {JITPROXY_PORT}\n{threads}metrics = \"{METRICS}\"\n{targets}");
+    let daemon = Daemon::start_with_env(cgroup, Some(&config), &[("JITPROXY_LOG", log)])
+        .context("jitproxy did not start")?;
+    if pin {
+        let pid = daemon
+            .pid()
+            .context("internal: the daemon reported no pid")?;
+        // Every thread now; threads started later inherit it from theirs.
+        util::run(
+            Command::new("taskset")
+                .args(["-a", "-p", "-c", "0"])
+                .arg(pid.to_string())
+                .stdout(Stdio::null()),
+        )?;
+    }
     Ok(daemon)
 }
 
@@ -411,8 +468,8 @@ fn fsync_count(addr: &str) -> Result<u64> {
 }
 
 /// Grants the bench's clients (whoever started it: their login uid, else
-/// root) access to the target for the length of a run.
-fn grant(daemon: &Daemon) -> Result<()> {
+/// root) access to `target` for the length of a run.
+fn grant(daemon: &Daemon, target: &str) -> Result<()> {
     let login_uid = fs::read_to_string("/proc/self/loginuid")
         .ok()
         .and_then(|s| s.trim().parse::<u32>().ok())
@@ -428,7 +485,7 @@ fn grant(daemon: &Daemon) -> Result<()> {
         &[
             "grant",
             &who,
-            "bench-api",
+            target,
             "--for",
             "1h",
             "--reason",
@@ -436,7 +493,7 @@ fn grant(daemon: &Daemon) -> Result<()> {
         ],
     );
     if code != 0 {
-        bail!("jitproxy grant {who} bench-api failed ({code}): {out}{err}");
+        bail!("jitproxy grant {who} {target} failed ({code}): {out}{err}");
     }
     Ok(())
 }
@@ -452,14 +509,33 @@ struct Route<'a> {
     proxy: Option<u32>,
     /// The proxy's metrics endpoint, for its audit fsyncs (jitproxy).
     metrics: Option<&'static str>,
+    /// A hosts file the client sees as /etc/hosts (bound over it in a mount
+    /// namespace of its own), so that a name in `base` resolves to this
+    /// route's address for the client only.
+    hosts: Option<&'a Path>,
 }
 
 impl Route<'_> {
     fn command(&self, program: &str) -> Command {
-        match self.cgroup {
+        let in_cgroup = |program: &str| match self.cgroup {
             Some(cgroup) => cgroup.command(program),
             None => Command::new(program),
-        }
+        };
+        let Some(hosts) = self.hosts else {
+            return in_cgroup(program);
+        };
+        // The namespace, and the bind mount with it, ends with the client;
+        // unshare makes its mounts private, so the host never sees it.
+        let mut cmd = in_cgroup("unshare");
+        cmd.args([
+            "-m",
+            "sh",
+            "-c",
+            r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+        ])
+        .arg(hosts)
+        .arg(program);
+        cmd
     }
 
     fn cpu(&self) -> Result<Option<Duration>> {
@@ -973,8 +1049,9 @@ fn make_certificate(scratch: &Scratch) -> Result<()> {
 struct Scratch(PathBuf);
 
 impl Scratch {
-    fn create() -> Result<Self> {
-        let path = std::env::temp_dir().join(format!("jitproxy-bench-{}", std::process::id()));
+    /// `/tmp/jitproxy-<name>-<pid>`, one per section.
+    fn create(name: &str) -> Result<Self> {
+        let path = std::env::temp_dir().join(format!("jitproxy-{name}-{}", std::process::id()));
         let _ = fs::remove_dir_all(&path);
         fs::create_dir(&path).with_context(|| format!("cannot create {}", path.display()))?;
         Ok(Self(path))

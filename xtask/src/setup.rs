@@ -52,6 +52,23 @@ const TEST_PACKAGES: &[(&str, &str)] = &[
     ("util-linux", "setpriv"),
     ("nodejs", "node"),
     ("iproute2", "ip"),
+    // Inspect mode's end-to-end tests: a real TLS upstream with h2, the
+    // trust store `jitproxy ca install` feeds, and the clients.
+    ("nginx", "/usr/sbin/nginx"),
+    ("openssl", "openssl"),
+    ("ca-certificates", "update-ca-certificates"),
+    (
+        "python3-requests",
+        "/usr/lib/python3/dist-packages/requests/__init__.py",
+    ),
+    (
+        "python3-grpcio",
+        "/usr/lib/python3/dist-packages/grpc/__init__.py",
+    ),
+    (
+        "python3-websockets",
+        "/usr/lib/python3/dist-packages/websockets/__init__.py",
+    ),
 ];
 /// What cargo-deb runs (dependencies from dpkg-shlibdeps, stripping); and
 /// for the package's test, `man` to render its man page and strace to check

@@ -7,7 +7,10 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use super::model::{Grant, Subject};
+use super::{
+    model::{Grant, Subject},
+    scope::{Decision, Scope},
+};
 use crate::time::UnixMs;
 
 /// One window of the index.
@@ -17,6 +20,22 @@ struct Window {
     starts_at: UnixMs,
     ends_at: UnixMs,
     reason: Arc<str>,
+    /// What requests it allows (inspect targets); `None`: its stored rules
+    /// no longer parse, and it allows no request (fail closed).
+    scope: Option<Arc<Scope>>,
+}
+
+/// What the grants covering a caller say about one HTTP request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestCover {
+    /// A live grant allows it: with no rules, or by `rule`.
+    Allowed { grant_id: i64, rule: Option<String> },
+    /// No live grant covers the caller.
+    NoGrant,
+    /// Live grants cover the caller, but none of their rules match.
+    NoRule { grant_id: i64, rules: Vec<String> },
+    /// The path is one jitproxy refuses whatever the grant.
+    BadPath(String),
 }
 
 /// What covers a caller now.
@@ -80,6 +99,15 @@ impl GrantIndex {
                     starts_at: grant.starts_at,
                     ends_at: end,
                     reason: Arc::from(grant.reason.as_str()),
+                    scope: Scope::parse(
+                        &grant
+                            .scopes
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>(),
+                    )
+                    .map(Arc::new)
+                    .ok(),
                 });
             index.len += 1;
         }
@@ -98,6 +126,54 @@ impl GrantIndex {
     /// Whether any group grant exists (only then do callers' groups matter).
     pub fn has_group_grants(&self) -> bool {
         self.has_group_grants
+    }
+
+    /// Whether a grant covering `keys` on `target` at `now` allows a
+    /// `method` request for `raw_path` (as the client sent it).
+    pub fn request_cover(
+        &self,
+        keys: &Keys,
+        target: u32,
+        now: UnixMs,
+        method: &str,
+        raw_path: &str,
+    ) -> RequestCover {
+        let mut refused: Option<(i64, Vec<String>)> = None;
+        for subject in keys.subjects() {
+            for w in self.windows.get(&(subject, target)).into_iter().flatten() {
+                if !(w.starts_at <= now && now < w.ends_at) {
+                    continue;
+                }
+                let (grant_id, rules) = refused.get_or_insert_with(|| (w.id, Vec::new()));
+                let Some(scope) = &w.scope else {
+                    rules.push(format!("(grant {}: rules that no longer parse)", w.id));
+                    continue;
+                };
+                match scope.check(method, raw_path) {
+                    Decision::Everything => {
+                        return RequestCover::Allowed {
+                            grant_id: w.id,
+                            rule: None,
+                        }
+                    }
+                    Decision::Rule(rule) => {
+                        return RequestCover::Allowed {
+                            grant_id: w.id,
+                            rule: Some(rule.to_owned()),
+                        }
+                    }
+                    Decision::BadPath(why) => return RequestCover::BadPath(why.to_string()),
+                    Decision::NoRule => {
+                        *grant_id = (*grant_id).max(w.id);
+                        rules.extend(scope.rules().map(str::to_owned));
+                    }
+                }
+            }
+        }
+        match refused {
+            None => RequestCover::NoGrant,
+            Some((grant_id, rules)) => RequestCover::NoRule { grant_id, rules },
+        }
     }
 
     /// What covers `keys` on `target` at `now`, if anything.

@@ -96,6 +96,9 @@ pub struct GrantAsk {
     pub ends_at: Option<UnixMs>,
     pub duration_secs: Option<u64>,
     pub reason: String,
+    /// Request rules (`METHOD PATH`), on an inspect target; none: every
+    /// request.
+    pub allow: Vec<String>,
 }
 
 /// Which grants to revoke: by id, or a user's (on a target). Also the
@@ -302,6 +305,7 @@ impl Access {
                 "grant a shorter window; the maximum binds everyone, root included",
             ));
         }
+        let scopes = scopes_of(&ask.allow, &target)?;
         let (subject, subject_name) = resolve_subject(&ask.who).await?;
         self.refuse_self_grant(by, subject, &target).await?;
         let granted_by = by.principal(&self.users).await;
@@ -313,7 +317,7 @@ impl Access {
             ends_at,
             reason,
             granted_by: granted_by.clone(),
-            scopes: Vec::new(),
+            scopes,
             request_id: None,
         };
         let grant = self.change(move |store| store.insert(&new, now)).await?;
@@ -633,6 +637,31 @@ impl Access {
 }
 
 /// The audit event of a grant change made by `by` (no one for an expiry).
+/// A grant's `--allow` rules, checked; only an inspect target can enforce
+/// them.
+fn scopes_of(allow: &[String], target: &crate::config::Target) -> Result<Vec<Scope>, AccessError> {
+    if allow.is_empty() {
+        return Ok(Vec::new());
+    }
+    if target.mode.inspect().is_none() {
+        return Err(AccessError::invalid(
+            format!(
+                "target `{}` is a passthrough target, which cannot see requests",
+                target.name
+            ),
+            "grant without --allow, or make the target `mode = \"inspect\"`",
+        ));
+    }
+    scope::Scope::parse(allow)
+        .map_err(|e| AccessError::invalid(e.to_string(), "fix the --allow rule"))?
+        .rules()
+        .map(|rule| {
+            rule.parse::<Scope>()
+                .map_err(|e| AccessError::invalid(e, "fix the --allow rule"))
+        })
+        .collect()
+}
+
 fn grant_event(kind: EventKind, grant: &Grant, by: Option<&Principal>) -> Event {
     let mut event = Event::new(kind);
     event.grant_id = Some(grant.id);
@@ -651,6 +680,13 @@ fn grant_event(kind: EventKind, grant: &Grant, by: Option<&Principal>) -> Event 
     }
     if let Some(request_id) = grant.request_id {
         detail["request_id"] = serde_json::json!(request_id);
+    }
+    if !grant.scopes.is_empty() {
+        detail["allow"] = serde_json::json!(grant
+            .scopes
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>());
     }
     event.detail = Some(detail);
     event

@@ -55,13 +55,22 @@ pub enum EventKind {
     RequestExpired,
     /// Immediate access taken in an emergency.
     BreakGlassUsed,
+    /// An inspected HTTP request let through; on disk before it goes on.
+    HttpAllowed,
+    /// An inspected HTTP request refused (scope, host, placeholder, grant
+    /// ended): it got a 403 and went nowhere.
+    HttpDenied,
+    /// An inspected HTTP request over its rate: it got a 429.
+    HttpRateLimited,
+    /// An HTTP request let through ended: status, bytes, duration.
+    HttpCompleted,
     /// Written by another version; never produced by this one.
     Other(String),
 }
 
 impl EventKind {
     /// Every kind this version writes, for parsing.
-    const KNOWN: [Self; 22] = [
+    const KNOWN: [Self; 26] = [
         Self::GrantCreated,
         Self::GrantRevoked,
         Self::GrantDropped,
@@ -84,6 +93,10 @@ impl EventKind {
         Self::RequestDenied,
         Self::RequestExpired,
         Self::BreakGlassUsed,
+        Self::HttpAllowed,
+        Self::HttpDenied,
+        Self::HttpRateLimited,
+        Self::HttpCompleted,
     ];
 
     /// The stable code, as stored.
@@ -111,6 +124,10 @@ impl EventKind {
             Self::RequestDenied => "request.denied",
             Self::RequestExpired => "request.expired",
             Self::BreakGlassUsed => "break_glass.used",
+            Self::HttpAllowed => "http.allowed",
+            Self::HttpDenied => "http.denied",
+            Self::HttpRateLimited => "http.rate_limited",
+            Self::HttpCompleted => "http.completed",
             Self::Other(code) => code,
         }
     }
@@ -125,6 +142,14 @@ impl EventKind {
                 | Self::ConnectionFailed
                 | Self::ConnectionClosed
                 | Self::ConnectionDestroyed
+        )
+    }
+
+    /// Whether it records an inspected HTTP request (`http.*`).
+    pub fn is_http(&self) -> bool {
+        matches!(
+            self,
+            Self::HttpAllowed | Self::HttpDenied | Self::HttpRateLimited | Self::HttpCompleted
         )
     }
 }

@@ -94,6 +94,11 @@ pub struct UserSummary {
     pub grants: u64,
     pub connections: u64,
     pub denials: u64,
+    /// Inspected HTTP requests let through, and refused (403, 429).
+    #[serde(default)]
+    pub http_requests: u64,
+    #[serde(default)]
+    pub http_refused: u64,
     pub bytes_up: u64,
     pub bytes_down: u64,
     pub targets: BTreeSet<String>,
@@ -143,6 +148,8 @@ pub fn summarize(records: &[Record]) -> Vec<UserSummary> {
             EventKind::GrantCreated => s.grants += 1,
             EventKind::ConnectionAllowed => s.connections += 1,
             EventKind::ConnectionDenied | EventKind::ConnectionRateLimited => s.denials += 1,
+            EventKind::HttpAllowed => s.http_requests += 1,
+            EventKind::HttpDenied | EventKind::HttpRateLimited => s.http_refused += 1,
             EventKind::ConnectionClosed => {
                 // Saturating: a record's counts are whatever the file says.
                 s.bytes_up = s.bytes_up.saturating_add(e.bytes_up.unwrap_or(0));

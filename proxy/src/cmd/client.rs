@@ -58,8 +58,14 @@ pub(super) async fn grant(
     target: String,
     window: WindowArgs,
     reason: String,
+    allow: Vec<String>,
     json: bool,
 ) -> Result<(), CmdError> {
+    for rule in &allow {
+        if let Err(e) = rule.parse::<crate::access::scope::Rule>() {
+            return Err(CmdError::usage(e.to_string()));
+        }
+    }
     let tz = TimeZone::system();
     let now = Zoned::now().with_time_zone(tz.clone());
     let starts_at = window
@@ -83,6 +89,7 @@ pub(super) async fn grant(
         ends_at,
         duration_secs,
         reason,
+        allow,
     };
     let grant: GrantView = Client::new(socket).post("/v1/grants", &request).await?;
     if json {
@@ -97,6 +104,10 @@ pub(super) async fn grant(
             local(grant.ends_at),
             Escaped(&grant.reason)
         );
+        if !grant.allow.is_empty() {
+            let rules: Vec<String> = grant.allow.iter().map(|r| Escaped(r).to_string()).collect();
+            println!("  only: {}", rules.join(", "));
+        }
     }
     Ok(())
 }
@@ -626,7 +637,7 @@ pub(super) async fn audit_summary(
         print_table(&["TIME", "USER", "TARGET", "GRANT", "REASON"], &rows);
         println!();
     }
-    let rows: Vec<[String; 9]> = summary
+    let rows: Vec<[String; 11]> = summary
         .users
         .iter()
         .map(|u| {
@@ -637,6 +648,8 @@ pub(super) async fn audit_summary(
                 u.grants.to_string(),
                 u.connections.to_string(),
                 u.denials.to_string(),
+                u.http_requests.to_string(),
+                u.http_refused.to_string(),
                 u.bytes_up.to_string(),
                 u.bytes_down.to_string(),
                 u.targets.iter().cloned().collect::<Vec<_>>().join(", "),
@@ -651,6 +664,8 @@ pub(super) async fn audit_summary(
             "GRANTS",
             "CONNECTIONS",
             "DENIALS",
+            "HTTP",
+            "HTTP REFUSED",
             "BYTES UP",
             "BYTES DOWN",
             "TARGETS",

@@ -207,6 +207,12 @@ enum Command {
         /// Why: a ticket or a sentence (required).
         #[arg(long)]
         reason: String,
+        /// Only these requests, on an inspect target: `METHOD PATH`, where
+        /// `*` matches within one path segment and `/**` everything below
+        /// (e.g. --allow 'GET /v1/payments/*'); repeat for more. Default:
+        /// every request.
+        #[arg(long = "allow", value_name = "RULE")]
+        allow: Vec<String>,
         #[arg(long)]
         json: bool,
     },
@@ -342,6 +348,9 @@ enum Command {
     /// Write man pages (jitproxy.1 and one per command) into a directory.
     #[command(hide = true)]
     Man { dir: PathBuf },
+    /// The local CA of inspect targets, and this host's trust in it.
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Low-level inspection, for tests and debugging.
     #[command(hide = true, subcommand)]
     Debug(DebugCommand),
@@ -517,6 +526,7 @@ impl Command {
                 until,
                 from,
                 reason,
+                allow,
                 json,
             } => {
                 let window = client::WindowArgs {
@@ -524,7 +534,9 @@ impl Command {
                     until,
                     from,
                 };
-                client::block_on(client::grant(&socket, who, target, window, reason, json))
+                client::block_on(client::grant(
+                    &socket, who, target, window, reason, allow, json,
+                ))
             }
             Self::Revoke {
                 id,
@@ -613,6 +625,17 @@ impl Command {
                 events,
                 concurrency,
             }) => local::bench_audit(&dir, events, concurrency),
+            Self::Ca(command) => {
+                let from = command.source();
+                let config = load_config(
+                    from.config.as_ref(),
+                    Overrides {
+                        socket: None,
+                        state_dir: from.state_dir.clone(),
+                    },
+                )?;
+                ca::run(&config, command)
+            }
             Self::Debug(DebugCommand::BenchDecision { grants, lookups }) => {
                 local::bench_decision(grants, lookups)
             }

@@ -159,6 +159,73 @@ pub struct Target {
     /// position, and the kernel's records name that number) but with no
     /// addresses, so nothing reaches it and nobody is given it.
     pub retired: bool,
+    /// How its connections are forwarded.
+    pub mode: Mode,
+}
+
+/// How a target's connections are forwarded.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Mode {
+    /// Bytes relayed as they are (TLS stays end to end).
+    #[default]
+    Passthrough,
+    /// TLS terminated with the local CA; each HTTP request decided, recorded
+    /// and sent on with the target's credential.
+    Inspect(Box<Inspect>),
+}
+
+impl Mode {
+    /// The inspect settings, for an inspect target.
+    pub fn inspect(&self) -> Option<&Inspect> {
+        match self {
+            Mode::Passthrough => None,
+            Mode::Inspect(inspect) => Some(inspect),
+        }
+    }
+}
+
+/// An inspect target's settings (`mode = "inspect"`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inspect {
+    /// The names clients use (TLS server name and `Host`), lowercase: DNS
+    /// names, or addresses written as text. Default: the target's hosts
+    /// that are names or single addresses.
+    pub server_names: Vec<String>,
+    /// TLS toward the target (default on); off for a plain-HTTP API, whose
+    /// clients then speak plain HTTP to the proxy too.
+    pub upstream_tls: bool,
+    /// The CA the target's certificate is verified against (PEM); `None`:
+    /// the system roots. Never jitproxy's own CA.
+    pub upstream_ca: Option<PathBuf>,
+    /// Requests per second per (user, target), and the burst above it.
+    pub requests_per_second: f64,
+    pub requests_burst: u32,
+    /// Whether audit records keep query values (default: names only).
+    pub log_query: bool,
+    /// The real credential added on the way out.
+    pub credential: Option<Credential>,
+}
+
+/// A target's `[target.credential]`: where the secret is and how it is sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Credential {
+    /// The header every request gets (`Authorization`); `None`: only
+    /// placeholders are swapped.
+    pub header: Option<String>,
+    /// The header's value, with `{secret}` where the secret goes.
+    pub value: String,
+    pub secret: SecretRef,
+    /// Query parameters whose placeholder value is swapped for the secret.
+    pub placeholder_query: Vec<String>,
+}
+
+/// Where a credential's secret is read from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SecretRef {
+    /// A root-only file, read again when it changes.
+    File(PathBuf),
+    /// An environment variable of the daemon, read at start.
+    Env(String),
 }
 
 /// How access to a target is asked for and given: `jitproxy request`,

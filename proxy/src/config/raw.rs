@@ -113,6 +113,38 @@ pub(super) struct RawTarget {
     pub(super) break_glass: Vec<Spanned<String>>,
     #[serde(default)]
     pub(super) break_glass_max: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) mode: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) server_names: Option<Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub(super) upstream_tls: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) upstream_ca: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub(super) requests_per_second: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub(super) requests_burst: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub(super) log_query: Option<Spanned<bool>>,
+    #[serde(default)]
+    pub(super) credential: Option<Spanned<RawCredential>>,
+}
+
+/// A target's `[target.credential]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCredential {
+    #[serde(default)]
+    pub(super) header: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) value: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) secret_file: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    pub(super) secret_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) placeholder_query: Vec<Spanned<String>>,
 }
 
 mod defaults {

@@ -5,6 +5,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
+    ops::Range,
     time::Duration,
 };
 
@@ -13,10 +14,10 @@ use toml::Spanned;
 
 use super::{
     check_listen_port,
-    raw::{line_col, RawAudit, RawConfig, RawNotify, RawTarget},
-    AccessPolicy, Approver, AuditConfig, AutoApprove, Config, ConfigError, HostSpec, Limit,
-    MetricsAddr, Notify, NotifyFormat, NotifyUrl, Target, UnprivilegedPorts, MAX_CONNECTIONS_LIMIT,
-    NOTIFY_EVENTS,
+    raw::{line_col, RawAudit, RawConfig, RawCredential, RawNotify, RawTarget},
+    AccessPolicy, Approver, AuditConfig, AutoApprove, Config, ConfigError, Credential, HostSpec,
+    Inspect, Limit, MetricsAddr, Mode, Notify, NotifyFormat, NotifyUrl, Target, UnprivilegedPorts,
+    MAX_CONNECTIONS_LIMIT, NOTIFY_EVENTS,
 };
 
 /// Validates a parsed config for a host where `unprivileged` ports may be
@@ -397,6 +398,7 @@ fn target(
         None => defaults.limits,
     };
     let access = access_policy(errors, i, raw, max_grant)?;
+    let mode = mode(errors, i, raw, &hosts)?;
     Ok(Target {
         name: name.clone(),
         hosts,
@@ -405,7 +407,295 @@ fn target(
         limits,
         access,
         retired: false,
+        mode,
     })
+}
+
+/// A target's `mode` and, for inspect, its TLS names, upstream TLS, request
+/// limit and credential. The inspect-only keys are refused on a passthrough
+/// target rather than ignored.
+fn mode(
+    errors: &Errors<'_>,
+    i: usize,
+    raw: &RawTarget,
+    hosts: &[HostSpec],
+) -> Result<Mode, ConfigError> {
+    let key = |k: &str| format!("target[{i}].{k}");
+    let inspect = match &raw.mode {
+        None => false,
+        Some(m) => match m.get_ref().as_str() {
+            "passthrough" => false,
+            "inspect" => true,
+            other => {
+                return Err(errors.at(
+                    m,
+                    key("mode"),
+                    format!("`{other}` is not a mode; use \"passthrough\" or \"inspect\""),
+                ))
+            }
+        },
+    };
+    if !inspect {
+        let inspect_only: [(&str, Option<Range<usize>>); 7] = [
+            ("server_names", raw.server_names.as_ref().map(Spanned::span)),
+            ("upstream_tls", raw.upstream_tls.as_ref().map(Spanned::span)),
+            ("upstream_ca", raw.upstream_ca.as_ref().map(Spanned::span)),
+            (
+                "requests_per_second",
+                raw.requests_per_second.as_ref().map(Spanned::span),
+            ),
+            (
+                "requests_burst",
+                raw.requests_burst.as_ref().map(Spanned::span),
+            ),
+            ("log_query", raw.log_query.as_ref().map(Spanned::span)),
+            ("credential", raw.credential.as_ref().map(Spanned::span)),
+        ];
+        if let Some((k, Some(span))) = inspect_only.into_iter().find(|(_, s)| s.is_some()) {
+            return Err(errors.at(
+                &Spanned::new(span, ()),
+                key(k),
+                "applies to inspect targets only; add `mode = \"inspect\"` or remove it",
+            ));
+        }
+        return Ok(Mode::Passthrough);
+    }
+
+    let server_names = match &raw.server_names {
+        Some(names) => {
+            let mut out = Vec::new();
+            for (j, name) in names.get_ref().iter().enumerate() {
+                let text = name.get_ref().trim_end_matches('.').to_ascii_lowercase();
+                if !is_server_name(&text) {
+                    return Err(errors.at(
+                        name,
+                        key(&format!("server_names[{j}]")),
+                        format!(
+                            "`{}` is not a DNS name or address; write the name clients connect to, e.g. \"api.example.com\"",
+                            name.get_ref()
+                        ),
+                    ));
+                }
+                if !out.contains(&text) {
+                    out.push(text);
+                }
+            }
+            out
+        }
+        None => hosts
+            .iter()
+            .filter_map(|h| match h {
+                HostSpec::Name(name) => Some(name.trim_end_matches('.').to_ascii_lowercase()),
+                HostSpec::Net(net) if net.prefix_len() == net.max_prefix_len() => {
+                    Some(net.addr().to_string())
+                }
+                HostSpec::Net(_) => None,
+            })
+            .collect(),
+    };
+    if server_names.is_empty() {
+        let at = raw
+            .server_names
+            .as_ref()
+            .map_or(raw.hosts.span(), Spanned::span);
+        return Err(errors.at(
+            &Spanned::new(at, ()),
+            key("server_names"),
+            "an inspect target needs the names its clients use; list them in `server_names`",
+        ));
+    }
+    let upstream_tls = raw.upstream_tls.as_ref().is_none_or(|t| *t.get_ref());
+    if let (false, Some(ca)) = (upstream_tls, &raw.upstream_ca) {
+        return Err(errors.at(
+            ca,
+            key("upstream_ca"),
+            "is for upstream TLS, which `upstream_tls = false` turns off; remove one of them",
+        ));
+    }
+    let requests_per_second = match &raw.requests_per_second {
+        Some(r) if !(r.get_ref().is_finite() && *r.get_ref() > 0.0) => {
+            return Err(errors.at(
+                r,
+                key("requests_per_second"),
+                "must be a number greater than 0",
+            ))
+        }
+        Some(r) => *r.get_ref(),
+        None => DEFAULT_REQUESTS_PER_SECOND,
+    };
+    let requests_burst = match &raw.requests_burst {
+        Some(b) if *b.get_ref() == 0 => {
+            return Err(errors.at(b, key("requests_burst"), "must be at least 1"))
+        }
+        Some(b) => *b.get_ref(),
+        None => DEFAULT_REQUESTS_BURST,
+    };
+    let credential = raw
+        .credential
+        .as_ref()
+        .map(|c| credential(errors, i, c))
+        .transpose()?;
+    Ok(Mode::Inspect(Box::new(Inspect {
+        server_names,
+        upstream_tls,
+        upstream_ca: raw.upstream_ca.as_ref().map(|c| c.get_ref().clone()),
+        requests_per_second,
+        requests_burst,
+        log_query: raw.log_query.as_ref().is_some_and(|l| *l.get_ref()),
+        credential,
+    })))
+}
+
+/// Requests per second per (user, target) of an inspect target, and its
+/// burst, unless the target says otherwise.
+const DEFAULT_REQUESTS_PER_SECOND: f64 = 100.0;
+const DEFAULT_REQUESTS_BURST: u32 = 200;
+
+/// A `[target.credential]`.
+fn credential(
+    errors: &Errors<'_>,
+    i: usize,
+    raw: &Spanned<RawCredential>,
+) -> Result<Credential, ConfigError> {
+    let key = |k: &str| format!("target[{i}].credential.{k}");
+    let c = raw.get_ref();
+    let header = match &c.header {
+        Some(h) if !is_header_name(h.get_ref()) => {
+            return Err(errors.at(
+                h,
+                key("header"),
+                format!(
+                    "`{}` is not an HTTP header name; write e.g. \"Authorization\"",
+                    h.get_ref()
+                ),
+            ))
+        }
+        Some(h) if is_hop_header(h.get_ref()) => {
+            return Err(errors.at(
+                h,
+                key("header"),
+                format!(
+                    "`{}` is a connection header; a credential cannot go there",
+                    h.get_ref()
+                ),
+            ))
+        }
+        Some(h) => Some(h.get_ref().to_ascii_lowercase()),
+        None => None,
+    };
+    let value = match &c.value {
+        Some(v) if v.get_ref().matches("{secret}").count() != 1 => return Err(errors.at(
+            v,
+            key("value"),
+            "must hold `{secret}` exactly once, where the secret goes: e.g. \"Bearer {secret}\"",
+        )),
+        Some(v) if v.get_ref().bytes().any(|b| b.is_ascii_control()) => {
+            return Err(errors.at(v, key("value"), "must not hold control characters"))
+        }
+        Some(v) => v.get_ref().clone(),
+        None => "{secret}".to_owned(),
+    };
+    let secret = match (&c.secret_file, &c.secret_env) {
+        (Some(file), None) if file.get_ref().is_absolute() => {
+            super::SecretRef::File(file.get_ref().clone())
+        }
+        (Some(file), None) => {
+            return Err(errors.at(file, key("secret_file"), "must be an absolute path"))
+        }
+        (None, Some(env)) if !env.get_ref().is_empty() && !env.get_ref().contains('=') => {
+            super::SecretRef::Env(env.get_ref().clone())
+        }
+        (None, Some(env)) => {
+            return Err(errors.at(
+                env,
+                key("secret_env"),
+                "must be an environment variable's name",
+            ))
+        }
+        (Some(file), Some(_)) => {
+            return Err(errors.at(
+                file,
+                key("secret_file"),
+                "set one of `secret_file` and `secret_env`, not both",
+            ))
+        }
+        (None, None) => return Err(errors.at(
+            raw,
+            key("secret_file"),
+            "a credential needs its secret: set `secret_file` (a root-only file) or `secret_env`",
+        )),
+    };
+    if header.is_none() && c.placeholder_query.is_empty() && c.value.is_some() {
+        return Err(errors.at(
+            raw,
+            key("header"),
+            "`value` is the header's value; set `header` too (e.g. \"Authorization\")",
+        ));
+    }
+    let mut placeholder_query = Vec::new();
+    for (j, q) in c.placeholder_query.iter().enumerate() {
+        if q.get_ref().is_empty()
+            || !q
+                .get_ref()
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"&=#?%".contains(&b))
+        {
+            return Err(errors.at(
+                q,
+                key(&format!("placeholder_query[{j}]")),
+                format!("`{}` is not a query parameter name", q.get_ref()),
+            ));
+        }
+        placeholder_query.push(q.get_ref().clone());
+    }
+    Ok(Credential {
+        header,
+        value,
+        secret,
+        placeholder_query,
+    })
+}
+
+/// A DNS name (letters, digits, '-', dots between labels) or an IP address.
+fn is_server_name(name: &str) -> bool {
+    if name.parse::<IpAddr>().is_ok() {
+        return true;
+    }
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// An HTTP field name (RFC 9110 token).
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Headers that belong to one hop, which proxies remove.
+fn is_hop_header(name: &str) -> bool {
+    const HOP: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "host",
+        "content-length",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 /// A target's request, approval and break-glass keys.

@@ -39,6 +39,10 @@ pub struct GrantRequest {
     pub duration_secs: Option<u64>,
     /// Why: a ticket or a sentence. Required.
     pub reason: String,
+    /// Request rules (`METHOD PATH`) on an inspect target; none: every
+    /// request.
+    #[serde(default)]
+    pub allow: Vec<String>,
 }
 
 impl From<GrantRequest> for GrantAsk {
@@ -50,6 +54,7 @@ impl From<GrantRequest> for GrantAsk {
             ends_at: r.ends_at.map(|t| t.as_millisecond()),
             duration_secs: r.duration_secs,
             reason: r.reason,
+            allow: r.allow,
         }
     }
 }
@@ -85,6 +90,9 @@ pub struct GrantView {
     /// The access request it was given for (`jitproxy request`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<i64>,
+    /// The requests it allows (`METHOD PATH`); empty: every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
 }
 
 impl GrantView {
@@ -104,6 +112,7 @@ impl GrantView {
             ended_by: grant.ended.as_ref().and_then(|e| e.by.clone()),
             end_kind: grant.ended.as_ref().map(|e| e.kind),
             request_id: grant.request_id,
+            allow: grant.scopes.iter().map(ToString::to_string).collect(),
         }
     }
 }

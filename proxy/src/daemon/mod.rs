@@ -38,7 +38,10 @@ use crate::{
         users::Users,
     },
     kernel::{Kernel, KernelError, LoadOptions},
-    proxy::{OriginSource, Policy, Proxy, ProxySettings},
+    proxy::{
+        http::{Inspectors, Installed},
+        OriginSource, Policy, Proxy, ProxySettings,
+    },
     store::SqliteStore,
     time::now_ms,
 };
@@ -73,6 +76,8 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
+    #[error("inspect mode: {0}")]
+    Inspect(#[from] crate::proxy::http::InspectError),
     #[error("cannot listen on {addr}: {source}; is another daemon using listen_port?")]
     Listen {
         addr: SocketAddr,
@@ -177,6 +182,16 @@ pub async fn run(
     }
     let resolved = Arc::new(RwLock::new(resolved));
 
+    // Inspect targets: the local CA, their TLS, upstream roots and
+    // credentials. At start, any failure stops the daemon (the operator is
+    // there to see it); on reload, a broken target's connections are refused.
+    let inspectors = Inspectors::default();
+    let mut installed = inspectors.install(&config, Some(config.upstream_mark));
+    report_inspect(&installed, &config);
+    if !installed.errors.is_empty() {
+        return Err(installed.errors.swap_remove(0).into());
+    }
+
     let policy = Policy::for_config(access.index(), users.clone(), &config);
     let status = Status {
         config: Arc::clone(&shared),
@@ -217,6 +232,7 @@ pub async fn run(
             access: Arc::clone(&access),
             policy: policy.clone(),
             targets_changed: Arc::clone(&targets_changed),
+            inspectors: inspectors.clone(),
         },
         shutdown.clone(),
     ));
@@ -248,6 +264,7 @@ pub async fn run(
         Arc::clone(&access),
         users,
         proxy_settings(&config, open_files()),
+        inspectors,
         shutdown.clone(),
     );
     proxy.serve(listeners).await;
@@ -335,4 +352,26 @@ fn bind(port: u16) -> Result<Vec<TcpListener>, DaemonError> {
         socket::listen(addr, LISTEN_BACKLOG).map_err(|source| DaemonError::Listen { addr, source })
     })
     .collect()
+}
+
+/// Says what setting up the inspect targets found: a new CA, names it does
+/// not cover, targets that could not be set up.
+pub fn report_inspect(installed: &Installed, config: &Config) {
+    if let Some(ca) = &installed.ca {
+        tracing::info!(
+            fingerprint = ca.fingerprint(),
+            path = %crate::proxy::http::ca::cert_path(&config.state_dir).display(),
+            "local CA for inspect targets"
+        );
+    }
+    if !installed.uncovered.is_empty() {
+        tracing::warn!(
+            names = %installed.uncovered.join(", "),
+            "the local CA's name constraints do not cover these server names, so their \
+             connections are refused; run `jitproxy ca rotate`, restart, then `jitproxy ca install`"
+        );
+    }
+    for e in &installed.errors {
+        tracing::error!(error = %e, "an inspect target is not set up; its connections are refused");
+    }
 }

@@ -38,6 +38,7 @@ pub struct Parts {
     pub policy: Policy,
     /// Wakes the target resolver, to put the new targets in the kernel map.
     pub targets_changed: Arc<Notify>,
+    pub inspectors: crate::proxy::http::Inspectors,
 }
 
 /// Reloads on every SIGHUP until shutdown.
@@ -79,6 +80,10 @@ fn apply(parts: &Parts, new: Config) -> Result<Arc<Config>, String> {
     let mut new = new;
     new.targets = align_targets(&old.targets, new.targets);
     let new = Arc::new(new);
+    // Inspectors first: a target number must never meet a connection
+    // before its inspector (or its refusal) is in place.
+    let installed = parts.inspectors.install(&new, Some(new.upstream_mark));
+    super::report_inspect(&installed, &new);
     parts.config.store(Arc::clone(&new));
     parts.policy.retarget(&new);
     parts.targets_changed.notify_one();
@@ -186,6 +191,7 @@ mod tests {
             limits: crate::config::Limit::default(),
             access: crate::config::AccessPolicy::default(),
             retired: false,
+            mode: crate::config::Mode::Passthrough,
         }
     }
 

@@ -194,6 +194,7 @@ mod tests {
             limits: crate::config::Limit::default(),
             access: crate::config::AccessPolicy::default(),
             retired: false,
+            mode: crate::config::Mode::Passthrough,
         }
     }
 

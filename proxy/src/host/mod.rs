@@ -11,6 +11,6 @@ pub mod net;
 pub mod proc;
 pub mod rlimit;
 pub mod sockdiag;
-pub mod trust;
 pub mod socket;
+pub mod trust;
 pub mod users;

@@ -10,14 +10,20 @@
 use std::{
     net::SocketAddr,
     pin::pin,
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
 };
 
 use tokio::net::TcpStream;
 
+use tokio_util::sync::CancellationToken;
+
 use super::{
     decision::{Allowed, DenyReason, Verdict},
     forward::{self, Bytes},
+    http::{ConnContext, Inspector},
     origin::Origin,
     record::ConnectionRecord,
     Proxy,
@@ -27,19 +33,27 @@ use crate::{
     host::socket::{connect_marked, reset},
 };
 
-/// A connection let through and connected upstream: what forwarding needs.
+/// A connection let through: what forwarding needs.
 struct Admitted {
     client: TcpStream,
-    upstream: TcpStream,
+    upstream: Upstream,
     allowed: Allowed,
     record: ConnectionRecord,
+}
+
+/// Where an admitted connection goes on to.
+enum Upstream {
+    /// Passthrough: connected to the original destination.
+    Connected(TcpStream),
+    /// An inspect target: each request finds its own way upstream.
+    Inspect(Arc<Inspector>),
 }
 
 impl Proxy {
     /// One connection, top to bottom, from `peer` to the proxy's `local`
     /// address (`None`: ask the socket).
     pub(super) async fn handle(
-        &self,
+        self: &Arc<Self>,
         client: TcpStream,
         peer: SocketAddr,
         local: Option<SocketAddr>,
@@ -108,6 +122,28 @@ impl Proxy {
             return None;
         }
 
+        // An inspect target: TLS and HTTP instead of stage 4 and 5's bytes.
+        if let Some(inspector) = self.inspectors.get(allowed.target) {
+            let inspector = match inspector {
+                Ok(inspector) => inspector,
+                Err(why) => {
+                    reset(client);
+                    let reason = DenyReason::InspectUnavailable(why);
+                    if let Some(origin) = record.origin() {
+                        self.access.note_refusal(refusal(origin, target, &reason));
+                    }
+                    record.denied(&reason);
+                    return None;
+                }
+            };
+            return Some(Box::new(Admitted {
+                client,
+                upstream: Upstream::Inspect(inspector),
+                allowed,
+                record,
+            }));
+        }
+
         // 4. Connect to the original destination.
         // From a socket carrying the daemon's mark, which the kernel
         // programs let through.
@@ -128,7 +164,7 @@ impl Proxy {
         record.set_upstream_local(upstream.local_addr().ok());
         Some(Box::new(Admitted {
             client,
-            upstream,
+            upstream: Upstream::Connected(upstream),
             allowed,
             record,
         }))
@@ -136,11 +172,16 @@ impl Proxy {
 
     /// Stage 5: forward until either side is done, the grant ends, or the
     /// daemon stops; then finish the record.
-    async fn forward(&self, mut admitted: Box<Admitted>) {
+    async fn forward(self: &Arc<Self>, mut admitted: Box<Admitted>) {
         let _ = admitted.client.set_nodelay(true);
         let bytes = Bytes::default();
         let shutdown = pin!(self.shutdown.cancelled());
-        let keys = std::mem::take(&mut admitted.allowed.keys);
+        // An inspected connection's requests need the keys too.
+        let keys = if matches!(admitted.upstream, Upstream::Inspect(_)) {
+            admitted.allowed.keys.clone()
+        } else {
+            std::mem::take(&mut admitted.allowed.keys)
+        };
         let access_ends = pin!(self.policy.access_ends(keys, admitted.allowed.target));
         let cut = pin!(async {
             tokio::select! {
@@ -148,13 +189,19 @@ impl Proxy {
                 why = access_ends => why,
             }
         });
-        let ended = forward::forward(&admitted.client, &admitted.upstream, &bytes, cut).await;
+        let Upstream::Connected(upstream) = &admitted.upstream else {
+            return self.inspect(admitted, cut).await;
+        };
+        let ended = forward::forward(&admitted.client, upstream, &bytes, cut).await;
         let Admitted {
             client,
             upstream,
             allowed,
             record,
         } = *admitted;
+        let Upstream::Connected(upstream) = upstream else {
+            unreachable!("matched above")
+        };
         drop(allowed.slot);
         if matches!(
             ended,
@@ -166,6 +213,44 @@ impl Proxy {
             reset(upstream);
         }
         record.closed(&bytes, &ended);
+    }
+}
+
+impl Proxy {
+    /// Stage 5 of an inspect target: TLS and HTTP ([`Inspector::serve`]).
+    async fn inspect<C>(self: &Arc<Self>, admitted: Box<Admitted>, cut: std::pin::Pin<&mut C>)
+    where
+        C: std::future::Future<Output = &'static str>,
+    {
+        let Admitted {
+            client,
+            upstream,
+            allowed,
+            record,
+        } = *admitted;
+        let Upstream::Inspect(inspector) = upstream else {
+            return;
+        };
+        let Some(origin) = record.origin() else {
+            return;
+        };
+        let context = ConnContext {
+            id: record.id(),
+            dst: origin.upstream_addr(),
+            proxy: Arc::clone(self),
+            inspector: Arc::clone(&inspector),
+            keys: allowed.keys.clone(),
+            template: record.template(),
+            caller: refusal(origin, inspector.target(), &DenyReason::NoRecord),
+            server_name: Arc::clone(inspector.target()),
+            requests: AtomicU64::new(0),
+            bytes_up: Arc::default(),
+            bytes_down: Arc::default(),
+            cut: CancellationToken::new(),
+        };
+        let served = inspector.serve(client, context, cut).await;
+        drop(allowed.slot);
+        record.served(&served);
     }
 }
 

@@ -20,7 +20,7 @@ use super::{
     origin::Origin,
 };
 use crate::{
-    access::{Cover, GrantIndex, Keys},
+    access::{index::RequestCover, Cover, GrantIndex, Keys},
     config::{Config, Limit},
     host::users::Users,
     time::Clock,
@@ -42,6 +42,20 @@ const END_GRACE: Duration = Duration::from_millis(500);
 pub enum Verdict {
     Allow(Allowed),
     Deny(DenyReason),
+}
+
+/// The decision on one inspected HTTP request, from its grants.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestVerdict {
+    /// Allowed by grant `grant_id`, with no rules or by `rule`.
+    Allow { grant_id: i64, rule: Option<String> },
+    /// No live grant covers the caller any more.
+    GrantEnded,
+    /// The caller's grants allow only `rules`, and this is not one of them.
+    NoRule { grant_id: i64, rules: Vec<String> },
+    /// The path is ambiguous (encoded slashes, dot segments): refused for
+    /// every grant.
+    BadPath(String),
 }
 
 /// A connection that may pass, and what let it.
@@ -72,6 +86,9 @@ pub enum DenyReason {
     TooManyConnections(u32),
     /// The "allowed" record could not be written: no record, no access.
     AuditUnavailable(String),
+    /// An inspect target that could not be set up (its CA, upstream roots
+    /// or credential): refused rather than passed through uninspected.
+    InspectUnavailable(Arc<str>),
 }
 
 impl DenyReason {
@@ -84,6 +101,7 @@ impl DenyReason {
             Self::RateLimited => "rate_limited",
             Self::TooManyConnections(_) => "too_many_connections",
             Self::AuditUnavailable(_) => "audit_unavailable",
+            Self::InspectUnavailable(_) => "inspect_unavailable",
         }
     }
 }
@@ -161,6 +179,28 @@ impl Policy {
             limits: Limits::new(),
             targets: Arc::new(ArcSwap::from_pointee(targets_of(config))),
             clock: Clock::Wall,
+        }
+    }
+
+    /// The verdict on a `method` request for `raw_path` from `keys` on
+    /// `target`: a live grant's scopes must allow it.
+    pub fn request_verdict(
+        &self,
+        keys: &Keys,
+        target: u32,
+        method: &str,
+        raw_path: &str,
+    ) -> RequestVerdict {
+        let now = self.clock.now_ms();
+        match self
+            .index
+            .borrow()
+            .request_cover(keys, target, now, method, raw_path)
+        {
+            RequestCover::Allowed { grant_id, rule } => RequestVerdict::Allow { grant_id, rule },
+            RequestCover::NoGrant => RequestVerdict::GrantEnded,
+            RequestCover::NoRule { grant_id, rules } => RequestVerdict::NoRule { grant_id, rules },
+            RequestCover::BadPath(why) => RequestVerdict::BadPath(why),
         }
     }
 
@@ -267,6 +307,10 @@ impl fmt::Display for DenyReason {
             Self::AuditUnavailable(why) => write!(
                 f,
                 "the audit log cannot be written, so access is refused ({why})"
+            ),
+            Self::InspectUnavailable(why) => write!(
+                f,
+                "the target is inspected, and its inspection is not set up ({why}); the operator must fix the config"
             ),
         }
     }

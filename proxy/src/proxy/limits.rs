@@ -93,6 +93,43 @@ impl Limits {
     }
 }
 
+/// An inspect target's request rate per user: a token bucket per uid.
+#[derive(Debug)]
+pub struct RequestLimits {
+    per_second: f64,
+    burst: u32,
+    buckets: Mutex<HashMap<u32, (f64, Instant)>>,
+}
+
+impl RequestLimits {
+    pub fn new(per_second: f64, burst: u32) -> Self {
+        Self {
+            per_second,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a token for `uid`, or says how long until there is one.
+    pub fn take(&self, uid: u32, now: Instant) -> Result<(), std::time::Duration> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let (tokens, refilled) = buckets
+            .entry(uid)
+            .or_insert_with(|| (f64::from(self.burst), now));
+        let elapsed = now.saturating_duration_since(*refilled).as_secs_f64();
+        *tokens = (*tokens + elapsed * self.per_second).min(f64::from(self.burst));
+        *refilled = now;
+        if *tokens < 1.0 {
+            let wait = (1.0 - *tokens) / self.per_second;
+            return Err(std::time::Duration::from_secs_f64(
+                wait.clamp(0.001, 3600.0),
+            ));
+        }
+        *tokens -= 1.0;
+        Ok(())
+    }
+}
+
 impl Drop for LiveGuard {
     fn drop(&mut self) {
         let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
@@ -136,6 +173,21 @@ mod tests {
             .acquire(1, 0, &loose, t0 + Duration::from_secs(1))
             .is_ok());
         drop(guards);
+    }
+
+    #[test]
+    fn requests_take_tokens_per_user_and_say_when_to_retry() {
+        let limits = RequestLimits::new(2.0, 2);
+        let t0 = Instant::now();
+        assert!(limits.take(1, t0).is_ok());
+        assert!(limits.take(1, t0).is_ok());
+        let wait = limits.take(1, t0).unwrap_err();
+        assert!(
+            wait > Duration::from_millis(400) && wait <= Duration::from_millis(500),
+            "{wait:?}"
+        );
+        assert!(limits.take(2, t0).is_ok());
+        assert!(limits.take(1, t0 + Duration::from_millis(500)).is_ok());
     }
 
     #[test]

@@ -11,8 +11,9 @@
 //!
 //! Every exit path finishes the connection's record (denied, failed, closed).
 //! The server takes ready listeners and a shutdown token, so tests can give
-//! their own. Room for `http/` (TLS termination, per-request scopes,
-//! credential injection) beside `forward`.
+//! their own. An inspect target's connections take [`http`] instead of
+//! stage 4 and 5: TLS terminated with the local CA, and each HTTP request
+//! decided, recorded and sent on with the target's credential.
 
 mod connection;
 pub mod decision;
@@ -61,6 +62,8 @@ pub struct Proxy {
     policy: Policy,
     access: Arc<Access>,
     settings: ProxySettings,
+    /// Inspect targets' TLS, upstreams and credentials, by target number.
+    inspectors: http::Inspectors,
     next_id: AtomicU64,
     shutdown: CancellationToken,
 }
@@ -72,6 +75,7 @@ impl Proxy {
         access: Arc<Access>,
         users: Users,
         settings: ProxySettings,
+        inspectors: http::Inspectors,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -80,6 +84,7 @@ impl Proxy {
             policy,
             access,
             settings,
+            inspectors,
             next_id: AtomicU64::new(1),
             shutdown,
         })

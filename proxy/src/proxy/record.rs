@@ -136,6 +136,29 @@ impl ConnectionRecord {
         self.finish(event);
     }
 
+    /// The start of each of an inspected connection's request records:
+    /// this connection's user, process, destination and target.
+    pub fn template(&self) -> Event {
+        self.event(EventKind::HttpAllowed)
+    }
+
+    /// An inspected connection ended.
+    pub fn served(mut self, served: &crate::proxy::http::Served) {
+        let mut event = self.event(EventKind::ConnectionClosed);
+        event.bytes_up = Some(served.bytes_up);
+        event.bytes_down = Some(served.bytes_down);
+        event.duration_ms = Some(duration_ms(self.started.elapsed()));
+        event.ended_by = Some(served.ended_by.clone());
+        event.reason = served.reason.clone();
+        event.code = served.code.map(str::to_owned);
+        event.detail = Some(serde_json::json!({
+            "mode": "inspect",
+            "requests": served.requests,
+            "server_name": served.server_name.as_deref(),
+        }));
+        self.finish(event);
+    }
+
     /// Writes the last record of this connection.
     fn finish(&mut self, event: Event) {
         self.finished = true;
