@@ -6,6 +6,8 @@
 //! are emptied (`cgroup.kill`) and removed, daemons killed by pid, pins
 //! removed with `jitproxy uninstall`.
 
+pub mod inspect;
+
 use std::{
     fs,
     io::{BufRead as _, BufReader, Read as _, Write as _},

@@ -1,0 +1,288 @@
+//! What the inspect-mode tests share (tests/tests/inspect*.rs): a world of
+//! a real nginx upstream over TLS with its own CA, a daemon with one
+//! inspect target, and clients run as `nobody` in the watched cgroup, whose
+//! only trust in jitproxy's CA is what `jitproxy ca install` set up.
+//!
+//! Clients reach the API by name: each runs in its own mount namespace
+//! where /etc/hosts maps [`NAME`] to the test's address.
+//!
+//! `ca install` changes the host's trust store, so worlds take turns (one
+//! lock per test binary; cargo runs test binaries one after another) and
+//! each uninstalls what it installed.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::{
+    fs,
+    net::SocketAddr,
+    path::Path,
+    process::{Child, Command},
+    sync::{Mutex, MutexGuard},
+};
+
+use crate::{listen_port, output, Cgroup, Daemon, NOBODY};
+
+/// First listen port of these tests.
+pub const INSPECT_PORTS: u16 = 1000;
+pub const NAME: &str = "api.inspect.test";
+pub const SECRET: &str = "s3cr3t-Token-4711";
+
+static TURNS: Mutex<()> = Mutex::new(());
+
+fn turn() -> MutexGuard<'static, ()> {
+    TURNS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One test's world: the upstream's CA and nginx, the daemon, the cgroup.
+pub struct World {
+    _turn: MutexGuard<'static, ()>,
+    pub dir: tempfile::TempDir,
+    pub api: SocketAddr,
+    pub nginx: Child,
+    pub daemon: Daemon,
+    pub cgroup: Cgroup,
+    installed: bool,
+}
+
+impl World {
+    pub fn new(index: u8, name: &str, extra: &str) -> Self {
+        let turn = turn();
+        let dir = tempfile::Builder::new()
+            .prefix("jitproxy-inspect-")
+            .tempdir()
+            .unwrap();
+        let api = SocketAddr::from(([127, 0, 60 + index, 2], 8443));
+        upstream_pki(dir.path());
+        let nginx = start_nginx(dir.path(), api);
+        let secret = dir.path().join("secret");
+        fs::write(&secret, format!("{SECRET}\n")).unwrap();
+        let mut perms = fs::metadata(&secret).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o600);
+        fs::set_permissions(&secret, perms).unwrap();
+        let cgroup = Cgroup::create(&format!("inspect-{name}")).unwrap();
+        let config = format!(
+            "listen_port = {}\n\n[[target]]\nname = \"payments-api\"\nhosts = [\"{}\"]\nports = [{}]\n\
+             mode = \"inspect\"\nserver_names = [\"{NAME}\"]\nupstream_ca = \"{}\"\n{extra}\n\
+             [target.credential]\nheader = \"Authorization\"\nvalue = \"Bearer {{secret}}\"\n\
+             secret_file = \"{}\"\nplaceholder_query = [\"api_key\"]\n",
+            listen_port(INSPECT_PORTS, index),
+            api.ip(),
+            api.port(),
+            dir.path().join("upstream-ca.crt").display(),
+            secret.display(),
+        );
+        let daemon = Daemon::start(&cgroup, Some(&config)).unwrap();
+        let mut world = Self {
+            _turn: turn,
+            dir,
+            api,
+            nginx,
+            daemon,
+            cgroup,
+            installed: false,
+        };
+        world.install_ca();
+        world
+    }
+
+    /// `jitproxy ca SUB` with the daemon's config, as root.
+    pub fn ca(&self, sub: &str) -> std::process::Output {
+        Command::new(self.daemon.bin())
+            .args(["ca", sub, "--config"])
+            .arg(self.daemon.config_path().expect("a config"))
+            .output()
+            .expect("jitproxy ca")
+    }
+
+    pub fn install_ca(&mut self) {
+        let out = self.ca("install");
+        assert!(
+            out.status.success(),
+            "jitproxy ca install failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.installed = true;
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{NAME}:{}{path}", self.api.port())
+    }
+
+    /// `script` run by `sh` as nobody in the cgroup, with the API's name
+    /// mapped and the environment `ca install` wrote sourced (as a login
+    /// shell would).
+    pub fn client(&self, script: &str) -> (bool, String, String) {
+        let hosts = self.dir.path().join("hosts");
+        fs::write(
+            &hosts,
+            format!(
+                "127.0.0.1 localhost\n{} {NAME} other.inspect.test\n",
+                self.api.ip()
+            ),
+        )
+        .unwrap();
+        let inner = format!(
+            "[ -r /etc/profile.d/jitproxy-ca.sh ] && . /etc/profile.d/jitproxy-ca.sh; {script}"
+        );
+        let mut cmd = self.cgroup.command("unshare");
+        cmd.args(["-m", "sh", "-c"])
+            .arg(format!(
+                "mount --bind {} /etc/hosts && exec setpriv --reuid={NOBODY} --regid={NOBODY} --clear-groups -- env HOME=/tmp sh -c \"$0\"",
+                hosts.display()
+            ))
+            .arg(inner);
+        output(&mut cmd)
+    }
+
+    /// curl as nobody; returns (ok, body + stderr).
+    pub fn curl(&self, args: &str) -> (bool, String) {
+        let (ok, out, err) = self.client(&format!("curl -sS -m 10 {args}"));
+        (ok, format!("{out}{err}"))
+    }
+
+    pub fn grant(&self, allow: &[&str]) -> String {
+        let mut args = vec![
+            "grant",
+            "nobody",
+            "payments-api",
+            "--for",
+            "1h",
+            "--reason",
+            "INC-1",
+        ];
+        for rule in allow {
+            args.push("--allow");
+            args.push(rule);
+        }
+        self.daemon.operator(&args)
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        if self.installed {
+            let _ = self.ca("uninstall");
+        }
+        let _ = self.nginx.kill();
+        let _ = self.nginx.wait();
+    }
+}
+
+/// The upstream's own CA and its certificate for [`NAME`] (openssl).
+pub fn upstream_pki(dir: &Path) {
+    let run = |args: &[&str]| {
+        let (ok, out, err) = output(Command::new("openssl").args(args).current_dir(dir));
+        assert!(ok, "openssl {args:?}: {out}{err}");
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "upstream-ca.key",
+        "-out",
+        "upstream-ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=upstream test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "api.key",
+        "-out",
+        "api.csr",
+        "-subj",
+        &format!("/CN={NAME}"),
+    ]);
+    fs::write(dir.join("ext"), format!("subjectAltName=DNS:{NAME}\n")).unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "api.csr",
+        "-CA",
+        "upstream-ca.crt",
+        "-CAkey",
+        "upstream-ca.key",
+        "-CAcreateserial",
+        "-out",
+        "api.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+}
+
+/// nginx on `api` with h2 and HTTP/1.1; it answers with what it received:
+/// whether the credential (and the `api_key` query value) was the real one,
+/// the path, and the protocol; never the secret itself.
+// The child is returned and waited for by `World`'s drop.
+#[allow(clippy::zombie_processes)]
+pub fn start_nginx(dir: &Path, api: SocketAddr) -> Child {
+    let conf = format!(
+        r#"daemon off;
+master_process off;
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/nginx-error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    map $http_authorization $auth {{ "Bearer {SECRET}" "real"; "" "none"; default "other"; }}
+    map $arg_api_key $key {{ "{SECRET}" "real"; "" "none"; default "other"; }}
+    server {{
+        listen {api} ssl http2;
+        server_name {NAME};
+        ssl_certificate {dir}/api.crt;
+        ssl_certificate_key {dir}/api.key;
+        location / {{
+            default_type text/plain;
+            return 200 "auth=$auth key=$key uri=$uri proto=$server_protocol\n";
+        }}
+    }}
+}}
+"#,
+        dir = dir.display(),
+    );
+    let path = dir.join("nginx.conf");
+    fs::write(&path, conf).unwrap();
+    let child = Command::new("/usr/sbin/nginx")
+        .args(["-c", path.to_str().unwrap(), "-p"])
+        .arg(dir)
+        .spawn()
+        .expect("nginx");
+    // Ready when it accepts.
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(api).is_ok() {
+            return child;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!(
+        "nginx did not start: {}",
+        fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()
+    );
+}
+
+pub fn records_of(daemon: &Daemon, kind: &str) -> Vec<serde_json::Value> {
+    daemon.events_of(kind)
+}
