@@ -264,3 +264,86 @@ fn base64(bytes: &[u8]) -> String {
     }
     out
 }
+
+#[test]
+fn the_ca_is_name_constrained_and_a_forged_leaf_does_not_verify() {
+    let w = World::new(5, "ca", "");
+    let ca_dir = w.daemon.state_dir().join("ca");
+    let ca_crt = ca_dir.join("ca.crt");
+    let text = openssl(
+        &["x509", "-noout", "-text", "-in", ca_crt.to_str().unwrap()],
+        w.dir.path(),
+    )
+    .1;
+    assert!(text.contains("X509v3 Name Constraints: critical"), "{text}");
+    assert!(text.contains(&format!("DNS:{NAME}")), "{text}");
+    assert!(text.contains("CA:TRUE, pathlen:0"), "{text}");
+
+    // What a stolen key could mint: a leaf for another site, signed by the
+    // CA's own key. openssl refuses it; so does rustls (unit test in
+    // proxy/src/proxy/http/ca.rs).
+    let dir = w.dir.path();
+    fs::write(dir.join("forged.ext"), "subjectAltName=DNS:bank.example\n").unwrap();
+    let ok = |args: &[&str]| {
+        let (ok, out) = openssl(args, dir);
+        assert!(ok, "openssl {args:?}: {out}");
+    };
+    ok(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "forged.key",
+        "-out",
+        "forged.csr",
+        "-subj",
+        "/CN=bank.example",
+    ]);
+    ok(&[
+        "x509",
+        "-req",
+        "-in",
+        "forged.csr",
+        "-CA",
+        ca_crt.to_str().unwrap(),
+        "-CAkey",
+        ca_dir.join("ca.key").to_str().unwrap(),
+        "-CAcreateserial",
+        "-out",
+        "forged.crt",
+        "-days",
+        "1",
+        "-extfile",
+        "forged.ext",
+    ]);
+    let (verified, out) = openssl(
+        &["verify", "-CAfile", ca_crt.to_str().unwrap(), "forged.crt"],
+        dir,
+    );
+    assert!(!verified, "{out}");
+    assert!(out.contains("permitted subtree violation"), "{out}");
+
+    // And the CA's own leaf for the target's name does verify, in openssl,
+    // with the copy `ca install` put in the system store.
+    w.grant(&[]);
+    let (_, out, err) = w.client(&format!(
+        "echo | openssl s_client -connect {NAME}:{} -servername {NAME} -verify_return_error -CAfile {} 2>&1 | grep -E 'Verify return code|subject='",
+        w.api.port(),
+        "/usr/local/share/ca-certificates/jitproxy-local-ca.crt"
+    ));
+    let _ = err;
+    assert!(out.contains("Verify return code: 0 (ok)"), "{out}");
+    assert!(out.contains(NAME), "{out}");
+}
+
+fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
+    let (ok, out, err) = jitproxy_e2e::output(
+        std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir),
+    );
+    (ok, out + &err)
+}
