@@ -40,6 +40,31 @@ pub mod fuzzing {
         crate::audit::log::recover_tail(path)
     }
 
+    /// A TLS ClientHello as inspect mode reads it (rustls's parser), then
+    /// the choice of server name among `names`: `None` while more bytes
+    /// are needed or the hello is invalid; else the chosen name or the
+    /// refusal's code.
+    pub fn client_hello(
+        bytes: &[u8],
+        names: &[std::sync::Arc<str>],
+    ) -> Option<Result<String, String>> {
+        let mut acceptor = rustls::server::Acceptor::default();
+        let mut reader = bytes;
+        while !reader.is_empty() {
+            match acceptor.read_tls(&mut reader) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+        let accepted = acceptor.accept().ok()??;
+        let hello = accepted.client_hello();
+        Some(
+            crate::proxy::http::choose_name("fuzz", names, None, hello.server_name())
+                .map(|n| n.to_string())
+                .map_err(|refused| refused.code.to_owned()),
+        )
+    }
+
     /// The audit signing key's loading (or creation): its secret bytes.
     pub fn load_or_create_key(path: &Path) -> io::Result<[u8; 32]> {
         crate::audit::log::load_or_create_key(path).map(|key| key.to_bytes())

@@ -14,14 +14,15 @@
 use std::{
     fs,
     net::SocketAddr,
-    path::Path,
-    process::{Child, Command},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
     sync::{Mutex, MutexGuard},
 };
 
 use crate::{listen_port, output, Cgroup, Daemon, NOBODY};
 
-/// First listen port of these tests.
+/// First listen port of these tests: inspect.rs has indexes 1 to 19,
+/// inspect_protocols.rs from 20.
 pub const INSPECT_PORTS: u16 = 1000;
 pub const NAME: &str = "api.inspect.test";
 pub const SECRET: &str = "s3cr3t-Token-4711";
@@ -39,7 +40,8 @@ pub struct World {
     _turn: MutexGuard<'static, ()>,
     pub dir: tempfile::TempDir,
     pub api: SocketAddr,
-    pub nginx: Child,
+    /// `None` when the test serves the API itself ([`World::without_nginx`]).
+    pub nginx: Option<Child>,
     pub daemon: Daemon,
     pub cgroup: Cgroup,
     installed: bool,
@@ -47,6 +49,16 @@ pub struct World {
 
 impl World {
     pub fn new(index: u8, name: &str, extra: &str) -> Self {
+        Self::build(index, name, extra, true)
+    }
+
+    /// A world whose API address has nothing listening: the test starts its
+    /// own upstream there ([`Server`]), or none.
+    pub fn without_nginx(index: u8, name: &str, extra: &str) -> Self {
+        Self::build(index, name, extra, false)
+    }
+
+    fn build(index: u8, name: &str, extra: &str, nginx: bool) -> Self {
         let turn = turn();
         let dir = tempfile::Builder::new()
             .prefix("jitproxy-inspect-")
@@ -54,7 +66,7 @@ impl World {
             .unwrap();
         let api = SocketAddr::from(([127, 0, 60 + index, 2], 8443));
         upstream_pki(dir.path());
-        let nginx = start_nginx(dir.path(), api);
+        let nginx = nginx.then(|| start_nginx(dir.path(), api));
         let secret = dir.path().join("secret");
         fs::write(&secret, format!("{SECRET}\n")).unwrap();
         let mut perms = fs::metadata(&secret).unwrap().permissions();
@@ -114,6 +126,12 @@ impl World {
     /// mapped and the environment `ca install` wrote sourced (as a login
     /// shell would).
     pub fn client(&self, script: &str) -> (bool, String, String) {
+        output(&mut self.client_command(script))
+    }
+
+    /// The command [`World::client`] runs, to start and wait for as one
+    /// likes (e.g. as a [`crate::Held`] client).
+    pub fn client_command(&self, script: &str) -> Command {
         let hosts = self.dir.path().join("hosts");
         fs::write(
             &hosts,
@@ -133,7 +151,7 @@ impl World {
                 hosts.display()
             ))
             .arg(inner);
-        output(&mut cmd)
+        cmd
     }
 
     /// curl as nobody; returns (ok, body + stderr).
@@ -158,6 +176,45 @@ impl World {
         }
         self.daemon.operator(&args)
     }
+
+    /// [`World::grant`], returning the grant's id.
+    pub fn grant_id(&self, allow: &[&str]) -> i64 {
+        let mut args = vec![
+            "grant",
+            "nobody",
+            "payments-api",
+            "--for",
+            "1h",
+            "--reason",
+            "INC-1",
+            "--json",
+        ];
+        for rule in allow {
+            args.push("--allow");
+            args.push(rule);
+        }
+        let out = self.daemon.operator(&args);
+        let grant: serde_json::Value =
+            serde_json::from_str(&out).unwrap_or_else(|e| panic!("grant JSON: {e}: {out}"));
+        grant["id"].as_i64().expect("grant id")
+    }
+
+    /// Writes `text` to `world.dir/name` (readable by the clients) and
+    /// returns its path.
+    pub fn script(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Lines of nginx's access log that hold `needle` (a path).
+    pub fn upstream_saw(&self, needle: &str) -> usize {
+        fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
 }
 
 impl Drop for World {
@@ -165,8 +222,60 @@ impl Drop for World {
         if self.installed {
             let _ = self.ca("uninstall");
         }
-        let _ = self.nginx.kill();
-        let _ = self.nginx.wait();
+        if let Some(nginx) = self.nginx.as_mut() {
+            let _ = nginx.kill();
+            let _ = nginx.wait();
+        }
+    }
+}
+
+/// An upstream a test runs on the world's API address instead of nginx: a
+/// Python script run as root outside the cgroup (so its own connections are
+/// never redirected), its output in `world.dir/<script>.log`. Killed and
+/// waited for on drop.
+pub struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    /// Writes `text` to `world.dir/name`, runs it with `args` and waits
+    /// until the API address accepts connections.
+    pub fn python(world: &World, name: &str, text: &str, args: &[&str]) -> Self {
+        let script = world.script(name, text);
+        let log = world.dir.path().join(format!("{name}.log"));
+        let out = fs::File::create(&log).unwrap();
+        let child = Command::new(crate::PYTHON)
+            .arg(&script)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut server = Self { child, log };
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(world.api).is_ok() {
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                panic!("{name} exited with {status}:\n{}", server.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("{name} did not listen on {} in 10 s:\n{}", world.api, server.log());
+    }
+
+    /// What it printed so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -227,9 +336,10 @@ pub fn upstream_pki(dir: &Path) {
     ]);
 }
 
-/// nginx on `api` with h2 and HTTP/1.1; it answers with what it received:
-/// whether the credential (and the `api_key` query value) was the real one,
-/// the path, and the protocol; never the secret itself.
+/// nginx on `api` with h2 and HTTP/1.1, each request in `access.log`; it
+/// answers with what it received: whether the credential (and the `api_key`
+/// query value) was the real one, the path, and the protocol; never the
+/// secret itself.
 // The child is returned and waited for by `World`'s drop.
 #[allow(clippy::zombie_processes)]
 pub fn start_nginx(dir: &Path, api: SocketAddr) -> Child {
@@ -241,7 +351,7 @@ pid {dir}/nginx.pid;
 error_log {dir}/nginx-error.log;
 events {{ worker_connections 256; }}
 http {{
-    access_log off;
+    access_log {dir}/access.log;
     client_body_temp_path {dir}/body;
     proxy_temp_path {dir}/proxy;
     fastcgi_temp_path {dir}/fastcgi;

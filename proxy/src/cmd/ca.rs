@@ -48,6 +48,17 @@ pub(super) enum CaCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Make a new local CA for the config's inspect targets (when it names
+    /// servers the current CA's constraints do not cover, or the key may
+    /// have leaked). Then reload or restart the daemon, and run `ca
+    /// install` again: it replaces the old CA in the trust stores.
+    #[command(
+        after_help = "Example:\n  sudo jitproxy ca rotate && sudo systemctl reload jitproxy && sudo jitproxy ca install"
+    )]
+    Rotate {
+        #[command(flatten)]
+        from: CaSource,
+    },
     /// Undo exactly what `ca install` did. Needs root.
     #[command(after_help = "Example:\n  sudo jitproxy ca uninstall")]
     Uninstall {
@@ -77,6 +88,7 @@ impl CaCommand {
             Self::Show { from, .. }
             | Self::Export { from, .. }
             | Self::Install { from, .. }
+            | Self::Rotate { from }
             | Self::Uninstall { from, .. } => from,
         }
     }
@@ -93,6 +105,7 @@ pub(super) fn run(config: &Config, command: CaCommand) -> Result<Exit, CmdError>
             let report = trust::install(state_dir, &TrustPaths::system()).map_err(trust_error)?;
             finish(&report, json, None, "install")
         }
+        CaCommand::Rotate { .. } => rotate(config),
         CaCommand::Uninstall { json, .. } => {
             need_root("uninstall")?;
             match trust::uninstall(state_dir, &TrustPaths::system()).map_err(trust_error)? {
@@ -108,6 +121,42 @@ pub(super) fn run(config: &Config, command: CaCommand) -> Result<Exit, CmdError>
             }
         }
     }
+}
+
+/// `ca rotate`: a new CA constrained to the config's inspect server names.
+fn rotate(config: &Config) -> Result<Exit, CmdError> {
+    need_root("rotate")?;
+    let names: Vec<String> = config
+        .targets
+        .iter()
+        .filter(|t| !t.retired)
+        .filter_map(|t| t.mode.inspect())
+        .filter(|i| i.upstream_tls)
+        .flat_map(|i| i.server_names.iter().cloned())
+        .collect();
+    if names.is_empty() {
+        return Err(CmdError::usage(
+            "the config has no inspect target that terminates TLS, so a CA would vouch for nothing",
+        )
+        .with_hint("add `mode = \"inspect\"` to a target first"));
+    }
+    let ca = crate::proxy::http::ca::LocalCa::create(
+        &config.state_dir,
+        &names,
+        crate::proxy::http::provider(),
+    )
+    .map_err(CmdError::failure)?;
+    println!(
+        "made a new local CA {}\n  for: {}",
+        ca.fingerprint(),
+        names
+            .iter()
+            .map(|n| Escaped(n).to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!("next: reload the daemon (`systemctl reload jitproxy`, or SIGHUP), then `jitproxy ca install` to trust the new CA instead of the old one");
+    Ok(Exit::Success)
 }
 
 fn load(config: &Config) -> Result<LocalCa, CmdError> {

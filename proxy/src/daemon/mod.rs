@@ -105,6 +105,11 @@ pub async fn run(
     reread: reload::Reader,
     shutdown: CancellationToken,
 ) -> Result<(), DaemonError> {
+    // Inspect targets' secrets live in this process: no core dump of it,
+    // and no ptrace or /proc/PID/mem by anyone but root (PR_SET_DUMPABLE).
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot mark the daemon non-dumpable; a core dump could hold secrets");
+    }
     cgroup::check_no_v1_net_controllers()?;
     let cgroup = cgroup::resolve(options.cgroup.as_deref().or(config.cgroup.as_deref()))?;
     let _lock = lock(&cgroup)?;

@@ -396,38 +396,10 @@ impl Inspector {
                 Err(_) => return refused("client_tls", "no TLS hello within 10 s".to_owned(), None),
             },
         };
-        let hello = start.client_hello();
-        let Some(sni) = hello.server_name().map(str::to_ascii_lowercase) else {
-            return refused(
-                "missing_sni",
-                format!(
-                    "the client sent no TLS server name; connect by name ({})",
-                    self.names.join(", ")
-                ),
-                None,
-            );
+        let name = match self.choose_name(start.client_hello().server_name()) {
+            Ok(name) => name,
+            Err(no) => return refused(no.code, no.reason, no.name),
         };
-        let Some(name) = self.names.iter().find(|n| ***n == *sni).cloned() else {
-            return refused(
-                "foreign_sni",
-                format!(
-                    "TLS server name `{}` is not one of {}'s names ({})",
-                    sni,
-                    self.target,
-                    self.names.join(", ")
-                ),
-                None,
-            );
-        };
-        if let Some(ca) = &self.ca {
-            if !ca.permitted().covers(&name) {
-                return refused(
-                    "ca_constraints",
-                    format!("the local CA does not cover `{name}`; run `jitproxy ca rotate`, then `jitproxy ca install`"),
-                    Some(name),
-                );
-            }
-        }
 
         // 2. TLS with our leaf.
         let handshake = tokio::select! {
@@ -506,9 +478,65 @@ impl Inspector {
         &self.target
     }
 
+    /// Which of the target's names a ClientHello's server name (SNI) is,
+    /// or why the connection is refused: no name, another name, or one the
+    /// local CA does not cover.
+    pub fn choose_name(&self, sni: Option<&str>) -> Result<Arc<str>, NameRefused> {
+        choose_name(&self.target, &self.names, self.ca.as_deref(), sni)
+    }
+
     pub fn target_id(&self) -> u32 {
         self.target_id
     }
+}
+
+/// Why a ClientHello's server name was refused: the code, the reason, and
+/// the name when it was one of the target's.
+#[derive(Debug)]
+pub struct NameRefused {
+    pub code: &'static str,
+    pub reason: String,
+    pub name: Option<Arc<str>>,
+}
+
+/// [`Inspector::choose_name`], on its parts (for the fuzz target).
+pub fn choose_name(
+    target: &str,
+    names: &[Arc<str>],
+    ca: Option<&LocalCa>,
+    sni: Option<&str>,
+) -> Result<Arc<str>, NameRefused> {
+    let Some(sni) = sni else {
+        return Err(NameRefused {
+            code: "missing_sni",
+            reason: format!(
+                "the client sent no TLS server name; connect by name ({})",
+                names.join(", ")
+            ),
+            name: None,
+        });
+    };
+    let Some(name) = names.iter().find(|n| n.eq_ignore_ascii_case(sni)).cloned() else {
+        return Err(NameRefused {
+            code: "foreign_sni",
+            reason: format!(
+                "TLS server name `{}` is not one of {target}'s names ({})",
+                sni.escape_default(),
+                names.join(", ")
+            ),
+            name: None,
+        });
+    };
+    if ca.is_some_and(|ca| !ca.permitted().covers(&name)) {
+        return Err(NameRefused {
+            code: "ca_constraints",
+            reason: format!(
+                "the local CA does not cover `{name}`; run `jitproxy ca rotate`, then `jitproxy ca install`"
+            ),
+            name: Some(name),
+        });
+    }
+    Ok(name)
 }
 
 /// How long a client has for its TLS hello and handshake.
