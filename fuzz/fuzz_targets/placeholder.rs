@@ -85,7 +85,8 @@ fn credentials() -> &'static [Credential; 2] {
                 Template::parse("Bearer {secret}").expect("the template"),
                 secret(),
                 vec!["api_key".into(), "token".into()],
-            ),
+            )
+            .with_placeholder_headers(HEADERS.iter().map(|h| HeaderName::from_static(h)).collect()),
             Credential::new(None, Template::default(), secret(), Vec::new()),
         ]
     })

@@ -263,7 +263,11 @@ impl Server {
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        panic!("{name} did not listen on {} in 10 s:\n{}", world.api, server.log());
+        panic!(
+            "{name} did not listen on {} in 10 s:\n{}",
+            world.api,
+            server.log()
+        );
     }
 
     /// What it printed so far.

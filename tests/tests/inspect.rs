@@ -347,3 +347,30 @@ fn openssl(args: &[&str], dir: &Path) -> (bool, String) {
     );
     (ok, out + &err)
 }
+
+#[test]
+fn request_shapes_that_would_escape_the_decision_are_refused() {
+    let w = World::new(6, "shapes", "");
+    w.grant(&["GET /v1/payments/*", "POST /v1/payments/*"]);
+    let url = w.url("/v1/payments/7");
+    for (what, args) in [
+        // TRACE would echo the injected credential back.
+        ("trace", format!("-X TRACE '{url}'")),
+        ("method override", format!("-X POST -H 'X-HTTP-Method-Override: DELETE' '{url}'")),
+        ("url override", format!("-H 'X-Original-URL: /v1/admin' '{url}'")),
+        // A Host whose text starts with the target's name.
+        ("user info", format!("--http1.1 -H 'Host: {NAME}@evil.example' '{url}'")),
+        // h2c would carry requests past the scopes after the 101.
+        ("h2c", format!("--http1.1 -H 'Connection: Upgrade, HTTP2-Settings' -H 'Upgrade: h2c' -H 'HTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA' '{url}'")),
+        // A placeholder in a header the API might echo (Origin into CORS).
+        ("echoed header", format!("-H 'Origin: jitproxy:payments-api' '{url}'")),
+    ] {
+        let (_, body) = w.curl(&format!("-w ' status=%{{http_code}}' {args}"));
+        assert!(body.contains("status=403"), "{what}: {body}");
+        assert!(!body.contains("auth="), "{what} reached the upstream: {body}");
+        assert!(!body.contains(SECRET), "{what}: {body}");
+    }
+    // And a plain request still goes.
+    let (ok, body) = w.curl(&format!("'{url}'"));
+    assert!(ok && body.contains("auth=real"), "{body}");
+}

@@ -46,16 +46,19 @@ fn grpc_over_h2_gets_the_credential_streams_and_statuses() {
         out.contains("stream-trailer 3"),
         "the stream's trailers: {said}"
     );
-    assert!(out.contains("stream-code OK"), "the stream's status: {said}");
+    assert!(
+        out.contains("stream-code OK"),
+        "the stream's status: {said}"
+    );
     assert!(
         out.contains("fail PERMISSION_DENIED not for you"),
         "a handler's non-OK status reaches the client as it was: {said}"
     );
     assert!(!said.contains(SECRET), "the secret was shown: {said}");
 
-    let records = w.daemon.wait_records("three gRPC calls completed", |r| {
-        completed(r).count() >= 3
-    });
+    let records = w
+        .daemon
+        .wait_records("three gRPC calls completed", |r| completed(r).count() >= 3);
     for path in ["/test.Api/Who", "/test.Api/Count", "/test.Api/Fail"] {
         let record = completed(&records)
             .find(|e| e["detail"]["path"] == path)
@@ -92,7 +95,10 @@ fn a_websocket_echoes_with_the_credential_and_is_cut_when_access_ends() {
         )
     };
     let mut lines = Vec::new();
-    while !lines.last().is_some_and(|l: &String| l == "ready" || l.is_empty()) {
+    while !lines
+        .last()
+        .is_some_and(|l: &String| l == "ready" || l.is_empty())
+    {
         lines.push(client.line());
         if lines.last().is_some_and(|l| l.starts_with("failed")) {
             break;

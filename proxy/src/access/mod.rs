@@ -725,8 +725,20 @@ fn routes_of(config: &Config) -> Vec<Route> {
         .collect()
 }
 
+/// The index of `grants` on `config`'s targets. A grant with `--allow`
+/// rules covers nothing on a target that cannot enforce them (one a reload
+/// made passthrough): it would admit whole connections otherwise.
 fn build_index(config: &Config, grants: &[Grant], now: UnixMs) -> GrantIndex {
-    GrantIndex::build(grants, now, |name| config.target_id(name))
+    let enforceable = |g: &&Grant| {
+        g.scopes.is_empty()
+            || config
+                .targets
+                .iter()
+                .any(|t| t.name == g.target && !t.retired && t.mode.inspect().is_some())
+    };
+    GrantIndex::build(grants.iter().filter(enforceable), now, |name| {
+        config.target_id(name)
+    })
 }
 
 async fn resolve_subject(who: &str) -> Result<(Subject, Option<String>), AccessError> {

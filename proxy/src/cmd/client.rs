@@ -523,6 +523,33 @@ pub(super) async fn audit(
     }
 }
 
+/// An inspected request's line: `GET /v1/payments/7`, then its status, or
+/// the refusal's code (`403 scope`), and the rule that let it through.
+fn http_outcome(e: &crate::audit::Event) -> String {
+    let detail = e.detail.as_ref();
+    let field = |k: &str| {
+        detail
+            .and_then(|d| d.get(k))
+            .and_then(|v| v.as_str())
+            .unwrap_or("")
+    };
+    let mut out = format!("{} {}", field("method"), field("path"));
+    if let Some(status) = detail
+        .and_then(|d| d.get("status"))
+        .and_then(serde_json::Value::as_u64)
+    {
+        out.push_str(&format!(" → {status}"));
+    }
+    if let Some(code) = &e.code {
+        out.push_str(&format!(" {code}"));
+    }
+    let rule = field("rule");
+    if !rule.is_empty() {
+        out.push_str(&format!(" ({rule})"));
+    }
+    Escaped(&out).to_string()
+}
+
 fn audit_row(r: &Record) -> [String; 7] {
     let e = &r.event;
     let user = e.user.as_ref().map_or_else(String::new, |u| {
@@ -546,6 +573,10 @@ fn audit_row(r: &Record) -> [String; 7] {
         | EventKind::RequestDenied
         | EventKind::RequestExpired
         | EventKind::BreakGlassUsed => request_outcome(e),
+        EventKind::HttpAllowed
+        | EventKind::HttpDenied
+        | EventKind::HttpRateLimited
+        | EventKind::HttpCompleted => http_outcome(e),
         _ => e
             .code
             .clone()

@@ -217,6 +217,9 @@ pub struct Credential {
     pub secret: SecretRef,
     /// Query parameters whose placeholder value is swapped for the secret.
     pub placeholder_query: Vec<String>,
+    /// Headers whose placeholders are swapped (lowercase); a placeholder in
+    /// any other header is refused.
+    pub placeholder_headers: Vec<String>,
 }
 
 /// Where a credential's secret is read from.

@@ -145,6 +145,8 @@ pub(super) struct RawCredential {
     pub(super) secret_env: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) placeholder_query: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) placeholder_headers: Vec<Spanned<String>>,
 }
 
 mod defaults {

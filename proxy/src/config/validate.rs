@@ -625,7 +625,11 @@ fn credential(
             "a credential needs its secret: set `secret_file` (a root-only file) or `secret_env`",
         )),
     };
-    if header.is_none() && c.placeholder_query.is_empty() && c.value.is_some() {
+    if header.is_none()
+        && c.placeholder_query.is_empty()
+        && c.placeholder_headers.is_empty()
+        && c.value.is_some()
+    {
         return Err(errors.at(
             raw,
             key("header"),
@@ -648,11 +652,23 @@ fn credential(
         }
         placeholder_query.push(q.get_ref().clone());
     }
+    let mut placeholder_headers = Vec::new();
+    for (j, h) in c.placeholder_headers.iter().enumerate() {
+        if !is_header_name(h.get_ref()) || is_hop_header(h.get_ref()) {
+            return Err(errors.at(
+                h,
+                key(&format!("placeholder_headers[{j}]")),
+                format!("`{}` is not a header a placeholder can go in", h.get_ref()),
+            ));
+        }
+        placeholder_headers.push(h.get_ref().to_ascii_lowercase());
+    }
     Ok(Credential {
         header,
         value,
         secret,
         placeholder_query,
+        placeholder_headers,
     })
 }
 

@@ -247,6 +247,7 @@ impl Proxy {
             bytes_up: Arc::default(),
             bytes_down: Arc::default(),
             cut: CancellationToken::new(),
+            relays: tokio_util::task::TaskTracker::new(),
         };
         let served = inspector.serve(client, context, cut).await;
         drop(allowed.slot);

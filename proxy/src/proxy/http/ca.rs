@@ -176,6 +176,13 @@ impl LocalCa {
         };
         let der = pem_certificate(&cert_pem).ok_or_else(|| unreadable("no certificate".into()))?;
         let permitted = permitted_of(&der).map_err(unreadable)?;
+        // A crash or a reload in the middle of `ca rotate` could pair one
+        // CA's key with the other's certificate: every leaf would then fail.
+        if public_key_of(&der).map_err(unreadable)? != key.public_key_raw() {
+            return Err(unreadable(
+                "its key (ca.key) is not the certificate's (ca.crt)".to_owned(),
+            ));
+        }
         let issuer = Issuer::from_ca_cert_der(&der, key).map_err(|e| unreadable(e.to_string()))?;
         Ok(Self {
             issuer,
@@ -368,6 +375,12 @@ pub fn permitted_of(der: &[u8]) -> Result<Permitted, String> {
         }
     }
     Ok(permitted)
+}
+
+/// The certificate's public key, as its SubjectPublicKeyInfo holds it.
+fn public_key_of(der: &[u8]) -> Result<Vec<u8>, String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).map_err(|e| e.to_string())?;
+    Ok(cert.public_key().subject_public_key.data.to_vec())
 }
 
 /// An address and mask as name constraints write them (8 or 32 bytes).

@@ -88,6 +88,10 @@ pub struct Credential {
     source: SecretCell,
     /// Query parameters whose placeholder value is swapped, by name.
     placeholder_query: Vec<String>,
+    /// Headers whose placeholders are swapped. Only these: a placeholder in
+    /// any other header is refused, since an API may echo a header (Origin
+    /// into CORS, request ids, error bodies) and would hand the secret back.
+    placeholder_headers: Vec<HeaderName>,
 }
 
 /// What [`Credential::apply`] did to a request.
@@ -377,7 +381,15 @@ impl Credential {
             template,
             source,
             placeholder_query,
+            placeholder_headers: Vec::new(),
         }
+    }
+
+    /// The headers whose placeholders are swapped (none by default).
+    #[must_use]
+    pub fn with_placeholder_headers(mut self, headers: Vec<HeaderName>) -> Self {
+        self.placeholder_headers = headers;
+        self
     }
 
     pub fn header(&self) -> Option<&HeaderName> {
@@ -416,7 +428,10 @@ impl Credential {
             headers.remove(name);
         }
         let mut swapped = 0;
-        for (_, value) in headers.iter_mut() {
+        for (name, value) in headers.iter_mut() {
+            if !self.placeholder_headers.contains(name) {
+                continue;
+            }
             let Some((new, n)) = swap(value.as_bytes(), placeholder.as_bytes(), secret.expose())
             else {
                 continue;
@@ -837,6 +852,12 @@ mod tests {
             Template::parse(value).unwrap(),
             SecretCell::from_secret(secret()),
             query.iter().map(|q| (*q).to_owned()).collect(),
+        )
+        .with_placeholder_headers(
+            ["x-api-key", "x-key", "cookie", "authorization"]
+                .into_iter()
+                .map(HeaderName::from_static)
+                .collect(),
         )
     }
 
@@ -1387,5 +1408,19 @@ mod tests {
         assert_eq!(s("jitproxy:apx"), None);
         assert!(has_marker(b"xxjijitproxy:".iter().copied()));
         assert!(!has_marker(b"jitproxy".iter().copied()));
+    }
+
+    #[test]
+    fn a_placeholder_in_a_header_not_listed_is_refused_not_swapped() {
+        // An API may echo Origin (CORS) or other headers back: the secret
+        // must not be put where it would return to the client.
+        let c = credential(Some("authorization"), "Bearer {secret}", &[]);
+        let mut h = headers(&[("origin", "jitproxy:payments-api")]);
+        let err = c.apply("payments-api", &mut h, "/").unwrap_err();
+        assert!(!err.to_string().contains(SECRET), "{err}");
+        assert!(h.get("origin").is_some_and(|v| !v
+            .as_bytes()
+            .windows(SECRET.len())
+            .any(|w| w == SECRET.as_bytes())));
     }
 }

@@ -70,7 +70,26 @@ pub(super) async fn exchange(
     let mut record = RequestRecord::start(&ctx, number, &request);
     let inspector = &ctx.inspector;
 
-    // 1 and 3. A live grant whose scopes allow this request.
+    // 1. The user's request rate, first: refusals cost an audit record
+    // too, so they count.
+    if let Err(wait) = inspector.requests.take(ctx.keys.uid, Instant::now()) {
+        let refused = Refused {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "rate_limited",
+            reason: format!("more requests per second than {} allows", inspector.target),
+            rule: None,
+            retry_after: Some(wait),
+        };
+        return Ok(refuse(&ctx, record, &request, refused));
+    }
+
+    // 2. Methods that echo or tunnel, and headers that would make the
+    // upstream act on another method or path than the one decided on.
+    if let Some(refused) = refused_shape(&request) {
+        return Ok(refuse(&ctx, record, &request, refused));
+    }
+
+    // 3. A live grant whose scopes allow this request.
     let verdict = ctx.proxy.policy.request_verdict(
         &ctx.keys,
         inspector.target_id,
@@ -98,7 +117,7 @@ pub(super) async fn exchange(
                     "grant {grant_id} allows only {}; {} {} is not among them",
                     rules.join(", "),
                     request.method(),
-                    request.uri().path()
+                    shown(request.uri().path())
                 ),
             );
             refused.rule = Some(rules.join(", "));
@@ -116,55 +135,52 @@ pub(super) async fn exchange(
     record.grant_id = Some(grant_id);
     record.rule = rule.clone();
 
-    // 2. The name the client asked for is the target's.
+    // 4. The name the client asked for is the target's, exactly: what goes
+    // upstream is that configured name (and the client's port).
     let authority = match authority_of(&request) {
-        Some(host)
-            if inspector
-                .names
-                .iter()
-                .any(|n| n.eq_ignore_ascii_case(host.0)) =>
+        Some((host, port)) => match inspector
+            .names
+            .iter()
+            .find(|n| n.eq_ignore_ascii_case(host))
         {
-            host.1
-        }
-        Some(host) => {
-            let reason = format!(
-                "Host `{}` is not one of {}'s names ({})",
-                host.0.escape_default(),
-                inspector.target,
-                inspector.names.join(", ")
-            );
-            return Ok(refuse(
-                &ctx,
-                record,
-                &request,
-                Refused::forbidden("host", reason),
-            ));
-        }
+            Some(name) => match port {
+                Some(port) => format!("{name}:{port}"),
+                None => name.to_string(),
+            },
+            None => {
+                let reason = format!(
+                    "Host `{}` is not one of {}'s names ({})",
+                    shown(host),
+                    inspector.target,
+                    inspector.names.join(", ")
+                );
+                return Ok(refuse(
+                    &ctx,
+                    record,
+                    &request,
+                    Refused::forbidden("host", reason),
+                ));
+            }
+        },
         None => {
             return Ok(refuse(
                 &ctx,
                 record,
                 &request,
-                Refused::forbidden("host", "the request names no host (Host or :authority)"),
+                Refused::forbidden(
+                    "host",
+                    "the request names no host, or one with user info (Host or :authority)",
+                ),
             ))
         }
     };
 
-    // 4. The user's request rate.
-    if let Err(wait) = inspector.requests.take(ctx.keys.uid, Instant::now()) {
-        let refused = Refused {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            code: "rate_limited",
-            reason: format!("more requests per second than {} allows", inspector.target),
-            rule: None,
-            retry_after: Some(wait),
-        };
-        return Ok(refuse(&ctx, record, &request, refused));
-    }
-
     // 5. The credential.
     let upgrade = is_upgrade(&request);
     strip_hop_headers(request.headers_mut(), upgrade);
+    for name in SPOOFABLE {
+        request.headers_mut().remove(name);
+    }
     let path_and_query = request
         .uri()
         .path_and_query()
@@ -216,6 +232,26 @@ pub(super) async fn exchange(
         Ok(sender) => sender,
         Err(e) => return Ok(record.failed(StatusCode::BAD_GATEWAY, e.code(), &e.to_string())),
     };
+    // The fsync and the connect took time: a grant that ended meanwhile
+    // stops the request here (nothing was sent yet).
+    if !matches!(
+        ctx.proxy.policy.request_verdict(
+            &ctx.keys,
+            inspector.target_id,
+            request.method().as_str(),
+            request.uri().path(),
+        ),
+        RequestVerdict::Allow { .. }
+    ) {
+        return Ok(record.failed(
+            StatusCode::FORBIDDEN,
+            "grant_ended",
+            &format!(
+                "access to {} ended before the request was sent",
+                inspector.target
+            ),
+        ));
+    }
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     let uri = if sender.is_h2() {
@@ -257,7 +293,7 @@ pub(super) async fn exchange(
         if let Some(client_upgrade) = client_upgrade {
             let upstream_upgrade = hyper::upgrade::on(&mut response);
             let (parts, _) = response.into_parts();
-            tokio::spawn(relay(
+            ctx.relays.spawn(relay(
                 Arc::clone(&ctx),
                 client_upgrade,
                 upstream_upgrade,
@@ -406,14 +442,85 @@ fn refuse(
 
 /// The request's host (without port) and its authority as sent on
 /// (`host[:port]`), from `:authority` (HTTP/2) or `Host`.
-fn authority_of(request: &Request<Incoming>) -> Option<(&str, String)> {
-    if let Some(authority) = request.uri().authority() {
-        return Some((authority.host(), authority.as_str().to_owned()));
+fn authority_of(request: &Request<Incoming>) -> Option<(&str, Option<u16>)> {
+    let text = match request.uri().authority() {
+        Some(authority) => authority.as_str(),
+        None => request.headers().get(header::HOST)?.to_str().ok()?,
+    };
+    // User info (`name@host`) is refused: the host after it is not what a
+    // prefix of the text says.
+    if text.contains('@') {
+        return None;
     }
-    let host = request.headers().get(header::HOST)?.to_str().ok()?;
-    let authority: hyper::http::uri::Authority = host.parse().ok()?;
-    let name = host.get(..authority.host().len())?;
-    Some((name, authority.as_str().to_owned()))
+    let authority: hyper::http::uri::Authority = text.parse().ok()?;
+    let host = text.get(..authority.host().len())?;
+    (host == authority.host()).then(|| (host, authority.port_u16()))
+}
+
+/// Headers an upstream behind an auth proxy or a load balancer may take as
+/// who the caller is, or where it came from: the client cannot set them.
+const SPOOFABLE: [&str; 9] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-prefix",
+    "x-forwarded-proto",
+    "x-forwarded-user",
+    "x-remote-user",
+    "remote-user",
+    "x-real-ip",
+];
+
+/// A request jitproxy refuses for its shape, whatever the grant: TRACE and
+/// TRACK echo the request (with the credential) back; CONNECT tunnels past
+/// every later check; override headers make some frameworks act on another
+/// method or path than the one the scopes decided on.
+fn refused_shape(request: &Request<Incoming>) -> Option<Refused> {
+    let method = request.method().as_str();
+    if ["TRACE", "TRACK", "CONNECT"].contains(&method) {
+        return Some(Refused::forbidden(
+            "method",
+            format!("{method} is never let through an inspect target (it echoes or tunnels)"),
+        ));
+    }
+    const OVERRIDES: [&str; 5] = [
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
+        "x-original-url",
+        "x-rewrite-url",
+    ];
+    if let Some(name) = OVERRIDES
+        .iter()
+        .find(|h| request.headers().contains_key(**h))
+    {
+        return Some(Refused::forbidden(
+            "header",
+            format!("`{name}` would make the API act on another method or path than the one sent; send that method and path instead"),
+        ));
+    }
+    if let Some(upgrade) = request.headers().get(header::UPGRADE) {
+        if !upgrade.as_bytes().eq_ignore_ascii_case(b"websocket") {
+            return Some(Refused::forbidden(
+                "upgrade",
+                "only WebSocket upgrades are let through (h2c and others would carry requests past the scopes)",
+            ));
+        }
+    }
+    None
+}
+
+/// At most 200 characters of client input, escaped, for a message.
+fn shown(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(200)
+        .flat_map(char::escape_default)
+        .collect();
+    if text.chars().count() > 200 {
+        out.push('…');
+    }
+    out
 }
 
 fn is_upgrade(request: &Request<Incoming>) -> bool {
@@ -497,9 +604,9 @@ impl RequestRecord {
         });
         event.detail = Some(serde_json::json!({
             "request": number,
-            "method": request.method().as_str(),
-            "path": uri.path(),
-            "query": query,
+            "method": clipped(request.method().as_str(), 32),
+            "path": clipped(uri.path(), MAX_RECORDED),
+            "query": query.as_deref().map(|q| clipped(q, MAX_RECORDED)),
             "server_name": &*ctx.server_name,
             "version": format!("{:?}", request.version()),
         }));
@@ -596,6 +703,23 @@ impl Drop for RequestRecord {
             self.finish(event);
         }
     }
+}
+
+/// Bytes of a path or query a record keeps: a client cannot make records
+/// (and the disk they fill) larger than this by its request line.
+const MAX_RECORDED: usize = 1024;
+
+/// `text`, cut to at most `max` bytes (at a character boundary) and said
+/// so with its full length.
+fn clipped(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…({} bytes)", &text[..end], text.len()).into()
 }
 
 /// A query's parameter names only (`a=1&b=2` → `a&b`): values may be

@@ -262,12 +262,22 @@ impl Inspectors {
                         .map(|h| hyper::header::HeaderName::from_bytes(h.as_bytes()))
                         .transpose()
                         .map_err(|e| e.to_string())?;
-                    Ok::<_, String>(credential::Credential::new(
-                        header,
-                        credential::Template::parse(&c.value).map_err(|e| e.to_string())?,
-                        credential::SecretCell::new(source).map_err(|e| e.to_string())?,
-                        c.placeholder_query.clone(),
-                    ))
+                    Ok::<_, String>(
+                        credential::Credential::new(
+                            header,
+                            credential::Template::parse(&c.value).map_err(|e| e.to_string())?,
+                            credential::SecretCell::new(source).map_err(|e| e.to_string())?,
+                            c.placeholder_query.clone(),
+                        )
+                        .with_placeholder_headers(
+                            c.placeholder_headers
+                                .iter()
+                                .filter_map(|h| {
+                                    hyper::header::HeaderName::from_bytes(h.as_bytes()).ok()
+                                })
+                                .collect(),
+                        ),
+                    )
                 })
                 .transpose()
                 .map_err(failed)?;
@@ -353,6 +363,8 @@ pub struct ConnContext {
     pub bytes_down: Arc<AtomicU64>,
     /// Cancelled when access ends: upgraded connections watch it.
     pub cut: CancellationToken,
+    /// The connection's upgraded relays.
+    pub relays: tokio_util::task::TaskTracker,
 }
 
 impl Inspector {
@@ -447,20 +459,35 @@ impl Inspector {
             })
         };
         let mut conn = pin!(builder.serve_connection_with_upgrades(io, service));
-        let (ended_by, reason) = tokio::select! {
+        let (mut ended_by, reason, was_cut) = tokio::select! {
             biased;
             why = cut.as_mut() => {
                 context.cut.cancel();
                 conn.as_mut().graceful_shutdown();
                 let _ = tokio::time::timeout(CUT_GRACE, conn.as_mut()).await;
-                (format!("daemon: {why}"), None)
+                (format!("daemon: {why}"), None, true)
             }
             done = conn.as_mut() => match done {
-                Ok(()) => ("client".to_owned(), None),
-                Err(e) => ("client".to_owned(), Some(e.to_string())),
+                Ok(()) => ("client".to_owned(), None, false),
+                Err(e) => ("client".to_owned(), Some(e.to_string()), false),
             },
         };
+        // Upgraded connections (WebSocket) outlive hyper's: they are still
+        // this connection, so its record and slot wait for them, and the
+        // end of access cuts them.
+        context.relays.close();
+        if !was_cut && !context.relays.is_empty() {
+            tokio::select! {
+                biased;
+                why = cut.as_mut() => {
+                    context.cut.cancel();
+                    ended_by = format!("daemon: {why}");
+                }
+                () = context.relays.wait() => {}
+            }
+        }
         context.cut.cancel();
+        context.relays.wait().await;
         Served {
             requests: context.requests.load(std::sync::atomic::Ordering::Relaxed),
             bytes_up: context.bytes_up.load(std::sync::atomic::Ordering::Relaxed),

@@ -121,6 +121,8 @@ pub fn client_config(
 /// How requests reach one target.
 pub struct Upstream {
     tls: Option<TlsConnector>,
+    /// The same, offering only HTTP/1.1: an upgrade (WebSocket) needs it.
+    tls_h1: Option<TlsConnector>,
     mark: Option<u32>,
     connect_timeout: Duration,
     pools: Mutex<HashMap<(SocketAddr, Arc<str>), Pool>>,
@@ -151,8 +153,14 @@ impl Upstream {
         mark: Option<u32>,
         connect_timeout: Duration,
     ) -> Self {
+        let tls_h1 = tls.as_ref().map(|config| {
+            let mut h1 = ClientConfig::clone(config);
+            h1.alpn_protocols = vec![b"http/1.1".to_vec()];
+            TlsConnector::from(Arc::new(h1))
+        });
         Self {
             tls: tls.map(TlsConnector::from),
+            tls_h1,
             mark,
             connect_timeout,
             pools: Mutex::new(HashMap::new()),
@@ -205,6 +213,7 @@ impl Upstream {
             return;
         }
         let mut pools = self.pools();
+        sweep(&mut pools);
         let pool = pools.entry((addr, Arc::clone(name))).or_default();
         if pool.idle.len() < MAX_IDLE {
             pool.idle.push((sender, Instant::now()));
@@ -221,7 +230,7 @@ impl Upstream {
             .await
             .map_err(|source| UpstreamError::Connect { addr, source })?;
         let _ = tcp.set_nodelay(true);
-        let Some(tls) = &self.tls else {
+        let Some(tls) = (if upgrade { &self.tls_h1 } else { &self.tls }) else {
             return handshake_h1(TokioIo::new(tcp), addr, upgrade).await;
         };
         let server_name =
@@ -252,12 +261,31 @@ impl Upstream {
                 let _ = conn.await;
             });
             let mut pools = self.pools();
+            sweep(&mut pools);
             let pool = pools.entry((addr, Arc::clone(name))).or_default();
             pool.h2 = Some(sender.clone());
             return Ok(Sender::H2(sender));
         }
         handshake_h1(TokioIo::new(stream), addr, upgrade).await
     }
+}
+
+/// Pools kept at most: (destination, name) pairs come from the target's
+/// addresses, which a range can make many of.
+const MAX_POOLS: usize = 1024;
+
+/// Before a pool is added: when there are many, drop closed and stale
+/// connections, then the pools left empty.
+fn sweep(pools: &mut HashMap<(SocketAddr, Arc<str>), Pool>) {
+    if pools.len() < MAX_POOLS {
+        return;
+    }
+    for pool in pools.values_mut() {
+        pool.h2 = pool.h2.take().filter(|s| !s.is_closed());
+        pool.idle
+            .retain(|(s, since)| since.elapsed() < IDLE_TIMEOUT && s.is_ready());
+    }
+    pools.retain(|_, p| p.h2.is_some() || !p.idle.is_empty());
 }
 
 async fn handshake_h1<I>(io: I, addr: SocketAddr, upgrade: bool) -> Result<Sender, UpstreamError>
