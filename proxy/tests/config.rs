@@ -583,6 +583,70 @@ fn load_names_the_file_in_errors() {
     );
 }
 
+const INSPECT: &str = "[[target]]\nname = \"pay\"\nhosts = [\"10.0.0.1\"]\nports = [443]\n";
+
+#[test]
+fn inspect_keys_are_checked_with_their_line() {
+    let m = assert_refused(&format!("{INSPECT}mode = \"mitm\"\n"), 5, "target[0].mode");
+    assert!(m.contains("\"inspect\""), "{m}");
+    let m = assert_refused(
+        &format!("{INSPECT}server_names = [\"a.test\"]\n"),
+        5,
+        "target[0].server_names",
+    );
+    assert!(m.contains("inspect targets only"), "{m}");
+    // Only an address, so no name for TLS: server_names is needed.
+    let m = assert_refused(
+        &format!("{INSPECT}mode = \"inspect\"\nserver_names = []\n"),
+        6,
+        "target[0].server_names",
+    );
+    assert!(m.contains("names its clients use"), "{m}");
+    let m = assert_refused(
+        &format!("{INSPECT}mode = \"inspect\"\nserver_names = [\"bad name\"]\n"),
+        6,
+        "target[0].server_names[0]",
+    );
+    assert!(m.contains("not a DNS name"), "{m}");
+    let base = format!(
+        "{INSPECT}mode = \"inspect\"\nserver_names = [\"pay.test\"]\n[target.credential]\n"
+    );
+    let m = assert_refused(
+        &format!("{base}header = \"Authorization\"\n"),
+        7,
+        "target[0].credential.secret_file",
+    );
+    assert!(m.contains("secret_file"), "{m}");
+    let m = assert_refused(
+        &format!("{base}header = \"Authorization\"\nvalue = \"Bearer\"\nsecret_env = \"T\"\n"),
+        9,
+        "target[0].credential.value",
+    );
+    assert!(m.contains("{secret}"), "{m}");
+    let m = assert_refused(
+        &format!("{base}header = \"Host\"\nsecret_env = \"T\"\n"),
+        8,
+        "target[0].credential.header",
+    );
+    assert!(m.contains("connection header"), "{m}");
+    let m = assert_refused(
+        &format!("{base}header = \"Authorization\"\nsecret_file = \"relative\"\n"),
+        9,
+        "target[0].credential.secret_file",
+    );
+    assert!(m.contains("absolute"), "{m}");
+    let ok = Config::parse(
+        &format!(
+            "{base}header = \"Authorization\"\nvalue = \"Bearer {{secret}}\"\nsecret_env = \"T\"\n"
+        ),
+        "test.toml",
+    )
+    .expect("a valid inspect target");
+    let inspect = ok.targets[0].mode.inspect().expect("inspect");
+    assert_eq!(inspect.server_names, ["pay.test"]);
+    assert!(inspect.upstream_tls);
+}
+
 /// Parses `text` as `test.toml`, expects it refused with an error at `line`
 /// for `key` in the form `test.toml:LINE:COLUMN: KEY: MESSAGE`, and returns
 /// the message.

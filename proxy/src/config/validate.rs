@@ -589,8 +589,16 @@ fn credential(
             key("value"),
             "must hold `{secret}` exactly once, where the secret goes: e.g. \"Bearer {secret}\"",
         )),
-        Some(v) if v.get_ref().bytes().any(|b| b.is_ascii_control()) => {
-            return Err(errors.at(v, key("value"), "must not hold control characters"))
+        Some(v)
+            if !v.get_ref().bytes().all(|b| (0x20..0x7f).contains(&b))
+                || v.get_ref().replace("{secret}", "").contains(['{', '}'])
+                || v.get_ref().trim() != v.get_ref() =>
+        {
+            return Err(errors.at(
+                v,
+                key("value"),
+                "must be printable ASCII with no other braces and no space at either end",
+            ))
         }
         Some(v) => v.get_ref().clone(),
         None => "{secret}".to_owned(),
