@@ -543,7 +543,7 @@ fn example_config_parses() {
     let config = Config::load(path, &UnprivilegedPorts::KERNEL_DEFAULT)
         .unwrap_or_else(|e| panic!("config/example.toml must be valid: {e}"));
     let names: Vec<_> = config.targets.iter().map(|t| t.name.as_str()).collect();
-    assert_eq!(names, ["payments-api", "orders-db-admin"]);
+    assert_eq!(names, ["payments-api", "orders-db-admin", "billing-api"]);
     assert!(
         config.targets[0]
             .hosts
@@ -552,6 +552,10 @@ fn example_config_parses() {
         config.targets[0].hosts
     );
     assert_eq!(config.targets[1].ports, [8443, 9443]);
+    let inspect = config.targets[2].mode.inspect().expect("billing-api is inspected");
+    let credential = inspect.credential.as_ref().expect("with a credential");
+    assert_eq!(credential.header.as_deref(), Some("authorization"));
+    assert_eq!(credential.placeholder_headers, ["x-api-key"]);
 }
 
 #[test]
