@@ -274,12 +274,14 @@ fn passthrough(options: &Options, pin: bool, interrupted: &util::Interrupted) ->
             connections: c,
             close: false,
             tls: false,
+            fsyncs: false,
         },
         Scenario {
             title: format!("new connection per request, {c} at a time (Connection: close)"),
             connections: c,
             close: true,
             tls: false,
+            fsyncs: true,
         },
         Scenario {
             title: format!(
@@ -288,12 +290,14 @@ fn passthrough(options: &Options, pin: bool, interrupted: &util::Interrupted) ->
             connections: c,
             close: true,
             tls: true,
+            fsyncs: true,
         },
         Scenario {
             title: format!("single client, keep-alive (wrk -t1 -c1 -d{d}s)"),
             connections: 1,
             close: false,
             tls: false,
+            fsyncs: false,
         },
     ];
     let runs = options.runs;
@@ -562,6 +566,9 @@ struct Scenario {
     close: bool,
     /// The routes to nginx's TLS listener (wrk speaks https).
     tls: bool,
+    /// Count jitproxy's audit fsyncs over each run (where it writes more
+    /// than one record per connection, or one connection per request).
+    fsyncs: bool,
 }
 
 /// What one wrk run reported, with the proxy's CPU time over it.
@@ -572,8 +579,8 @@ struct Http {
     p99: Duration,
     errors: u64,
     cpu: Option<Duration>,
-    /// The audit writer's fsyncs over the run (jitproxy, new connection per
-    /// request).
+    /// The audit writer's fsyncs over the run (jitproxy, where the scenario
+    /// counts them).
     fsyncs: Option<u64>,
 }
 
@@ -612,7 +619,7 @@ fn wrk(route: &Route<'_>, scenario: &Scenario, seconds: u64) -> Result<Http> {
     }
     cmd.arg(format!("{}/", route.base));
     // Scraped outside the CPU window: the scrape's own work is not counted.
-    let metrics = route.metrics.filter(|_| scenario.close);
+    let metrics = route.metrics.filter(|_| scenario.fsyncs);
     let fsyncs_before = metrics.map(fsync_count).transpose()?;
     let before = route.cpu()?;
     let out = cmd

@@ -140,18 +140,23 @@ pub(super) fn run(options: &Options, pin: bool, interrupted: &util::Interrupted)
             connections: c,
             close: false,
             tls: true,
+            // One audit record per request.
+            fsyncs: true,
         },
         Scenario {
             title: format!("single client, keep-alive (wrk -t1 -c1 -d{d}s)"),
             connections: 1,
             close: false,
             tls: true,
+            // One audit record per request.
+            fsyncs: true,
         },
         Scenario {
             title: format!("new connection per request, {c} at a time (Connection: close)"),
             connections: c,
             close: true,
             tls: true,
+            fsyncs: true,
         },
     ];
     for scenario in &scenarios {
