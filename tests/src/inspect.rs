@@ -21,8 +21,9 @@ use std::{
 
 use crate::{listen_port, output, Cgroup, Daemon, NOBODY};
 
-/// First listen port of these tests: inspect.rs has indexes 1 to 19,
-/// inspect_protocols.rs from 20.
+/// First listen port of these tests. Listen ports stay below 1024, so
+/// indexes end at 23: inspect.rs (and the demo) have 1 to 11,
+/// inspect_protocols.rs 12 to 23.
 pub const INSPECT_PORTS: u16 = 1000;
 pub const NAME: &str = "api.inspect.test";
 pub const SECRET: &str = "s3cr3t-Token-4711";
@@ -66,7 +67,6 @@ impl World {
             .unwrap();
         let api = SocketAddr::from(([127, 0, 60 + index, 2], 8443));
         upstream_pki(dir.path());
-        let nginx = nginx.then(|| start_nginx(dir.path(), api));
         let secret = dir.path().join("secret");
         fs::write(&secret, format!("{SECRET}\n")).unwrap();
         let mut perms = fs::metadata(&secret).unwrap().permissions();
@@ -85,6 +85,9 @@ impl World {
             secret.display(),
         );
         let daemon = Daemon::start(&cgroup, Some(&config)).unwrap();
+        // Started last, so that nothing after it can fail before `World`
+        // (whose drop stops it) exists.
+        let nginx = nginx.then(|| start_nginx(dir.path(), api));
         let mut world = Self {
             _turn: turn,
             dir,
@@ -379,7 +382,7 @@ http {{
     );
     let path = dir.join("nginx.conf");
     fs::write(&path, conf).unwrap();
-    let child = Command::new("/usr/sbin/nginx")
+    let mut child = Command::new("/usr/sbin/nginx")
         .args(["-c", path.to_str().unwrap(), "-p"])
         .arg(dir)
         .spawn()
@@ -391,6 +394,8 @@ http {{
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!(
         "nginx did not start: {}",
         fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 #[test]
 fn grpc_over_h2_gets_the_credential_streams_and_statuses() {
-    let w = World::without_nginx(20, "grpc", "");
+    let w = World::without_nginx(12, "grpc", "");
     let server = Server::python(
         &w,
         "grpc_server.py",
@@ -71,7 +71,7 @@ fn grpc_over_h2_gets_the_credential_streams_and_statuses() {
 
 #[test]
 fn a_websocket_echoes_with_the_credential_and_is_cut_when_access_ends() {
-    let w = World::without_nginx(21, "websocket", "");
+    let w = World::without_nginx(13, "websocket", "");
     let server = Server::python(
         &w,
         "ws_server.py",
@@ -147,7 +147,7 @@ fn a_websocket_echoes_with_the_credential_and_is_cut_when_access_ends() {
 /// text, which an h2 connection cannot carry.
 #[test]
 fn an_upgrade_to_an_upstream_that_offers_h2_goes_over_http1() {
-    let w = World::new(22, "upgrade-h2", "");
+    let w = World::new(14, "upgrade-h2", "");
     w.grant(&[]);
     // nginx's `return 200` answers an upgrade request like any other.
     let (ok, body) = w.curl(&format!(
@@ -164,7 +164,7 @@ fn an_upgrade_to_an_upstream_that_offers_h2_goes_over_http1() {
 
 #[test]
 fn a_kept_alive_http1_connection_gets_nothing_after_access_ends() {
-    let w = World::new(23, "h1-keepalive", "");
+    let w = World::new(15, "h1-keepalive", "");
     let id = w.grant_id(&[]);
     let (mut client, err) = held(&w, "h1_client.py", H1_CLIENT, &w.api.port().to_string());
     let one = client.line();
@@ -199,7 +199,7 @@ fn a_kept_alive_http1_connection_gets_nothing_after_access_ends() {
 
 #[test]
 fn an_h2_connection_gets_goaway_and_is_closed_when_access_ends() {
-    let w = World::new(24, "h2-goaway", "");
+    let w = World::new(16, "h2-goaway", "");
     let id = w.grant_id(&[]);
     let (mut client, err) = held_node(&w, "h2_client.js", H2_CLIENT, &w.api.port().to_string());
     let one = client.line();
@@ -251,7 +251,7 @@ fn an_h2_connection_gets_goaway_and_is_closed_when_access_ends() {
 
 #[test]
 fn an_unreachable_upstream_is_a_502_and_recorded() {
-    let w = World::without_nginx(25, "unreachable", "");
+    let w = World::without_nginx(17, "unreachable", "");
     w.grant(&[]);
     let (_, body) = w.curl(&format!("-w ' status=%{{http_code}}' '{}'", w.url("/down")));
     assert!(body.contains("status=502"), "{body}");
@@ -269,7 +269,7 @@ fn an_unreachable_upstream_is_a_502_and_recorded() {
 
 #[test]
 fn an_upstream_whose_certificate_does_not_verify_is_sent_nothing() {
-    let w = World::without_nginx(26, "bad-cert", "");
+    let w = World::without_nginx(18, "bad-cert", "");
     let (ok, out, err) = jitproxy_e2e::output(
         std::process::Command::new("openssl")
             .args([
@@ -332,7 +332,7 @@ fn an_upstream_whose_certificate_does_not_verify_is_sent_nothing() {
 
 #[test]
 fn a_client_without_sni_is_refused_and_recorded() {
-    let w = World::without_nginx(27, "no-sni", "");
+    let w = World::without_nginx(19, "no-sni", "");
     w.grant(&[]);
     let script = w.script("no_sni.py", NO_SNI_CLIENT);
     let (_, out, err) = w.client(&format!(

@@ -441,25 +441,10 @@ fn spawn_daemon(cgroup: &Cgroup, targets: &str, log: &str, pin: bool) -> Result<
 }
 
 /// The audit writer's fsyncs so far: the count of jitproxy's fsync
-/// histogram, read from its metrics endpoint at `addr` with one HTTP/1.0
-/// request (the endpoint closes the connection after its answer).
+/// histogram, read from its metrics endpoint at `addr`.
 fn fsync_count(addr: &str) -> Result<u64> {
-    use std::io::{Read as _, Write as _};
-    let timeout = Duration::from_secs(10);
-    let mut stream = TcpStream::connect_timeout(&addr.parse()?, timeout)
-        .with_context(|| format!("cannot connect to jitproxy's metrics endpoint {addr}"))?;
-    stream.set_read_timeout(Some(timeout))?;
-    stream.set_write_timeout(Some(timeout))?;
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
-    let mut answer = String::new();
-    stream
-        .read_to_string(&mut answer)
-        .with_context(|| format!("cannot read the answer of http://{addr}/metrics"))?;
-    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
-    let status = head.lines().next().unwrap_or("");
-    if status.split_whitespace().nth(1) != Some("200") {
-        bail!("http://{addr}/metrics answered `{status}`");
-    }
+    let body = http_get(addr, "/metrics")
+        .with_context(|| format!("cannot read jitproxy's metrics endpoint {addr}"))?;
     // `name value`, no labels: the histogram has none.
     body.lines()
         .find_map(|line| {
@@ -469,6 +454,28 @@ fn fsync_count(addr: &str) -> Result<u64> {
         .and_then(|v| v.parse::<f64>().ok())
         .map(|v| v as u64)
         .with_context(|| format!("no {FSYNC_COUNT_METRIC} in http://{addr}/metrics"))
+}
+
+/// The body of `http://addr/path`, with one HTTP/1.0 request (the server
+/// closes the connection after its answer); an error unless it is a 200.
+fn http_get(addr: &str, path: &str) -> Result<String> {
+    use std::io::{Read as _, Write as _};
+    let timeout = Duration::from_secs(10);
+    let mut stream = TcpStream::connect_timeout(&addr.parse()?, timeout)
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream.set_write_timeout(Some(timeout))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut answer = String::new();
+    stream
+        .read_to_string(&mut answer)
+        .with_context(|| format!("cannot read the answer of http://{addr}{path}"))?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.lines().next().unwrap_or("");
+    if status.split_whitespace().nth(1) != Some("200") {
+        bail!("http://{addr}{path} answered `{status}`");
+    }
+    Ok(body.to_owned())
 }
 
 /// Grants the bench's clients (whoever started it: their login uid, else

@@ -29,9 +29,9 @@ use anyhow::{bail, Context as _, Result};
 use jitproxy_e2e::{Cgroup, Daemon};
 
 use super::{
-    daemon_warnings, format_count, format_duration, grant, load_average, pinned, ratio, row,
-    spawn_daemon, versions, wrk, Http, HttpMedians, Options, Route, Scenario, Scratch, Server,
-    DEFAULT_DAEMON_LOG, METRICS,
+    daemon_warnings, format_count, format_duration, grant, http_get, load_average, median, pinned,
+    ratio, row, spawn_daemon, versions, wrk, Http, HttpMedians, Options, Route, Scenario, Scratch,
+    Server, DEFAULT_DAEMON_LOG, METRICS,
 };
 use crate::util;
 
@@ -44,6 +44,9 @@ const UPSTREAM_IP: &str = "127.0.0.3";
 /// every route.
 const HAPROXY_IP: &str = "127.0.0.1";
 const PORT: u16 = 18444;
+/// nginx's stub_status (plain HTTP, `GET /status`): its accepted connections
+/// over a run say how often a proxy opened a connection upstream.
+const NGINX_STATUS: &str = "127.0.0.3:18445";
 /// The target as jitproxy's config names it.
 const TARGET: &str = "bench-inspect";
 /// What the credential's secret file holds; both proxies send
@@ -68,7 +71,12 @@ pub(super) fn run(options: &Options, pin: bool, interrupted: &util::Interrupted)
     let check = || interrupted.check();
     let upstream = format!("{UPSTREAM_IP}:{PORT}");
     let haproxy_addr = format!("{HAPROXY_IP}:{PORT}");
-    for addr in [upstream.as_str(), haproxy_addr.as_str(), METRICS] {
+    for addr in [
+        upstream.as_str(),
+        haproxy_addr.as_str(),
+        NGINX_STATUS,
+        METRICS,
+    ] {
         TcpListener::bind(addr).with_context(|| {
             format!("{addr} is in use; is another bench running? (stop it first)")
         })?;
@@ -163,12 +171,8 @@ pub(super) fn run(options: &Options, pin: bool, interrupted: &util::Interrupted)
         util::step(&format!("inspect: {}", scenario.title));
         // Columns as the table has them.
         let routes = [Some(&direct), jit_route.as_ref(), Some(&hap)];
-        let results = measure(&routes, scenario, options, &mut unavailable, interrupted)?;
-        report.sections.push(Section {
-            title: scenario.title.clone(),
-            close: scenario.close,
-            results,
-        });
+        let section = measure(&routes, scenario, options, &mut unavailable, interrupted)?;
+        report.sections.push(section);
     }
 
     if let Ok(daemon) = &daemon {
@@ -234,28 +238,40 @@ fn check_jitproxy<'a>(
 }
 
 /// `--runs` wrk runs of `scenario` per route (direct, jitproxy, HAProxy),
-/// alternating between the routes as in the other sections. A failure of
-/// jitproxy's is kept in `unavailable` and its later runs skipped; any
-/// other fails the bench.
+/// alternating between the routes as in the other sections, each with the
+/// connections nginx accepted per request. A failure of jitproxy's is kept
+/// in `unavailable` and its later runs skipped; any other fails the bench.
 fn measure(
     routes: &[Option<&Route<'_>>; 3],
     scenario: &Scenario,
     options: &Options,
     unavailable: &mut Option<String>,
     interrupted: &util::Interrupted,
-) -> Result<Vec<Vec<Http>>> {
+) -> Result<Section> {
     let runs = options.runs;
     let mut results: Vec<Vec<Http>> = routes.iter().map(|_| Vec::new()).collect();
+    let mut upstream: Vec<Vec<f64>> = routes.iter().map(|_| Vec::new()).collect();
     for n in 1..=runs {
-        for (i, (route, runs_of_route)) in routes.iter().zip(&mut results).enumerate() {
+        for (i, route) in routes.iter().enumerate() {
             let Some(route) = route else { continue };
             let is_jitproxy = i == 1;
             if is_jitproxy && unavailable.is_some() {
                 continue;
             }
-            eprintln!("  {} (run {n} of {runs})", route.name);
-            match wrk(route, scenario, options.duration) {
-                Ok(http) => runs_of_route.push(http),
+            let accepted_before = nginx_accepts()?;
+            let run = wrk(route, scenario, options.duration);
+            // The scrape's own connection is one of those counted.
+            let accepted = nginx_accepts()?.saturating_sub(accepted_before + 1);
+            match run {
+                Ok(http) => {
+                    eprintln!(
+                        "  {} (run {n} of {runs}): {} requests/s",
+                        route.name,
+                        format_count(http.per_second)
+                    );
+                    upstream[i].push(accepted as f64 / http.requests as f64);
+                    results[i].push(http);
+                }
                 Err(e) if is_jitproxy => {
                     let why = failure(&e, "");
                     eprintln!("  jitproxy inspect: not available ({why})");
@@ -266,7 +282,23 @@ fn measure(
             interrupted.check()?;
         }
     }
-    Ok(results)
+    Ok(Section {
+        title: scenario.title.clone(),
+        close: scenario.close,
+        results,
+        upstream_connections: upstream,
+    })
+}
+
+/// The connections nginx accepted so far, from its stub_status.
+fn nginx_accepts() -> Result<u64> {
+    // "Active connections: 1", "server accepts handled requests",
+    // " 12 12 40", ...
+    let body = http_get(NGINX_STATUS, "/status")?;
+    body.lines()
+        .nth(2)
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("unexpected stub_status of nginx:\n{body}"))
 }
 
 /// The first lines of an error, for a table cell; with `why` (jitproxy's
@@ -484,6 +516,12 @@ http {{
             return 200 "ok\n";
         }}
     }}
+    server {{
+        listen {NGINX_STATUS};
+        location = /status {{
+            stub_status;
+        }}
+    }}
 }}
 "#
     );
@@ -500,7 +538,7 @@ http {{
     Server::start(
         "nginx",
         cmd,
-        &[&format!("{UPSTREAM_IP}:{PORT}")],
+        &[&format!("{UPSTREAM_IP}:{PORT}"), NGINX_STATUS],
         &dir.join("nginx.out"),
     )
 }
@@ -628,6 +666,8 @@ struct Section {
     /// A new connection per request: CPU is per connection.
     close: bool,
     results: Vec<Vec<Http>>,
+    /// Connections nginx accepted per request, per route and run.
+    upstream_connections: Vec<Vec<f64>>,
 }
 
 struct Report<'a> {
@@ -712,8 +752,13 @@ impl Report<'_> {
         let _ = writeln!(
             out,
             "each wrk cell is the median of {} runs of {} s per route, the routes' runs alternating; \
-             ratios: value / direct TLS, and jitproxy / HAProxy; CPU is the proxy process's utime+stime\n",
+             ratios: value / direct TLS, and jitproxy / HAProxy; CPU is the proxy process's utime+stime",
             o.runs, o.duration
+        );
+        let _ = writeln!(
+            out,
+            "nginx connections per request: what nginx accepted over a run (stub_status on {NGINX_STATUS}) / requests; \
+             audit fsyncs: jitproxy's over a run / requests\n"
         );
         let _ = writeln!(
             out,
@@ -759,12 +804,32 @@ impl Report<'_> {
                 let per = r.as_ref()?.cpu_per_request?;
                 Some((per, seconds(per)))
             });
+            let upstream: Vec<String> = section
+                .upstream_connections
+                .iter()
+                .enumerate()
+                .map(|(i, runs)| {
+                    let dropped = i == 1 && self.unavailable.is_some();
+                    let value = median(runs.clone()).filter(|_| !dropped);
+                    value.map_or("-".to_owned(), |v| format!("{v:.3}"))
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "{:<34}{:>12}{:>12}{:>12}",
+                "  nginx connections per request", upstream[0], upstream[1], upstream[2]
+            );
             if results
                 .iter()
                 .flatten()
                 .any(|r| r.fsyncs_per_connection.is_some())
             {
-                row(&mut out, "  audit fsyncs per connection", &results, |r| {
+                let label = if section.close {
+                    "  audit fsyncs per connection"
+                } else {
+                    "  audit fsyncs per request"
+                };
+                row(&mut out, label, &results, |r| {
                     let per = r.as_ref()?.fsyncs_per_connection?;
                     Some((per, format!("{per:.3}")))
                 });
