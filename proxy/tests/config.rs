@@ -552,7 +552,10 @@ fn example_config_parses() {
         config.targets[0].hosts
     );
     assert_eq!(config.targets[1].ports, [8443, 9443]);
-    let inspect = config.targets[2].mode.inspect().expect("billing-api is inspected");
+    let inspect = config.targets[2]
+        .mode
+        .inspect()
+        .expect("billing-api is inspected");
     let credential = inspect.credential.as_ref().expect("with a credential");
     assert_eq!(credential.header.as_deref(), Some("authorization"));
     assert_eq!(credential.placeholder_headers, ["x-api-key"]);

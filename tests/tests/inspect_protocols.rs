@@ -344,7 +344,7 @@ fn a_client_without_sni_is_refused_and_recorded() {
     let closed = w.daemon.wait_event("the refusal without SNI", |e| {
         e["event"] == "connection.closed" && e["code"] == "missing_sni"
     });
-    assert_eq!(closed["target"], "payments-api", "{closed}");
+    assert_eq!(closed["target_name"], "payments-api", "{closed}");
 }
 
 /// The `http.completed` records among `records`.

@@ -11,7 +11,11 @@ fn print_outputs() {
         String::from_utf8_lossy(&out.stderr)
     );
     let out = w.ca("uninstall");
-    println!("== ca uninstall\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    println!(
+        "== ca uninstall\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = w.ca("install");
     println!(
         "== ca install\n{}{}",

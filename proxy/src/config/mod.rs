@@ -623,7 +623,7 @@ fn canonical(net: IpNet) -> IpNet {
 }
 
 /// RFC 1123 host name: dot-separated labels of letters, digits and hyphens.
-fn is_dns_name(s: &str) -> bool {
+pub(super) fn is_dns_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
         && s.trim_end_matches('.').split('.').all(|label| {

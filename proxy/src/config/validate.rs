@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use toml::Spanned;
 
 use super::{
-    check_listen_port,
+    check_listen_port, is_dns_name,
     raw::{line_col, RawAudit, RawConfig, RawCredential, RawNotify, RawTarget},
     AccessPolicy, Approver, AuditConfig, AutoApprove, Config, ConfigError, Credential, HostSpec,
     Inspect, Limit, MetricsAddr, Mode, Notify, NotifyFormat, NotifyUrl, Target, UnprivilegedPorts,
@@ -680,22 +680,9 @@ fn credential(
     })
 }
 
-/// A DNS name (letters, digits, '-', dots between labels) or an IP address.
+/// A DNS name or an IP address.
 fn is_server_name(name: &str) -> bool {
-    if name.parse::<IpAddr>().is_ok() {
-        return true;
-    }
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+    name.parse::<IpAddr>().is_ok() || is_dns_name(name)
 }
 
 /// An HTTP field name (RFC 9110 token).

@@ -44,20 +44,6 @@ pub enum Verdict {
     Deny(DenyReason),
 }
 
-/// The decision on one inspected HTTP request, from its grants.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestVerdict {
-    /// Allowed by grant `grant_id`, with no rules or by `rule`.
-    Allow { grant_id: i64, rule: Option<String> },
-    /// No live grant covers the caller any more.
-    GrantEnded,
-    /// The caller's grants allow only `rules`, and this is not one of them.
-    NoRule { grant_id: i64, rules: Vec<String> },
-    /// The path is ambiguous (encoded slashes, dot segments): refused for
-    /// every grant.
-    BadPath(String),
-}
-
 /// A connection that may pass, and what let it.
 #[derive(Debug)]
 pub struct Allowed {
@@ -190,18 +176,11 @@ impl Policy {
         target: u32,
         method: &str,
         raw_path: &str,
-    ) -> RequestVerdict {
+    ) -> RequestCover {
         let now = self.clock.now_ms();
-        match self
-            .index
+        self.index
             .borrow()
             .request_cover(keys, target, now, method, raw_path)
-        {
-            RequestCover::Allowed { grant_id, rule } => RequestVerdict::Allow { grant_id, rule },
-            RequestCover::NoGrant => RequestVerdict::GrantEnded,
-            RequestCover::NoRule { grant_id, rules } => RequestVerdict::NoRule { grant_id, rules },
-            RequestCover::BadPath(why) => RequestVerdict::BadPath(why),
-        }
     }
 
     /// Target `id` of the running config: its name and limits (read once

@@ -49,20 +49,8 @@ const BACKDATE: Duration = Duration::from_secs(3600);
 /// Leaves kept at most (server names are the config's, so this is a guard).
 const MAX_LEAVES: usize = 4096;
 
-/// The CA's directory under the state directory.
-pub fn dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("ca")
-}
-
-/// The CA certificate (PEM).
-pub fn cert_path(state_dir: &Path) -> PathBuf {
-    dir(state_dir).join("ca.crt")
-}
-
-/// The CA key (PKCS#8 PEM, root only).
-pub fn key_path(state_dir: &Path) -> PathBuf {
-    dir(state_dir).join("ca.key")
-}
+// Where the CA's files are: one place for the daemon and `jitproxy ca`.
+pub use crate::host::trust::{ca_cert_path as cert_path, ca_dir as dir, ca_key_path as key_path};
 
 /// What went wrong with the local CA; the operator's to fix.
 #[derive(Debug, thiserror::Error)]

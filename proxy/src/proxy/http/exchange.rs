@@ -35,8 +35,8 @@ use super::{
     ConnContext,
 };
 use crate::{
+    access::index::RequestCover,
     audit::{AuditLog, Event, EventKind},
-    proxy::decision::RequestVerdict,
 };
 
 /// Why a request was refused: the client is told, and the record says.
@@ -97,8 +97,8 @@ pub(super) async fn exchange(
         request.uri().path(),
     );
     let (grant_id, rule) = match verdict {
-        RequestVerdict::Allow { grant_id, rule } => (grant_id, rule),
-        RequestVerdict::GrantEnded => {
+        RequestCover::Allowed { grant_id, rule } => (grant_id, rule),
+        RequestCover::NoGrant => {
             return Ok(refuse(
                 &ctx,
                 record,
@@ -109,7 +109,7 @@ pub(super) async fn exchange(
                 ),
             ))
         }
-        RequestVerdict::NoRule { grant_id, rules } => {
+        RequestCover::NoRule { grant_id, rules } => {
             record.grant_id = Some(grant_id);
             let mut refused = Refused::forbidden(
                 "scope",
@@ -123,7 +123,7 @@ pub(super) async fn exchange(
             refused.rule = Some(rules.join(", "));
             return Ok(refuse(&ctx, record, &request, refused));
         }
-        RequestVerdict::BadPath(why) => {
+        RequestCover::BadPath(why) => {
             return Ok(refuse(
                 &ctx,
                 record,
@@ -241,7 +241,7 @@ pub(super) async fn exchange(
             request.method().as_str(),
             request.uri().path(),
         ),
-        RequestVerdict::Allow { .. }
+        RequestCover::Allowed { .. }
     ) {
         return Ok(record.failed(
             StatusCode::FORBIDDEN,
