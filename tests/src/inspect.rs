@@ -111,6 +111,7 @@ impl World {
     }
 
     pub fn install_ca(&mut self) {
+        remove_stale_test_install();
         let out = self.ca("install");
         assert!(
             out.status.success(),
@@ -220,10 +221,43 @@ impl World {
     }
 }
 
+/// A CA an earlier test run installed and could not take out (it was
+/// killed): its state dir, a test's temporary directory, is gone, so no
+/// `ca uninstall` can read what it did. Only such leftovers are removed.
+fn remove_stale_test_install() {
+    let profile = Path::new("/etc/profile.d/jitproxy-ca.sh");
+    let Ok(text) = fs::read_to_string(profile) else {
+        return;
+    };
+    let owner = text
+        .lines()
+        .find_map(|l| l.strip_prefix("# State dir: "))
+        .map(|o| o.trim_matches('"').to_owned());
+    let Some(owner) = owner.filter(|o| o.starts_with("/tmp/jitproxy-test-")) else {
+        return;
+    };
+    if Path::new(&owner).exists() {
+        return;
+    }
+    eprintln!("removing the CA a killed test run left installed (state dir {owner} is gone)");
+    let _ = fs::remove_file("/usr/local/share/ca-certificates/jitproxy-local-ca.crt");
+    let _ = fs::remove_file(profile);
+    let _ = Command::new("update-ca-certificates")
+        .arg("--fresh")
+        .output();
+}
+
 impl Drop for World {
     fn drop(&mut self) {
         if self.installed {
-            let _ = self.ca("uninstall");
+            let out = self.ca("uninstall");
+            if !out.status.success() {
+                eprintln!(
+                    "jitproxy ca uninstall failed; the next test's install may be refused:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
         }
         if let Some(nginx) = self.nginx.as_mut() {
             let _ = nginx.kill();

@@ -140,6 +140,22 @@ fn a_websocket_echoes_with_the_credential_and_is_cut_when_access_ends() {
         .unwrap();
     assert_eq!(record["detail"]["status"], 101, "{record}");
     assert_eq!(record["grant_id"], id, "{record}");
+    // The upgraded connection is still the connection its grant let
+    // through: its record says access ended it.
+    let records = w.daemon.wait_records("the connection's end", |r| {
+        r.iter()
+            .any(|e| e["type"] == "connection.closed" && e["conn"] == record["conn"])
+    });
+    let closed = records
+        .iter()
+        .find(|e| e["type"] == "connection.closed" && e["conn"] == record["conn"])
+        .unwrap();
+    assert!(
+        closed["ended_by"]
+            .as_str()
+            .is_some_and(|by| by.starts_with("daemon")),
+        "{closed}"
+    );
 }
 
 /// An upgrade needs HTTP/1.1 upstream even when the upstream offers h2 in
@@ -232,13 +248,13 @@ fn an_h2_connection_gets_goaway_and_is_closed_when_access_ends() {
     client.go_on();
     let two = client.line();
     assert!(
-        !two.starts_with("two 200"),
-        "a request after the revoke was answered: {two}"
+        two.starts_with("two ") && !two.starts_with("two 200"),
+        "a request after the revoke, on the old session: {two}"
     );
     let fresh = client.line();
     assert!(
-        !fresh.starts_with("fresh 200"),
-        "a new connection after the revoke was answered: {fresh}"
+        fresh.starts_with("fresh ") && !fresh.starts_with("fresh 200"),
+        "a request after the revoke, on a new session: {fresh}"
     );
     drop(client);
     assert_eq!(w.upstream_saw("GET /one "), 1, "the first request");
