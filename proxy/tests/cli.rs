@@ -53,7 +53,7 @@ fn check_config_accepts_a_good_file() {
     assert_exit(&out, 0);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains("ok (2 targets)"),
+        stdout.contains("ok (3 targets)"),
         "stdout should confirm the config and count its targets:\n{stdout}"
     );
 }
