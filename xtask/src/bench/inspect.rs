@@ -25,7 +25,7 @@ use std::{
     time::Instant,
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{anyhow, bail, Context as _, Result};
 use jitproxy_e2e::{Cgroup, Daemon};
 
 use super::{
@@ -114,8 +114,17 @@ pub(super) fn run(options: &Options, pin: bool, interrupted: &util::Interrupted)
         bail!("the credential did not arrive at nginx through HAProxy");
     }
 
-    // From here on jitproxy's failures are reported, not fatal.
-    let daemon = start_jitproxy(&cgroup, &files, &options.daemon_log, pin);
+    // From here on jitproxy's failures are reported, not fatal. The harness
+    // panics when it cannot clean up after a daemon that failed to start
+    // (`jitproxy uninstall` refuses the config too): one more such failure.
+    let daemon = panic::catch_unwind(AssertUnwindSafe(|| {
+        start_jitproxy(&cgroup, &files, &options.daemon_log, pin)
+    }))
+    .unwrap_or_else(|_| {
+        Err(anyhow!(
+            "jitproxy did not start, and cleaning up after it failed (the panic message above says why)"
+        ))
+    });
     let jitproxy = match &daemon {
         Ok(daemon) => check_jitproxy(daemon, &cgroup, &files),
         Err(e) => Err(failure(e, "")),
@@ -856,10 +865,10 @@ impl Report<'_> {
         }
         let aim = |label: &str, ratios: Option<(Option<f64>, Option<f64>)>, aim: f64| {
             let (jit, hap) = ratios.unwrap_or((None, None));
-            let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+            let cell = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}×"));
             let ratio_of_ratios = jit.zip(hap).map(|(j, h)| ratio(j, h));
             format!(
-                "  {label:<20} jitproxy {}× / HAProxy {}× direct = {} (aim ≥ {aim})",
+                "  {label:<20} jitproxy {} / HAProxy {} direct = {} (aim ≥ {aim})",
                 cell(jit),
                 cell(hap),
                 ratio_of_ratios.unwrap_or_else(|| "-".to_owned())
