@@ -435,7 +435,3 @@ http {{
         fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()
     );
 }
-
-pub fn records_of(daemon: &Daemon, kind: &str) -> Vec<serde_json::Value> {
-    daemon.events_of(kind)
-}

@@ -1450,7 +1450,7 @@ fn bundle_has(path: &Path, fingerprint: &str) -> bool {
 }
 
 /// SHA-256, upper-case hex with colons (`AB:CD:...`), as openssl prints.
-fn fingerprint(der: &[u8]) -> String {
+pub fn fingerprint(der: &[u8]) -> String {
     Sha256::digest(der)
         .iter()
         .map(|b| format!("{b:02X}"))

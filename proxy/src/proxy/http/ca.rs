@@ -36,7 +36,6 @@ use rustls::{
     pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
     sign::CertifiedKey,
 };
-use sha2::{Digest as _, Sha256};
 
 /// How long a leaf certificate is valid.
 pub const LEAF_LIFETIME: Duration = Duration::from_secs(12 * 3600);
@@ -174,7 +173,7 @@ impl LocalCa {
         let issuer = Issuer::from_ca_cert_der(&der, key).map_err(|e| unreadable(e.to_string()))?;
         Ok(Self {
             issuer,
-            fingerprint: fingerprint(&der),
+            fingerprint: crate::host::trust::fingerprint(&der),
             cert_der: der,
             permitted,
             provider,
@@ -392,15 +391,6 @@ fn ip_net(bytes: &[u8]) -> Option<IpNet> {
 fn pem_certificate(pem: &str) -> Option<CertificateDer<'static>> {
     use rustls::pki_types::pem::PemObject as _;
     CertificateDer::pem_slice_iter(pem.as_bytes()).next()?.ok()
-}
-
-/// SHA-256 of `der`, as colon-separated upper-case hex.
-pub fn fingerprint(der: &[u8]) -> String {
-    Sha256::digest(der)
-        .iter()
-        .map(|b| format!("{b:02X}"))
-        .collect::<Vec<_>>()
-        .join(":")
 }
 
 /// A private file's text; it must be a regular file of root's, 0600 or
