@@ -6,7 +6,15 @@
 //! and the SHA-256 of the record line before it, across files. Events that
 //! arrive together are written with one `write` and one `fsync` (group
 //! commit); a durable append is acknowledged only after its fsync, and the
-//! proxy forwards a connection only after that.
+//! proxy forwards a connection only after that. A batch that nobody waits
+//! for (a connection's close, a request's completion, a refusal) is written
+//! at once, so a killed daemon does not lose it, and made durable by the
+//! next durable batch's fsync or within [`SYNC_DELAY`], before any
+//! checkpoint names it: only a power loss within that delay can lose it.
+//! Its bytes are kept in memory until an fsync succeeds; when one fails
+//! (which may have dropped them from the page cache), the file is cut back
+//! to what the last good fsync covered and they are written again,
+//! unchanged, so the chain on disk never has a hole.
 //!
 //! Checkpoints of the chain head, signed with the daemon's Ed25519 key, go to
 //! `checkpoints.jsonl` in the state directory (apart from the log) after the
@@ -19,9 +27,10 @@
 //! other than by retention, both show.
 //!
 //! When a write or fsync fails (disk full, permissions), the file is cut back
-//! to its last good length, durable appends fail (the proxy refuses the
-//! connection), other events wait in memory (bounded) and are written when the
-//! disk accepts them again; the failure is reported by `jitproxy status`.
+//! to its last good fsync, durable appends fail (the proxy refuses the
+//! connection), other events wait in memory (bounded) and are written, each
+//! batch with its own fsync, when the disk accepts them again; the failure is
+//! reported by `jitproxy status`.
 
 use std::{
     collections::VecDeque,
@@ -53,6 +62,14 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 const MAX_PENDING: usize = 10_000;
 /// Most events written in one group commit.
 const MAX_BATCH: usize = 4096;
+/// Longest a written record waits for its fsync when no durable append
+/// comes to share one.
+const SYNC_DELAY: Duration = Duration::from_millis(100);
+/// Most bytes written and not yet fsynced; a batch that would pass it is
+/// fsynced at once.
+const MAX_UNSYNCED: usize = 1 << 20;
+/// How soon a failed write or fsync is tried again.
+const RETRY: Duration = Duration::from_secs(1);
 
 /// Where and how the log is written.
 #[derive(Debug, Clone)]
@@ -322,7 +339,20 @@ struct Writer {
     health: Arc<Health>,
     file: Box<dyn LogFile>,
     file_name: String,
+    /// Length of the file as the chain has it: what the last successful
+    /// fsync covered, then `unsynced`.
     file_len: u64,
+    /// Bytes written since the last successful fsync, kept until one
+    /// succeeds: a failed fsync may have lost them, and they are then
+    /// written again, unchanged.
+    unsynced: Vec<u8>,
+    /// Whether `unsynced` is in the file (not after a failure cut it out).
+    unsynced_in_file: bool,
+    /// When `unsynced` is to be fsynced if no durable batch comes first.
+    sync_at: Option<Instant>,
+    /// A write or fsync failed and none has succeeded since: every batch
+    /// then gets its own fsync.
+    failing: bool,
     file_day: String,
     /// Hash of the last record written, and its sequence number.
     head: String,
@@ -393,6 +423,10 @@ impl Writer {
             file,
             file_name,
             file_len,
+            unsynced: Vec::new(),
+            unsynced_in_file: true,
+            sync_at: None,
+            failing: false,
             file_day,
             head,
             seq,
@@ -447,10 +481,16 @@ impl Writer {
                 self.finish();
                 return;
             }
+            if self.sync_at.is_some_and(|at| at <= Instant::now()) {
+                self.sync();
+            }
             if self.checkpoint_due() || !checkpoint_acks.is_empty() {
                 self.write_checkpoint();
                 // The log names the checkpoint before anyone is told.
                 self.flush(Vec::new());
+                if !checkpoint_acks.is_empty() {
+                    self.sync();
+                }
             }
             for ack in checkpoint_acks {
                 let _ = ack.send(());
@@ -463,6 +503,7 @@ impl Writer {
         self.flush(Vec::new());
         self.write_checkpoint();
         self.flush(Vec::new());
+        self.sync();
     }
 
     fn checkpoint_due(&self) -> bool {
@@ -471,7 +512,7 @@ impl Writer {
     }
 
     fn next_wake(&self) -> Duration {
-        if self.pending.is_empty() {
+        let wake = if self.pending.is_empty() {
             let since = self
                 .last_checkpoint
                 .map_or(Duration::MAX, |at| at.elapsed());
@@ -481,8 +522,11 @@ impl Writer {
                 .max(Duration::from_millis(10))
         } else {
             // Retry writes that the disk refused.
-            Duration::from_secs(1)
-        }
+            RETRY
+        };
+        self.sync_at.map_or(wake, |at| {
+            wake.min(at.saturating_duration_since(Instant::now()))
+        })
     }
 
     fn queue(&mut self, event: Event, time: Timestamp) {
@@ -497,7 +541,8 @@ impl Writer {
     }
 
     /// Writes pending events and the durable ones in `acks`, in order, with
-    /// one write and one fsync; acknowledges the durable ones.
+    /// one write, and one fsync when there are durable ones (else within
+    /// [`SYNC_DELAY`]); acknowledges the durable ones.
     fn flush(&mut self, acks: Vec<Durable>) {
         if self.pending.is_empty() && acks.is_empty() {
             return;
@@ -526,7 +571,11 @@ impl Writer {
             buf.push(b'\n');
             durable_seqs.push(seq);
         }
-        match self.append(&buf) {
+        // Nobody waits for a batch without durable appends: its fsync can wait
+        // for the next one's, unless the disk has been failing.
+        let sync =
+            !acks.is_empty() || self.failing || self.unsynced.len() + buf.len() > MAX_UNSYNCED;
+        match self.write(&buf, sync) {
             Ok(()) => {
                 let written = seq - self.seq;
                 self.seq = seq;
@@ -569,28 +618,72 @@ impl Writer {
         }
     }
 
-    /// Appends and fsyncs; on failure, cuts the file back so the chain stays
-    /// whole.
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
-        let result = self.file.append(buf).and_then(|()| {
-            let started = Instant::now();
-            self.file.sync_data()?;
-            crate::metrics::METRICS.synced(started.elapsed());
-            Ok(())
-        });
-        match result {
+    /// Appends `buf` after what is written (first writing again what a
+    /// failure cut out), and fsyncs if `sync`. On failure, cuts the file back
+    /// to what the last good fsync covered: what is kept in memory is
+    /// written again next time, and `buf`'s records are not in the chain.
+    fn write(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
+        let synced_len = self.file_len - self.unsynced.len() as u64;
+        match self.write_and_sync(buf, sync) {
             Ok(()) => {
                 self.file_len += buf.len() as u64;
+                if sync {
+                    self.unsynced.clear();
+                    self.sync_at = None;
+                } else {
+                    self.unsynced.extend_from_slice(buf);
+                    self.sync_at
+                        .get_or_insert_with(|| Instant::now() + SYNC_DELAY);
+                }
                 Ok(())
             }
             Err(e) => {
-                let _ = self.file.cut_to(self.file_len);
+                let _ = self.file.cut_to(synced_len);
+                self.unsynced_in_file = false;
                 Err(e)
             }
         }
     }
 
-    fn fail(&self, why: &str) {
+    fn write_and_sync(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
+        if !self.unsynced_in_file {
+            self.file.append(&self.unsynced)?;
+            self.unsynced_in_file = true;
+        }
+        self.file.append(buf)?;
+        if sync {
+            let started = Instant::now();
+            self.file.sync_data()?;
+            crate::metrics::METRICS.synced(started.elapsed());
+        }
+        Ok(())
+    }
+
+    /// fsyncs what was written without one; `false` if the disk refused
+    /// (reported like a failed write, and tried again in [`RETRY`]).
+    fn sync(&mut self) -> bool {
+        if self.unsynced.is_empty() {
+            return true;
+        }
+        match self.write(&[], true) {
+            Ok(()) => {
+                self.recovered();
+                true
+            }
+            Err(e) => {
+                let why = format!(
+                    "cannot fsync {}: {e}",
+                    self.settings.dir.join(&self.file_name).display()
+                );
+                self.fail(&why);
+                self.sync_at = Some(Instant::now() + RETRY);
+                false
+            }
+        }
+    }
+
+    fn fail(&mut self, why: &str) {
+        self.failing = true;
         let mut failing = self
             .health
             .failing
@@ -602,7 +695,8 @@ impl Writer {
         *failing = Some(why.to_owned());
     }
 
-    fn recovered(&self) {
+    fn recovered(&mut self) {
+        self.failing = false;
         let mut failing = self
             .health
             .failing
@@ -623,12 +717,18 @@ impl Writer {
         if self.file_len == 0 {
             return Ok(());
         }
+        // The old file's records are on disk before a checkpoint or the new
+        // file names them.
+        if !self.sync() {
+            return Err(io::Error::other("the old file's fsync failed"));
+        }
         self.write_checkpoint();
         let old = self.file_name.clone();
         let name = next_name(&old, &today);
         let (file, len) = (self.open_file)(&self.settings.dir.join(&name))?;
         self.file = file;
         self.file_len = len;
+        self.unsynced_in_file = true;
         self.file_name = name;
         self.file_day = today;
         let mut event = Event::new(EventKind::LogRotated);
@@ -681,7 +781,8 @@ impl Writer {
     /// written since the last one.
     fn write_checkpoint(&mut self) {
         self.last_checkpoint = Some(Instant::now());
-        if self.uncheckpointed == 0 {
+        // A checkpoint names only records that are on disk.
+        if self.uncheckpointed == 0 || !self.sync() {
             return;
         }
         let mut cp = Checkpoint {
@@ -941,7 +1042,8 @@ mod tests {
     }
 
     /// A log file that says how far `sync_data` has returned, and can be
-    /// told to fail it (a disk that takes writes but cannot flush them).
+    /// told to fail it (a disk that takes writes but cannot flush them); a
+    /// failed `sync_data` drops what it did not sync, as the kernel may.
     struct Watched {
         file: File,
         written: u64,
@@ -958,6 +1060,9 @@ mod tests {
 
         fn sync_data(&mut self) -> io::Result<()> {
             if self.fail_sync.load(Ordering::SeqCst) {
+                let synced = self.synced.load(Ordering::SeqCst);
+                self.file.set_len(synced)?;
+                self.written = synced;
                 return Err(io::Error::other("fsync failed (test)"));
             }
             LogFile::sync_data(&mut self.file)?;
@@ -972,6 +1077,46 @@ mod tests {
         }
     }
 
+    /// Opens log files as [`Watched`], reporting to `synced` and failing
+    /// fsyncs while `fail_sync` is set.
+    fn watched(synced: &Arc<AtomicU64>, fail_sync: &Arc<std::sync::atomic::AtomicBool>) -> Opener {
+        let (synced, fail_sync) = (Arc::clone(synced), Arc::clone(fail_sync));
+        Arc::new(move |path: &Path| {
+            let (_, len) = open_append(path)?;
+            let file = OpenOptions::new().append(true).open(path)?;
+            synced.store(len, Ordering::SeqCst);
+            let watched = Watched {
+                file,
+                written: len,
+                synced: Arc::clone(&synced),
+                fail_sync: Arc::clone(&fail_sync),
+            };
+            Ok((Box::new(watched) as Box<dyn LogFile>, len))
+        })
+    }
+
+    /// The records of the (one) log file, and where each ends in it.
+    fn records_with_ends(dir: &Path) -> Vec<(Record, u64)> {
+        let files = log_files(&settings(dir).dir).unwrap();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let data = fs::read(settings(dir).dir.join(&files[0])).unwrap();
+        let mut offset = 0u64;
+        // Only whole lines: the writer may be in the middle of one.
+        data.split_inclusive(|&b| b == b'\n')
+            .filter(|line| line.ends_with(b"\n"))
+            .map(|line| {
+                offset += line.len() as u64;
+                (serde_json::from_slice(line).unwrap(), offset)
+            })
+            .collect()
+    }
+
+    fn assert_verifies(dir: &Path) {
+        let s = settings(dir);
+        let report = crate::audit::verify::verify(&s.dir, &s.checkpoints, None).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+    }
+
     /// Durable appends are acknowledged only once `sync_data` has returned
     /// for their bytes, and one whose fsync fails is refused and never
     /// appears: `kill -9` keeps the page cache, so no crash test can show
@@ -981,22 +1126,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let synced = Arc::new(AtomicU64::new(0));
         let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let opener: Opener = {
-            let (synced, fail_sync) = (Arc::clone(&synced), Arc::clone(&fail_sync));
-            Arc::new(move |path: &Path| {
-                let (_, len) = open_append(path)?;
-                let file = OpenOptions::new().append(true).open(path)?;
-                synced.store(len, Ordering::SeqCst);
-                let watched = Watched {
-                    file,
-                    written: len,
-                    synced: Arc::clone(&synced),
-                    fail_sync: Arc::clone(&fail_sync),
-                };
-                Ok((Box::new(watched) as Box<dyn LogFile>, len))
-            })
-        };
-        let log = AuditLog::start(settings(dir.path()), opener).unwrap();
+        let log = AuditLog::start(settings(dir.path()), watched(&synced, &fail_sync)).unwrap();
         let mut acked = Vec::new();
         for _ in 0..20 {
             let seq = log
@@ -1020,16 +1150,10 @@ mod tests {
             .await
             .unwrap();
 
-        // Where each record ends in the file.
-        let files = log_files(&settings(dir.path()).dir).unwrap();
-        let data = fs::read(settings(dir.path()).dir.join(&files[0])).unwrap();
         let mut ends = std::collections::HashMap::new();
-        let mut offset = 0u64;
-        for line in data.split_inclusive(|&b| b == b'\n') {
-            offset += line.len() as u64;
-            let record: Record = serde_json::from_slice(line).unwrap();
+        for (record, end) in records_with_ends(dir.path()) {
             assert_ne!(record.event.reason.as_deref(), Some("must never appear"));
-            ends.insert(record.seq, offset);
+            ends.insert(record.seq, end);
         }
         for (seq, synced_at_ack) in acked {
             assert!(
@@ -1038,9 +1162,113 @@ mod tests {
                 ends[&seq]
             );
         }
-        let s = settings(dir.path());
-        let report = crate::audit::verify::verify(&s.dir, &s.checkpoints, None).unwrap();
-        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        assert_verifies(dir.path());
+    }
+
+    /// A record nobody waits for is in the file at once (a killed daemon
+    /// keeps it: the page cache survives) and on disk within SYNC_DELAY,
+    /// or with the next durable append, whichever comes first.
+    #[tokio::test]
+    async fn a_record_nobody_waits_for_is_written_at_once_and_synced_soon() {
+        let dir = tempfile::tempdir().unwrap();
+        let synced = Arc::new(AtomicU64::new(0));
+        let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = AuditLog::start(settings(dir.path()), watched(&synced, &fail_sync)).unwrap();
+        // The first records are checkpointed at once; wait that out.
+        log.record_durable(Event::new(EventKind::ConnectionAllowed))
+            .await
+            .unwrap();
+        log.checkpoint().await;
+        let file_len = || {
+            records_with_ends(dir.path())
+                .last()
+                .map_or(0, |(_, end)| *end)
+        };
+        let wait_written = |before: u64| async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while file_len() == before {
+                assert!(Instant::now() < deadline, "the record was never written");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        };
+
+        // Alone: written now, synced after the delay.
+        let before = file_len();
+        log.record(Event::new(EventKind::ConnectionClosed));
+        wait_written(before).await;
+        let written = file_len();
+        let deadline = Instant::now() + SYNC_DELAY + Duration::from_secs(5);
+        while synced.load(Ordering::SeqCst) < written {
+            assert!(Instant::now() < deadline, "never synced");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+
+        // Followed by a durable append: synced by its fsync.
+        log.record(Event::new(EventKind::ConnectionClosed));
+        log.record_durable(Event::new(EventKind::ConnectionAllowed))
+            .await
+            .unwrap();
+        assert_eq!(synced.load(Ordering::SeqCst), file_len());
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .unwrap();
+        assert_verifies(dir.path());
+    }
+
+    /// Records written without an fsync, which a failed fsync then drops,
+    /// are written again, unchanged, once the disk recovers: the chain on
+    /// disk has no hole, and the durable append of the failed batch is not
+    /// in it.
+    #[tokio::test]
+    async fn records_a_failed_fsync_dropped_are_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let synced = Arc::new(AtomicU64::new(0));
+        let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = AuditLog::start(settings(dir.path()), watched(&synced, &fail_sync)).unwrap();
+        log.record_durable(Event::new(EventKind::ConnectionAllowed))
+            .await
+            .unwrap();
+        log.checkpoint().await;
+
+        fail_sync.store(true, Ordering::SeqCst);
+        for _ in 0..3 {
+            let mut closed = Event::new(EventKind::ConnectionClosed);
+            closed.reason = Some("kept".to_owned());
+            log.record(closed);
+        }
+        // Written, not yet synced (the fsync SYNC_DELAY later fails too).
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !records_with_ends(dir.path())
+            .iter()
+            .any(|(record, _)| record.event.reason.as_deref() == Some("kept"))
+        {
+            assert!(Instant::now() < deadline, "the records were never written");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let mut refused = Event::new(EventKind::ConnectionAllowed);
+        refused.reason = Some("must never appear".to_owned());
+        let err = log.record_durable(refused).await.unwrap_err();
+        assert!(matches!(err, AuditError::Unavailable(_)), "{err:?}");
+        assert!(log.failure().is_some());
+        fail_sync.store(false, Ordering::SeqCst);
+        log.record_durable(Event::new(EventKind::ConnectionAllowed))
+            .await
+            .unwrap();
+        assert!(log.failure().is_none());
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .unwrap();
+
+        let records = records_with_ends(dir.path());
+        let reasons = |r: &str| {
+            records
+                .iter()
+                .filter(|(record, _)| record.event.reason.as_deref() == Some(r))
+                .count()
+        };
+        assert_eq!(reasons("kept"), 3);
+        assert_eq!(reasons("must never appear"), 0);
+        assert_verifies(dir.path());
     }
 
     #[test]
