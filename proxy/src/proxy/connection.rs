@@ -190,7 +190,9 @@ impl Proxy {
             }
         });
         let Upstream::Connected(upstream) = &admitted.upstream else {
-            return self.inspect(admitted, cut).await;
+            // Boxed: an inspected connection's TLS and HTTP state is large,
+            // and a passthrough connection's task must not carry room for it.
+            return Box::pin(self.inspect(admitted, cut)).await;
         };
         let ended = forward::forward(&admitted.client, upstream, &bytes, cut).await;
         let Admitted {
