@@ -6,11 +6,13 @@
 //! and the SHA-256 of the record line before it, across files. Events that
 //! arrive together are written with one `write` and one `fsync` (group
 //! commit); a durable append is acknowledged only after its fsync, and the
-//! proxy forwards a connection only after that. A batch that nobody waits
-//! for (a connection's close, a request's completion, a refusal) is written
-//! at once, so a killed daemon does not lose it, and made durable by the
-//! next durable batch's fsync or within [`SYNC_DELAY`], before any
-//! checkpoint names it: only a power loss within that delay can lose it.
+//! proxy forwards a connection only after that. A record that nobody waits
+//! for (a connection's close, a request's completion, a refusal) reaches the
+//! writer with the next durable one or within [`super::queue::LAZY`]
+//! (10 ms), is written then (a killed daemon loses only what had not
+//! reached the writer), and is made durable by the next durable batch's
+//! fsync or within [`SYNC_DELAY`], before any checkpoint names it: a power
+//! loss within that delay can lose it too.
 //! Its bytes are kept in memory until an fsync succeeds; when one fails
 //! (which may have dropped them from the page cache), the file is cut back
 //! to what the last good fsync covered and they are written again,
@@ -40,7 +42,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicU64, Ordering},
-        mpsc, Arc, Mutex,
+        Arc, Mutex,
     },
     thread,
     time::{Duration, Instant, SystemTime},
@@ -52,7 +54,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::oneshot;
 
-use super::{emit, Event, EventKind, Record};
+use super::{
+    emit,
+    queue::{Queue, Taken},
+    Event, EventKind, Record,
+};
 use crate::config::Config;
 
 /// The hash before the first record.
@@ -60,8 +66,6 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 /// Events kept in memory while the disk refuses writes; beyond this, the
 /// oldest are dropped and counted.
 const MAX_PENDING: usize = 10_000;
-/// Most events written in one group commit.
-const MAX_BATCH: usize = 4096;
 /// Longest a written record waits for its fsync when no durable append
 /// comes to share one.
 const SYNC_DELAY: Duration = Duration::from_millis(100);
@@ -185,10 +189,34 @@ struct Health {
     syslog_dropped: Arc<AtomicU64>,
 }
 
+/// The proxy's end of the writer's queue; when the last clone of the
+/// [`AuditLog`] goes, the writer takes what is left and stops.
+struct Sender(Arc<Queue<Msg>>);
+
+impl Sender {
+    /// Queues `msg`, waking the writer if someone waits for it.
+    fn send(&self, msg: Msg) -> Result<(), super::queue::WriterGone> {
+        let urgent = !matches!(msg, Msg::Append { ack: None, .. });
+        self.0.send(msg, urgent)
+    }
+}
+
+impl Drop for Sender {
+    fn drop(&mut self) {
+        self.0.hang_up();
+    }
+}
+
+impl std::fmt::Debug for Sender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sender")
+    }
+}
+
 /// A handle to the audit log; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Msg>,
+    tx: Arc<Sender>,
     health: Arc<Health>,
     writer: Arc<Mutex<Option<thread::JoinHandle<()>>>>,
 }
@@ -207,7 +235,7 @@ impl AuditLog {
             .mode(0o700)
             .create(&settings.dir)?;
         let key = load_or_create_key(&settings.key)?;
-        let (tx, rx) = mpsc::channel();
+        let queue = Arc::new(Queue::new());
         let health = Arc::new(Health::default());
         let syslog = settings
             .syslog
@@ -216,9 +244,23 @@ impl AuditLog {
         let mut writer = Writer::open(settings, open_file, key, Arc::clone(&health), syslog)?;
         let handle = thread::Builder::new()
             .name("jitproxy-audit".to_owned())
-            .spawn(move || writer.run(&rx))?;
+            .spawn({
+                let queue = Arc::clone(&queue);
+                move || {
+                    // Even if the writer panics, senders and waiters hear
+                    // that it is gone.
+                    struct Gone(Arc<Queue<Msg>>);
+                    impl Drop for Gone {
+                        fn drop(&mut self) {
+                            self.0.close();
+                        }
+                    }
+                    let gone = Gone(queue);
+                    writer.run(&gone.0);
+                }
+            })?;
         Ok(Self {
-            tx,
+            tx: Arc::new(Sender(queue)),
             health,
             writer: Arc::new(Mutex::new(Some(handle))),
         })
@@ -445,13 +487,11 @@ impl Writer {
         Ok(writer)
     }
 
-    fn run(&mut self, rx: &mpsc::Receiver<Msg>) {
+    fn run(&mut self, queue: &Queue<Msg>) {
         loop {
-            let wait = self.next_wake();
-            let first = match rx.recv_timeout(wait) {
-                Ok(msg) => Some(msg),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
+            let msgs = match queue.take(self.next_wake()) {
+                Taken::Messages(msgs) => msgs,
+                Taken::Closed => {
                     self.finish();
                     return;
                 }
@@ -459,11 +499,7 @@ impl Writer {
             let mut acks = Vec::new();
             let mut checkpoint_acks = Vec::new();
             let mut shutdown = false;
-            for msg in first
-                .into_iter()
-                .chain(std::iter::from_fn(|| rx.try_recv().ok()))
-                .take(MAX_BATCH)
-            {
+            for msg in msgs {
                 match msg {
                     Msg::Append { event, time, ack } => {
                         self.health.queued.fetch_sub(1, Ordering::Relaxed);
@@ -1165,11 +1201,11 @@ mod tests {
         assert_verifies(dir.path());
     }
 
-    /// A record nobody waits for is in the file at once (a killed daemon
-    /// keeps it: the page cache survives) and on disk within SYNC_DELAY,
-    /// or with the next durable append, whichever comes first.
+    /// A record nobody waits for is in the file within LAZY (a killed
+    /// daemon keeps it: the page cache survives) and on disk within
+    /// SYNC_DELAY, or with the next durable append, whichever comes first.
     #[tokio::test]
-    async fn a_record_nobody_waits_for_is_written_at_once_and_synced_soon() {
+    async fn a_record_nobody_waits_for_is_written_soon_and_synced_soon() {
         let dir = tempfile::tempdir().unwrap();
         let synced = Arc::new(AtomicU64::new(0));
         let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));

@@ -10,6 +10,7 @@
 mod emit;
 pub mod log;
 pub mod query;
+mod queue;
 pub mod syslog;
 pub mod verify;
 
