@@ -1133,6 +1133,25 @@ mod tests {
         })
     }
 
+    /// A log on [`Watched`] files, past its first durable record and the
+    /// checkpoint that the first records get at once.
+    async fn watched_log_past_first_checkpoint() -> (
+        tempfile::TempDir,
+        AuditLog,
+        Arc<AtomicU64>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let synced = Arc::new(AtomicU64::new(0));
+        let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = AuditLog::start(settings(dir.path()), watched(&synced, &fail_sync)).unwrap();
+        log.record_durable(Event::new(EventKind::ConnectionAllowed))
+            .await
+            .unwrap();
+        log.checkpoint().await;
+        (dir, log, synced, fail_sync)
+    }
+
     /// The records of the (one) log file, and where each ends in it.
     fn records_with_ends(dir: &Path) -> Vec<(Record, u64)> {
         let files = log_files(&settings(dir).dir).unwrap();
@@ -1208,15 +1227,7 @@ mod tests {
     /// SYNC_DELAY, or with the next durable append, whichever comes first.
     #[tokio::test]
     async fn a_record_nobody_waits_for_is_written_soon_and_synced_soon() {
-        let dir = tempfile::tempdir().unwrap();
-        let synced = Arc::new(AtomicU64::new(0));
-        let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let log = AuditLog::start(settings(dir.path()), watched(&synced, &fail_sync)).unwrap();
-        // The first records are checkpointed at once; wait that out.
-        log.record_durable(Event::new(EventKind::ConnectionAllowed))
-            .await
-            .unwrap();
-        log.checkpoint().await;
+        let (dir, log, synced, _fail_sync) = watched_log_past_first_checkpoint().await;
         let file_len = || {
             records_with_ends(dir.path())
                 .last()
@@ -1259,14 +1270,7 @@ mod tests {
     /// in it.
     #[tokio::test]
     async fn records_a_failed_fsync_dropped_are_written_again() {
-        let dir = tempfile::tempdir().unwrap();
-        let synced = Arc::new(AtomicU64::new(0));
-        let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let log = AuditLog::start(settings(dir.path()), watched(&synced, &fail_sync)).unwrap();
-        log.record_durable(Event::new(EventKind::ConnectionAllowed))
-            .await
-            .unwrap();
-        log.checkpoint().await;
+        let (dir, log, _synced, fail_sync) = watched_log_past_first_checkpoint().await;
 
         fail_sync.store(true, Ordering::SeqCst);
         for _ in 0..3 {
