@@ -395,6 +395,9 @@ struct Writer {
     /// A write or fsync failed and none has succeeded since: every batch
     /// then gets its own fsync.
     failing: bool,
+    /// A failed write's cut back to this length failed too, and is owed
+    /// before anything else is written.
+    cut_owed: Option<u64>,
     file_day: String,
     /// Hash of the last record written, and its sequence number.
     head: String,
@@ -469,6 +472,7 @@ impl Writer {
             unsynced_in_file: true,
             sync_at: None,
             failing: false,
+            cut_owed: None,
             file_day,
             head,
             seq,
@@ -539,7 +543,12 @@ impl Writer {
         self.flush(Vec::new());
         self.write_checkpoint();
         self.flush(Vec::new());
-        self.sync();
+        if !self.sync() {
+            tracing::error!(
+                bytes = self.unsynced.len(),
+                "at shutdown, records nobody waited for could not be made durable; they are in the daemon log only"
+            );
+        }
     }
 
     fn checkpoint_due(&self) -> bool {
@@ -618,11 +627,6 @@ impl Writer {
                 self.head = head;
                 self.uncheckpointed += checkpointable;
                 self.health.written.fetch_add(written, Ordering::Relaxed);
-                if let Some(syslog) = &self.syslog {
-                    for line in buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-                        syslog.send(line);
-                    }
-                }
                 self.recovered();
                 let first_durable = durable_seqs.len() - acks.len();
                 let mut durable = Vec::with_capacity(acks.len());
@@ -664,6 +668,10 @@ impl Writer {
             Ok(()) => {
                 self.file_len += buf.len() as u64;
                 if sync {
+                    // The collector gets only what is on disk: a record it
+                    // had and the disk lost would look like tampering.
+                    forward(self.syslog.as_ref(), &self.unsynced);
+                    forward(self.syslog.as_ref(), buf);
                     self.unsynced.clear();
                     self.sync_at = None;
                 } else {
@@ -674,7 +682,11 @@ impl Writer {
                 Ok(())
             }
             Err(e) => {
-                let _ = self.file.cut_to(synced_len);
+                // If even the cut fails, nothing is written until it is done:
+                // appending after bytes still there would break the chain.
+                if self.file.cut_to(synced_len).is_err() {
+                    self.cut_owed = Some(synced_len);
+                }
                 self.unsynced_in_file = false;
                 Err(e)
             }
@@ -682,6 +694,10 @@ impl Writer {
     }
 
     fn write_and_sync(&mut self, buf: &[u8], sync: bool) -> io::Result<()> {
+        if let Some(len) = self.cut_owed {
+            self.file.cut_to(len)?;
+            self.cut_owed = None;
+        }
         if !self.unsynced_in_file {
             self.file.append(&self.unsynced)?;
             self.unsynced_in_file = true;
@@ -698,7 +714,8 @@ impl Writer {
     /// fsyncs what was written without one; `false` if the disk refused
     /// (reported like a failed write, and tried again in [`RETRY`]).
     fn sync(&mut self) -> bool {
-        if self.unsynced.is_empty() {
+        if self.unsynced.is_empty() && self.cut_owed.is_none() {
+            self.sync_at = None;
             return true;
         }
         match self.write(&[], true) {
@@ -853,6 +870,15 @@ impl Writer {
                 self.queue(event, Timestamp::now());
             }
             Err(e) => tracing::error!(error = %e, "cannot write an audit checkpoint"),
+        }
+    }
+}
+
+/// Sends each line of `bytes` to the syslog collector, if there is one.
+fn forward(syslog: Option<&super::syslog::Forwarder>, bytes: &[u8]) {
+    if let Some(syslog) = syslog {
+        for line in bytes.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            syslog.send(line);
         }
     }
 }

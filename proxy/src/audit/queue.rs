@@ -49,10 +49,10 @@ struct State<T> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Waiting {
     No,
-    /// Until something urgent comes, or within [`LAZY`].
-    Short,
-    /// Longer: the first message of any kind wakes it.
-    Long,
+    /// Busy: until something urgent comes, or within [`LAZY`].
+    Busy,
+    /// Idle: the first message of any kind wakes it.
+    Idle,
 }
 
 /// A queue with many senders and one receiver (the writer thread).
@@ -97,9 +97,11 @@ impl<T> Queue<T> {
             state.waiting != Waiting::No
         } else {
             state.oldest_lazy.get_or_insert_with(Instant::now);
-            state.waiting == Waiting::Long
+            state.waiting == Waiting::Idle
         };
         if wake {
+            // One wake-up is enough: the senders after this one need not.
+            state.waiting = Waiting::No;
             self.wake.notify_one();
         }
         Ok(())
@@ -115,7 +117,8 @@ impl<T> Queue<T> {
     /// The writer: waits until something urgent is queued, the oldest lazy
     /// message is [`LAZY`] old, or `timeout` passes, and takes everything.
     pub fn take(&self, timeout: Duration) -> Taken<T> {
-        let deadline = Instant::now() + timeout;
+        // An hour at most: a configured interval of years must not overflow.
+        let deadline = Instant::now() + timeout.min(Duration::from_secs(3600));
         let mut state = self.lock();
         let mut busy = state.busy;
         loop {
@@ -141,11 +144,7 @@ impl<T> Queue<T> {
             // no wake-up; idle, it sleeps until the deadline.
             let cap = if busy { now + LAZY } else { deadline };
             let until = lazy_due.map_or(cap, |due| due.min(cap)).min(deadline);
-            state.waiting = if until > now + LAZY {
-                Waiting::Long
-            } else {
-                Waiting::Short
-            };
+            state.waiting = if busy { Waiting::Busy } else { Waiting::Idle };
             state = self
                 .wake
                 .wait_timeout(state, until - now)
