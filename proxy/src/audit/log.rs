@@ -1113,10 +1113,19 @@ mod tests {
         written: u64,
         synced: Arc<AtomicU64>,
         fail_sync: Arc<std::sync::atomic::AtomicBool>,
+        /// A sick disk: an append writes half its bytes and fails, and a
+        /// cut fails.
+        sick: Arc<std::sync::atomic::AtomicBool>,
     }
 
     impl LogFile for Watched {
         fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+            if self.sick.load(Ordering::SeqCst) {
+                let half = &buf[..buf.len() / 2];
+                self.file.append(half)?;
+                self.written += half.len() as u64;
+                return Err(io::Error::other("write failed half way (test)"));
+            }
             self.file.append(buf)?;
             self.written += buf.len() as u64;
             Ok(())
@@ -1135,16 +1144,25 @@ mod tests {
         }
 
         fn cut_to(&mut self, len: u64) -> io::Result<()> {
+            if self.sick.load(Ordering::SeqCst) {
+                return Err(io::Error::other("cut failed (test)"));
+            }
             self.file.cut_to(len)?;
             self.written = len;
             Ok(())
         }
     }
 
-    /// Opens log files as [`Watched`], reporting to `synced` and failing
-    /// fsyncs while `fail_sync` is set.
-    fn watched(synced: &Arc<AtomicU64>, fail_sync: &Arc<std::sync::atomic::AtomicBool>) -> Opener {
-        let (synced, fail_sync) = (Arc::clone(synced), Arc::clone(fail_sync));
+    /// Opens log files as [`Watched`], reporting to `synced`, failing
+    /// fsyncs while `fail_sync` is set, and failing writes and cuts while
+    /// `sick` is.
+    fn watched(
+        synced: &Arc<AtomicU64>,
+        fail_sync: &Arc<std::sync::atomic::AtomicBool>,
+        sick: &Arc<std::sync::atomic::AtomicBool>,
+    ) -> Opener {
+        let (synced, fail_sync, sick) =
+            (Arc::clone(synced), Arc::clone(fail_sync), Arc::clone(sick));
         Arc::new(move |path: &Path| {
             let (_, len) = open_append(path)?;
             let file = OpenOptions::new().append(true).open(path)?;
@@ -1154,6 +1172,7 @@ mod tests {
                 written: len,
                 synced: Arc::clone(&synced),
                 fail_sync: Arc::clone(&fail_sync),
+                sick: Arc::clone(&sick),
             };
             Ok((Box::new(watched) as Box<dyn LogFile>, len))
         })
@@ -1170,7 +1189,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let synced = Arc::new(AtomicU64::new(0));
         let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let log = AuditLog::start(settings(dir.path()), watched(&synced, &fail_sync)).unwrap();
+        let log = AuditLog::start(
+            settings(dir.path()),
+            watched(&synced, &fail_sync, &Arc::default()),
+        )
+        .unwrap();
         log.record_durable(Event::new(EventKind::ConnectionAllowed))
             .await
             .unwrap();
@@ -1209,7 +1232,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let synced = Arc::new(AtomicU64::new(0));
         let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let log = AuditLog::start(settings(dir.path()), watched(&synced, &fail_sync)).unwrap();
+        let log = AuditLog::start(
+            settings(dir.path()),
+            watched(&synced, &fail_sync, &Arc::default()),
+        )
+        .unwrap();
         let mut acked = Vec::new();
         for _ in 0..20 {
             let seq = log
@@ -1336,6 +1363,51 @@ mod tests {
         };
         assert_eq!(reasons("kept"), 3);
         assert_eq!(reasons("must never appear"), 0);
+        assert_verifies(dir.path());
+    }
+
+    /// A write that fails half way on a disk where the cut back fails too:
+    /// nothing more is written until the cut is done, so the file never
+    /// holds the half record, nor the refused durable one, nor a record
+    /// twice.
+    #[tokio::test]
+    async fn a_failed_cut_is_done_before_anything_else_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let synced = Arc::new(AtomicU64::new(0));
+        let sick = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let log = AuditLog::start(
+            settings(dir.path()),
+            watched(&synced, &Arc::default(), &sick),
+        )
+        .unwrap();
+        log.record_durable(Event::new(EventKind::ConnectionAllowed))
+            .await
+            .unwrap();
+        log.checkpoint().await;
+
+        sick.store(true, Ordering::SeqCst);
+        let mut refused = Event::new(EventKind::ConnectionAllowed);
+        refused.reason = Some("must never appear".to_owned());
+        assert!(log.record_durable(refused.clone()).await.is_err());
+        assert!(log.record_durable(refused).await.is_err());
+        sick.store(false, Ordering::SeqCst);
+        log.record_durable(Event::new(EventKind::ConnectionAllowed))
+            .await
+            .unwrap();
+        tokio::task::spawn_blocking(move || log.close())
+            .await
+            .unwrap();
+
+        let files = log_files(&settings(dir.path()).dir).unwrap();
+        let data = fs::read(settings(dir.path()).dir.join(&files[0])).unwrap();
+        assert!(data.ends_with(b"\n"), "a torn line is left");
+        let records = records_with_ends(dir.path());
+        assert!(records
+            .iter()
+            .all(|(r, _)| r.event.reason.as_deref() != Some("must never appear")));
+        let mut seqs: Vec<u64> = records.iter().map(|(r, _)| r.seq).collect();
+        seqs.dedup();
+        assert_eq!(seqs.len(), records.len(), "a record is there twice");
         assert_verifies(dir.path());
     }
 
