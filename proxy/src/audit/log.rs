@@ -634,8 +634,9 @@ impl Writer {
                     let _ = ack.send(Ok(*seq));
                     durable.push(event);
                 }
-                // The daemon log gets what is on disk, from the same values,
-                // once no connection waits for this batch any more.
+                // The daemon log gets what is written (fsynced, unless nobody
+                // waits for it), from the same values, once no connection
+                // waits for this batch any more.
                 for (event, _) in self.pending.drain(..) {
                     emit::daemon_log(&event);
                 }
@@ -1178,27 +1179,42 @@ mod tests {
         })
     }
 
-    /// A log on [`Watched`] files, past its first durable record and the
-    /// checkpoint that the first records get at once.
-    async fn watched_log_past_first_checkpoint() -> (
-        tempfile::TempDir,
-        AuditLog,
-        Arc<AtomicU64>,
-        Arc<std::sync::atomic::AtomicBool>,
-    ) {
-        let dir = tempfile::tempdir().unwrap();
-        let synced = Arc::new(AtomicU64::new(0));
-        let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let log = AuditLog::start(
-            settings(dir.path()),
-            watched(&synced, &fail_sync, &Arc::default()),
-        )
-        .unwrap();
-        log.record_durable(Event::new(EventKind::ConnectionAllowed))
-            .await
-            .unwrap();
-        log.checkpoint().await;
-        (dir, log, synced, fail_sync)
+    /// A log on [`Watched`] files, and the knobs of their faults.
+    struct WatchedLog {
+        dir: tempfile::TempDir,
+        log: AuditLog,
+        synced: Arc<AtomicU64>,
+        fail_sync: Arc<std::sync::atomic::AtomicBool>,
+        sick: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl WatchedLog {
+        fn start() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let (synced, fail_sync, sick) = (Arc::default(), Arc::default(), Arc::default());
+            let log =
+                AuditLog::start(settings(dir.path()), watched(&synced, &fail_sync, &sick)).unwrap();
+            Self {
+                dir,
+                log,
+                synced,
+                fail_sync,
+                sick,
+            }
+        }
+
+        /// Past its first durable record and the checkpoint that the first
+        /// records get at once.
+        async fn past_first_checkpoint() -> Self {
+            let watched = Self::start();
+            watched
+                .log
+                .record_durable(Event::new(EventKind::ConnectionAllowed))
+                .await
+                .unwrap();
+            watched.log.checkpoint().await;
+            watched
+        }
     }
 
     /// The records of the (one) log file, and where each ends in it.
@@ -1229,14 +1245,13 @@ mod tests {
     /// this.
     #[tokio::test]
     async fn a_durable_append_is_acknowledged_only_after_its_fsync() {
-        let dir = tempfile::tempdir().unwrap();
-        let synced = Arc::new(AtomicU64::new(0));
-        let fail_sync = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let log = AuditLog::start(
-            settings(dir.path()),
-            watched(&synced, &fail_sync, &Arc::default()),
-        )
-        .unwrap();
+        let WatchedLog {
+            dir,
+            log,
+            synced,
+            fail_sync,
+            ..
+        } = WatchedLog::start();
         let mut acked = Vec::new();
         for _ in 0..20 {
             let seq = log
@@ -1280,7 +1295,9 @@ mod tests {
     /// SYNC_DELAY, or with the next durable append, whichever comes first.
     #[tokio::test]
     async fn a_record_nobody_waits_for_is_written_soon_and_synced_soon() {
-        let (dir, log, synced, _fail_sync) = watched_log_past_first_checkpoint().await;
+        let WatchedLog {
+            dir, log, synced, ..
+        } = WatchedLog::past_first_checkpoint().await;
         let file_len = || {
             records_with_ends(dir.path())
                 .last()
@@ -1323,7 +1340,12 @@ mod tests {
     /// in it.
     #[tokio::test]
     async fn records_a_failed_fsync_dropped_are_written_again() {
-        let (dir, log, _synced, fail_sync) = watched_log_past_first_checkpoint().await;
+        let WatchedLog {
+            dir,
+            log,
+            fail_sync,
+            ..
+        } = WatchedLog::past_first_checkpoint().await;
 
         fail_sync.store(true, Ordering::SeqCst);
         for _ in 0..3 {
@@ -1372,18 +1394,7 @@ mod tests {
     /// twice.
     #[tokio::test]
     async fn a_failed_cut_is_done_before_anything_else_is_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let synced = Arc::new(AtomicU64::new(0));
-        let sick = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let log = AuditLog::start(
-            settings(dir.path()),
-            watched(&synced, &Arc::default(), &sick),
-        )
-        .unwrap();
-        log.record_durable(Event::new(EventKind::ConnectionAllowed))
-            .await
-            .unwrap();
-        log.checkpoint().await;
+        let WatchedLog { dir, log, sick, .. } = WatchedLog::past_first_checkpoint().await;
 
         sick.store(true, Ordering::SeqCst);
         let mut refused = Event::new(EventKind::ConnectionAllowed);
